@@ -1,1 +1,11 @@
-//! (under construction)
+//! Device watcher for the NVMe/TCP CSI node plugin.
+//!
+//! Knows, the moment the kernel says so, which NVMe controllers exist and in which state,
+//! which namespace block devices they expose, and which device an NQN resolves to now.
+//!
+//! - [`uevent`]: both uevent wire formats (kernel group 1, libudev group 2), an encoder and a
+//!   group-2 injector for synthetic events.
+//! - [`sysfs_tree`]: writer of the NVMe sysfs layout under an injectable root (emulated fabric,
+//!   tests).
+pub mod sysfs_tree;
+pub mod uevent;
