@@ -162,6 +162,19 @@ impl fmt::Display for Nqn {
     }
 }
 
+impl serde::Serialize for Nqn {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Nqn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Nqn::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 impl FromStr for Nqn {
     type Err = NqnError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
