@@ -1,0 +1,8 @@
+//! Event-driven CSI node plugin for NVMe/TCP block storage. See docs/ARCHITECTURE.md.
+
+pub mod csi;
+pub mod defaults;
+pub mod error;
+pub mod guard;
+pub mod record;
+pub mod validate;
