@@ -6,3 +6,6 @@ pub mod error;
 pub mod guard;
 pub mod record;
 pub mod validate;
+pub mod identity;
+pub mod node;
+pub mod server;

@@ -1,0 +1,31 @@
+//! The seam between the node service and the device watcher: where a volume's namespace is now.
+
+use std::time::Duration;
+
+use rds_types::{BlockIdentity, Nqn};
+
+/// The namespace block device an NQN resolves to now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NsDevice {
+    /// Block device name, e.g. `nvme0n1` (its node is `<dev-root>/<name>`).
+    pub name: String,
+    pub nsid: Option<u32>,
+    pub identity: BlockIdentity,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    #[error("no block device for {nqn} appeared within {}", humantime::format_duration(*.waited))]
+    Timeout { nqn: Nqn, waited: Duration },
+    #[error("the device watcher stopped: {0}")]
+    Stopped(String),
+}
+
+/// Answers from the device watcher's model: O(1), never a sysfs scan on the caller's path.
+#[tonic::async_trait]
+pub trait NamespaceSource: Send + Sync + 'static {
+    /// The namespace device of `nqn` now, if any.
+    fn resolve(&self, nqn: &Nqn) -> Option<NsDevice>;
+    /// Wait for the namespace's device, woken by the kernel's event (no sleep loop).
+    async fn wait_for(&self, nqn: &Nqn, deadline: Duration) -> Result<NsDevice, WaitError>;
+}

@@ -1,0 +1,199 @@
+//! The node service: the domain logic behind the CSI Node RPCs. Handlers in [`grpc`] only
+//! validate and map errors; everything that touches the host happens here, off the async
+//! runtime and under deadlines.
+
+pub mod devices;
+pub mod grpc;
+pub mod observer;
+pub mod options;
+mod publish;
+mod stage;
+mod stats;
+pub mod table;
+pub mod volumes;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rds_fabric::{ConnectRequest, Fabric};
+use rds_hostops::deadline::run_blocking;
+use rds_hostops::inuse::HostRoots;
+use rds_types::{ManagedPrefix, Nqn};
+
+use crate::error::NodeError;
+use crate::guard::VolumeGuards;
+use crate::validate::Target;
+pub use devices::{NamespaceSource, NsDevice};
+pub use observer::{NoObserver, VolumeObserver};
+use table::MountView;
+pub use volumes::Volumes;
+
+/// Host paths and deadlines the node service works with. Built once from the CLI.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node_id: String,
+    pub managed: ManagedPrefix,
+    pub roots: HostRoots,
+    /// Where `hostnqn` and `hostid` live (`/etc/nvme`).
+    pub nvme_config_dir: PathBuf,
+    pub max_volumes_per_node: i64,
+    pub topology_key: String,
+    pub deadlines: Deadlines,
+}
+
+#[derive(Debug, Clone)]
+pub struct Deadlines {
+    pub device_wait: Duration,
+    pub connect: Duration,
+    pub mount: Duration,
+    pub unmount_wait: Duration,
+    pub mountinfo: Duration,
+    pub stats: Duration,
+    pub probe: Duration,
+    pub mkfs: Duration,
+    pub resize: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        use crate::defaults as d;
+        Self {
+            device_wait: d::DEVICE_WAIT,
+            connect: d::CONNECT_TIMEOUT,
+            mount: d::MOUNT_TIMEOUT,
+            unmount_wait: d::UNMOUNT_WAIT,
+            mountinfo: d::MOUNTINFO_TIMEOUT,
+            stats: d::STATS_TIMEOUT,
+            probe: d::PROBE_TIMEOUT,
+            mkfs: d::MKFS_TIMEOUT,
+            resize: d::RESIZE_TIMEOUT,
+        }
+    }
+}
+
+/// The node service. Cheap to clone (everything is shared).
+#[derive(Clone)]
+pub struct NodeService {
+    pub(crate) cfg: Arc<NodeConfig>,
+    pub(crate) guards: VolumeGuards,
+    pub(crate) volumes: Volumes,
+    pub(crate) fabric: Arc<dyn Fabric>,
+    pub(crate) devices: Arc<dyn NamespaceSource>,
+    pub(crate) observer: Arc<dyn VolumeObserver>,
+}
+
+impl NodeService {
+    pub fn new(
+        cfg: NodeConfig,
+        volumes: Volumes,
+        fabric: Arc<dyn Fabric>,
+        devices: Arc<dyn NamespaceSource>,
+        observer: Arc<dyn VolumeObserver>,
+        guards: VolumeGuards,
+    ) -> Self {
+        Self { cfg: Arc::new(cfg), guards, volumes, fabric, devices, observer }
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    pub fn guards(&self) -> &VolumeGuards {
+        &self.guards
+    }
+
+    pub fn volumes(&self) -> &Volumes {
+        &self.volumes
+    }
+
+    /// Refuse anything outside the managed NQN prefix, before any action.
+    pub(crate) fn check_managed(&self, nqn: &Nqn) -> Result<(), NodeError> {
+        if self.cfg.managed.covers(nqn) {
+            Ok(())
+        } else {
+            Err(NodeError::invalid(
+                "volume_context.nqn",
+                format!("{nqn} is outside the managed prefix {}; this plugin never connects, formats, mounts or disconnects it", self.cfg.managed),
+            ))
+        }
+    }
+
+    pub(crate) async fn mount_view(&self) -> Result<MountView, NodeError> {
+        MountView::read(&self.cfg.roots.proc, self.cfg.deadlines.mountinfo).await
+    }
+
+    pub(crate) fn dev_path(&self, name: &str) -> PathBuf {
+        self.cfg.roots.dev.join(name)
+    }
+
+    /// Run a blocking host operation with a deadline; a timeout becomes DeadlineExceeded.
+    pub(crate) async fn blocking<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        deadline: Duration,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, NodeError> {
+        run_blocking(what, deadline, f).await.map_err(|e| NodeError::DeadlineExceeded(e.to_string()))
+    }
+
+    fn host_identity(&self) -> (Option<String>, Option<String>) {
+        let read = |name: &str| {
+            std::fs::read_to_string(self.cfg.nvme_config_dir.join(name))
+                .ok()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+        };
+        (read("hostnqn"), read("hostid"))
+    }
+
+    /// Connect the volume's controller (a no-op when connected) and wait for its namespace.
+    pub(crate) async fn connect_and_wait(&self, t: &Target) -> Result<NsDevice, NodeError> {
+        if let Some(ns) = self.devices.resolve(&t.nqn) {
+            return Ok(ns);
+        }
+        let (host_nqn, host_id) = self.host_identity();
+        let req = ConnectRequest {
+            host_nqn,
+            host_id,
+            ctrl_loss_tmo: Some(t.ctrl_loss_tmo),
+            reconnect_delay: Some(t.reconnect_delay),
+            keep_alive_tmo: t.keep_alive_tmo,
+            ..ConnectRequest::tcp(t.nqn.clone(), t.address, t.port)
+        };
+        let fabric = self.fabric.clone();
+        let outcome = self
+            .blocking("nvme connect", self.cfg.deadlines.connect, move || fabric.connect(&req))
+            .await?
+            .map_err(|e| NodeError::Unavailable(format!("connecting {} at {}:{}: {e}", t.nqn, t.address, t.port)))?;
+        tracing::info!(nqn = %t.nqn, controller = %outcome.controller, already = outcome.already_connected, "controller connected");
+        self.devices.wait_for(&t.nqn, self.cfg.deadlines.device_wait).await.map_err(|e| match e {
+            devices::WaitError::Timeout { .. } => NodeError::DeadlineExceeded(e.to_string()),
+            devices::WaitError::Stopped(_) => NodeError::internal("waiting for the namespace", e),
+        })
+    }
+
+    /// Disconnect every controller of `nqn` (only within the managed prefix).
+    pub(crate) async fn disconnect(&self, nqn: &Nqn) -> Result<(), NodeError> {
+        self.check_managed(nqn)?;
+        let fabric = self.fabric.clone();
+        let nqn_s = nqn.as_str().to_owned();
+        let deadline = self.cfg.deadlines.connect;
+        self.blocking("nvme disconnect", deadline, move || -> Result<Vec<String>, rds_fabric::FabricError> {
+            let mut done = Vec::new();
+            for c in fabric.controllers()?.into_iter().filter(|c| c.subsysnqn == nqn_s) {
+                fabric.disconnect(&c.name)?;
+                done.push(c.name);
+            }
+            Ok(done)
+        })
+        .await?
+        .map(|done| tracing::info!(nqn = %nqn, controllers = ?done, "disconnected"))
+        .map_err(|e| NodeError::internal(format!("disconnecting {nqn}"), e))
+    }
+}
+
+/// `true` when `p` exists (without following a final symlink).
+pub(crate) fn exists(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok()
+}

@@ -1,0 +1,267 @@
+//! NodeStageVolume and NodeUnstageVolume.
+
+use std::os::unix::fs::FileTypeExt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rds_hostops::mount::{UnmountError, UnmountPolicy};
+use rds_hostops::probe::{Content, FsKind};
+use rds_types::DevNum;
+
+use super::{NodeService, NsDevice};
+use crate::error::NodeError;
+use crate::record::{DeviceRecord, VolumeRecord};
+use crate::validate::{AbsPath, Access, FsType, StageArgs, VolumeId};
+
+pub(crate) fn fs_kind(t: FsType) -> FsKind {
+    match t {
+        FsType::Ext4 => FsKind::Ext4,
+        FsType::Xfs => FsKind::Xfs,
+    }
+}
+
+impl NodeService {
+    #[tracing::instrument(skip_all, fields(volume.id = %args.volume_id, nqn = %args.target.nqn))]
+    pub async fn stage(&self, args: StageArgs) -> Result<(), NodeError> {
+        let _guard = self.guards.try_acquire(args.volume_id.as_str(), "NodeStageVolume")?;
+        self.check_managed(&args.target.nqn)?;
+        let view = self.mount_view().await?;
+
+        if let Some(rec) = self.volumes.get(&args.volume_id) {
+            if rec.access.is_block() != args.access.is_block() || rec.target.nqn != args.target.nqn {
+                return Err(NodeError::AlreadyExists(format!(
+                    "volume {} is already staged with a different capability or NQN",
+                    args.volume_id
+                )));
+            }
+            if rec.staging_path != args.staging_path {
+                if let Some(id) = rec.device.identity() {
+                    if !rec.access.is_block() && view.top(rec.staging_path.as_path()).is_some_and(|m| m.dev == id.dev) {
+                        return Err(NodeError::FailedPrecondition(format!(
+                            "volume {} is already staged at {}; unstage it before staging at {}",
+                            args.volume_id, rec.staging_path, args.staging_path
+                        )));
+                    }
+                }
+            }
+        }
+        // Another volume recorded at this staging path?
+        if let Some(other) = self
+            .volumes
+            .all()
+            .into_iter()
+            .find(|r| r.staging_path == args.staging_path && r.volume_id != args.volume_id)
+        {
+            return Err(NodeError::AlreadyExists(format!(
+                "staging path {} belongs to volume {}",
+                args.staging_path, other.volume_id
+            )));
+        }
+
+        let ns = self.connect_and_wait(&args.target).await?;
+        let dev_path = self.dev_path(&ns.name);
+        check_device_node(&dev_path, ns.identity.dev)?;
+
+        let mut mounted_here = false;
+        if let Access::Mount { fs_type, flags } = &args.access {
+            match view.top(args.staging_path.as_path()) {
+                Some(m) if m.dev == ns.identity.dev => {
+                    if m.fs_type != fs_type.as_str() {
+                        return Err(NodeError::AlreadyExists(format!(
+                            "{} is staged as {}, not {}",
+                            args.staging_path,
+                            m.fs_type,
+                            fs_type.as_str()
+                        )));
+                    }
+                    tracing::info!(staging = %args.staging_path, "already staged on this device");
+                }
+                Some(m) => {
+                    return Err(NodeError::AlreadyExists(format!(
+                        "staging path {} already holds a mount of device {} ({}), not this volume's device {}",
+                        args.staging_path, m.dev, m.fs_type, ns.identity
+                    )))
+                }
+                None => {
+                    self.prepare_filesystem(&dev_path, *fs_type).await?;
+                    self.mount_staging(&args, &dev_path, *fs_type, flags).await?;
+                    mounted_here = true;
+                }
+            }
+        }
+
+        let rec = VolumeRecord {
+            volume_id: args.volume_id.clone(),
+            target: args.target.clone(),
+            staging_path: args.staging_path.clone(),
+            access: args.access.clone(),
+            read_only: args.read_only,
+            device: DeviceRecord::new(&ns.name, ns.identity, ns.nsid),
+            publishes: self.volumes.get(&args.volume_id).map(|r| r.publishes).unwrap_or_default(),
+            staged_at: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        };
+        if let Err(e) = self.volumes.save(rec.clone()) {
+            // Nothing half-done: without its record a staged volume could not be recovered.
+            if mounted_here {
+                let _ = self.unmount_path(&args.staging_path).await;
+            }
+            return Err(e);
+        }
+        self.observer.staged(&rec);
+        tracing::info!(dev = %ns.identity, device = %ns.name, "volume staged");
+        Ok(())
+    }
+
+    /// Prove the device readable; format only when it is proven empty.
+    async fn prepare_filesystem(&self, dev_path: &std::path::Path, fs: FsType) -> Result<(), NodeError> {
+        let p = dev_path.to_owned();
+        let content = self
+            .blocking("probing device content", self.cfg.deadlines.probe, move || rds_hostops::probe::probe_content(&p))
+            .await?
+            .map_err(|e| NodeError::Unavailable(format!("{e}; refusing to format or mount it")))?;
+        match content {
+            Content::Empty(permit) => {
+                tracing::info!(device = %dev_path.display(), fs = fs.as_str(), "device proven empty: creating the filesystem");
+                let p = dev_path.to_owned();
+                let kind = fs_kind(fs);
+                let deadline = self.cfg.deadlines.mkfs;
+                self.blocking("mkfs", deadline + std::time::Duration::from_secs(5), move || {
+                    rds_hostops::probe::format(&p, kind, permit, deadline)
+                })
+                .await?
+                .map_err(|e| NodeError::internal(format!("creating {} on {}", fs.as_str(), dev_path.display()), e))
+            }
+            Content::Filesystem { fs_type, .. } if fs_type == fs.as_str() => Ok(()),
+            Content::Filesystem { fs_type, .. } => Err(NodeError::FailedPrecondition(format!(
+                "{} holds a {fs_type} filesystem but the volume asks for {}; refusing to reformat",
+                dev_path.display(),
+                fs.as_str()
+            ))),
+            Content::Unrecognised(what) => Err(NodeError::FailedPrecondition(format!(
+                "{} is not empty ({}) and holds no filesystem this plugin mounts; refusing to format it",
+                dev_path.display(),
+                what.join(", ")
+            ))),
+        }
+    }
+
+    async fn mount_staging(&self, args: &StageArgs, dev_path: &std::path::Path, fs: FsType, flags: &[String]) -> Result<(), NodeError> {
+        let (ms, data) = super::options::fs_mount_options(flags, args.read_only);
+        let (src, dst) = (dev_path.to_owned(), args.staging_path.as_path().to_owned());
+        self.blocking("mounting the staging path", self.cfg.deadlines.mount, move || {
+            std::fs::create_dir_all(&dst).map_err(|e| NodeError::internal(format!("creating {}", dst.display()), e))?;
+            rds_hostops::mount::mount_fs(&src, &dst, fs.as_str(), ms, (!data.is_empty()).then_some(data.as_str()))
+                .map_err(|e| NodeError::internal("mounting the staging path", e))
+        })
+        .await?
+    }
+
+    /// Unmount one layer at `path`: normal unmount, waiting; lazy only when nothing uses it.
+    pub(crate) async fn unmount_path(&self, path: &AbsPath) -> Result<(), NodeError> {
+        let p = path.as_path().to_owned();
+        let roots = self.cfg.roots.clone();
+        let policy = UnmountPolicy { wait: self.cfg.deadlines.unmount_wait, allow_lazy_when_unused: true };
+        let deadline = self.cfg.deadlines.unmount_wait + self.cfg.deadlines.mount;
+        match self.blocking("unmounting", deadline, move || rds_hostops::mount::unmount(&p, policy, &roots)).await? {
+            Ok(_) | Err(UnmountError::NotMounted { .. }) => Ok(()),
+            Err(e @ (UnmountError::InUse { .. } | UnmountError::UsageUnknown { .. } | UnmountError::Busy { .. })) => {
+                Err(NodeError::FailedPrecondition(e.to_string()))
+            }
+            Err(e) => Err(NodeError::internal(format!("unmounting {path}"), e)),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(volume.id = %id))]
+    pub async fn unstage(&self, id: VolumeId, staging: AbsPath) -> Result<(), NodeError> {
+        let _guard = self.guards.try_acquire(id.as_str(), "NodeUnstageVolume")?;
+        let rec = self.volumes.get(&id);
+        if let Some(rec) = &rec {
+            if rec.staging_path != staging {
+                return Err(NodeError::NotFound(format!(
+                    "volume {id} is staged at {}, not at {staging}",
+                    rec.staging_path
+                )));
+            }
+            self.check_managed(&rec.target.nqn)?;
+        }
+        let current = rec.as_ref().and_then(|r| self.devices.resolve(&r.target.nqn));
+        let ours = |dev: DevNum| {
+            rec.as_ref().is_some_and(|r| r.device.identity().is_some_and(|i| i.dev == dev))
+                || current.as_ref().is_some_and(|c| c.identity.dev == dev)
+        };
+
+        // Peel every layer we placed at the staging path (normally one).
+        for _ in 0..crate::defaults::MAX_UNMOUNT_LAYERS {
+            let view = self.mount_view().await?;
+            let Some(top) = view.top(staging.as_path()) else { break };
+            if !ours(top.dev) {
+                return Err(NodeError::FailedPrecondition(format!(
+                    "{staging} holds a mount of device {} that this plugin did not stage for volume {id}; leaving it",
+                    top.dev
+                )));
+            }
+            self.unmount_path(&staging).await?;
+        }
+        let view = self.mount_view().await?;
+        if view.top(staging.as_path()).is_some() {
+            return Err(NodeError::FailedPrecondition(format!(
+                "{staging} still has more than {} mounts stacked on it (mount storm?)",
+                crate::defaults::MAX_UNMOUNT_LAYERS
+            )));
+        }
+
+        if let Some(rec) = rec {
+            self.disconnect_if_unused(&rec, current.as_ref(), &view).await?;
+            self.volumes.remove(&id)?;
+            self.observer.unstaged(&id);
+            tracing::info!("volume unstaged");
+        } else {
+            tracing::info!("volume was not staged (nothing recorded, nothing mounted)");
+        }
+        Ok(())
+    }
+
+    /// Disconnect the subsystem only when nothing uses any incarnation of its device and no
+    /// other staged volume shares it.
+    async fn disconnect_if_unused(
+        &self,
+        rec: &VolumeRecord,
+        current: Option<&NsDevice>,
+        view: &super::table::MountView,
+    ) -> Result<(), NodeError> {
+        if self.volumes.others_on(&rec.volume_id, &rec.target.nqn) {
+            tracing::info!("another staged volume uses this subsystem: staying connected");
+            return Ok(());
+        }
+        let devs = rec.device.identity().map(|i| i.dev).into_iter().chain(current.map(|c| c.identity.dev));
+        for dev in devs {
+            let users = view.mounts_of(dev);
+            if !users.is_empty() {
+                return Err(NodeError::FailedPrecondition(format!(
+                    "device {dev} of volume {} is still mounted at {}; not disconnecting",
+                    rec.volume_id,
+                    users.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                )));
+            }
+        }
+        self.disconnect(&rec.target.nqn).await
+    }
+}
+
+/// The node under the dev root must be the block device the watcher resolved: a stale node
+/// left from an earlier incarnation must never be formatted or mounted.
+fn check_device_node(path: &std::path::Path, expected: DevNum) -> Result<(), NodeError> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(path)
+        .map_err(|e| NodeError::Unavailable(format!("device node {} is not usable: {e}", path.display())))?;
+    if !md.file_type().is_block_device() {
+        return Err(NodeError::FailedPrecondition(format!("{} is not a block device", path.display())));
+    }
+    let actual = DevNum::from_dev_t(md.rdev());
+    if actual != expected {
+        return Err(NodeError::Unavailable(format!(
+            "device node {} is {actual}, but the namespace is {expected}; waiting for udev to catch up",
+            path.display()
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,108 @@
+//! The gRPC server on a unix socket: socket hygiene, graceful shutdown.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error("endpoint {0:?} is not a unix:// URL (for example unix:///csi/csi.sock)")]
+    NotUnix(String),
+    #[error("endpoint {path}: {op}: {source}")]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("endpoint {0} exists and is not a socket: refusing to remove it")]
+    NotASocket(PathBuf),
+}
+
+/// `unix:///csi/csi.sock` (or `unix:/csi/csi.sock`, or a bare absolute path) to its path.
+pub fn socket_path(endpoint: &str) -> Result<PathBuf, EndpointError> {
+    let p = endpoint
+        .strip_prefix("unix://")
+        .or_else(|| endpoint.strip_prefix("unix:"))
+        .unwrap_or(endpoint);
+    if !p.starts_with('/') {
+        return Err(EndpointError::NotUnix(endpoint.to_owned()));
+    }
+    Ok(PathBuf::from(p))
+}
+
+/// Bind the socket: create the parent directory, remove a stale socket (only a socket), and
+/// restrict permissions to owner and group (kubelet runs as root).
+pub fn bind(path: &Path) -> Result<UnixListener, EndpointError> {
+    let io = |op| move |source| EndpointError::Io { path: path.to_owned(), op, source };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io("creating the parent directory"))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path).map_err(io("removing the stale socket"))?,
+        Ok(_) => return Err(EndpointError::NotASocket(path.to_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("inspecting")(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(io("binding"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io("setting permissions"))?;
+    Ok(listener)
+}
+
+pub fn incoming(listener: UnixListener) -> UnixListenerStream {
+    UnixListenerStream::new(listener)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; shutdown only by kill -9");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: finishing in-flight RPCs, refusing new ones"),
+        _ = int.recv() => tracing::info!("SIGINT: finishing in-flight RPCs, refusing new ones"),
+    }
+}
+
+/// How long to wait for in-flight work after the signal.
+pub fn grace() -> Duration {
+    crate::defaults::SHUTDOWN_GRACE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_forms() {
+        assert_eq!(socket_path("unix:///csi/csi.sock").unwrap(), PathBuf::from("/csi/csi.sock"));
+        assert_eq!(socket_path("unix:/csi/csi.sock").unwrap(), PathBuf::from("/csi/csi.sock"));
+        assert_eq!(socket_path("/csi/csi.sock").unwrap(), PathBuf::from("/csi/csi.sock"));
+        assert!(socket_path("tcp://127.0.0.1:10000").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_regular_file_at_the_endpoint_is_never_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("csi.sock");
+        std::fs::write(&p, b"precious").unwrap();
+        assert!(matches!(bind(&p), Err(EndpointError::NotASocket(_))));
+        assert_eq!(std::fs::read(&p).unwrap(), b"precious");
+    }
+
+    #[tokio::test]
+    async fn a_stale_socket_is_replaced_and_the_new_one_is_not_world_writable() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("sub/csi.sock");
+        drop(bind(&p).unwrap());
+        let l = bind(&p).expect("stale socket replaced");
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+        assert_eq!(mode & 0o002, 0, "socket must not be world-writable: {mode:o}");
+        drop(l);
+    }
+}
