@@ -14,3 +14,4 @@
 //! ```
 
 pub mod mountinfo;
+pub mod table;
