@@ -14,4 +14,5 @@
 //! ```
 
 pub mod mountinfo;
+pub mod storm;
 pub mod table;
