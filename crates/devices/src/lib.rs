@@ -7,5 +7,20 @@
 //!   group-2 injector for synthetic events.
 //! - [`sysfs_tree`]: writer of the NVMe sysfs layout under an injectable root (emulated fabric,
 //!   tests).
+//! - [`model`] (pure), [`scan`] (sysfs reader), [`source`] (netlink sockets), [`watcher`]
+//!   (the task and its resolver handle).
 pub mod sysfs_tree;
 pub mod uevent;
+pub mod model;
+pub mod scan;
+pub mod source;
+pub mod watcher;
+
+pub use model::{
+    BlockInfo, ControllerInfo, ControllerState, DeviceEvent, Model, NamespaceDevice, NvmeNamespace,
+    NvmeRole, Observation, Snapshot,
+};
+pub use source::SourceKind;
+pub use watcher::{
+    spawn, DeviceWatcherHandle, Resolver, WaitError, WatchError, WatcherConfig,
+};

@@ -18,3 +18,6 @@ pub use api::{
 pub mod kernel;
 
 pub use kernel::KernelFabric;
+pub mod emulated;
+
+pub use emulated::{EmulatedConfig, EmulatedFabric};

@@ -1,0 +1,403 @@
+//! The device watcher task and its cheap-to-clone handle (the resolver).
+//!
+//! Start-up follows "subscribe, then scan, then replay": the netlink socket is bound before
+//! sysfs is read, so an event that races the scan is still received (and applying it twice is
+//! harmless). The scan is replayed as synthetic events (ending with `Resynced`) on the event
+//! channel, and the model is complete before [`spawn`] returns, so the first `resolve` call
+//! already answers.
+//!
+//! The task owns the writes; the handle reads the model under a read lock (hash-map lookups
+//! only, never sysfs) and waits on a `watch` generation counter bumped after every update.
+
+use std::path::PathBuf;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+use rds_types::{DevNum, Nqn};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, error, info, warn};
+
+use crate::model::{BlockInfo, ControllerInfo, DeviceEvent, Model, NamespaceDevice, Snapshot};
+use crate::scan::{ScanError, SysfsReader, SUBSYSTEMS};
+use crate::source::{Received, SourceKind, Sources, UeventSocket};
+use crate::uevent::{Action, Origin, Uevent};
+
+/// Default receive buffer: 8 MiB holds bursts of thousands of uevents.
+pub const DEFAULT_RCVBUF: usize = 8 << 20;
+/// Default capacity of the event channel.
+pub const DEFAULT_CHANNEL_CAPACITY: usize = 4096;
+
+/// Watcher configuration. Roots are values: production passes `/sys` and `/run`, tests and
+/// the emulated fabric pass temporary directories.
+#[derive(Debug, Clone)]
+pub struct WatcherConfig {
+    pub sys_root: PathBuf,
+    pub run_root: PathBuf,
+    pub sources: SourceKind,
+    /// Socket receive buffer in bytes.
+    pub rcvbuf: usize,
+    pub channel_capacity: usize,
+}
+
+impl WatcherConfig {
+    pub fn new(sys_root: impl Into<PathBuf>, run_root: impl Into<PathBuf>) -> Self {
+        Self {
+            sys_root: sys_root.into(),
+            run_root: run_root.into(),
+            sources: SourceKind::Auto,
+            rcvbuf: DEFAULT_RCVBUF,
+            channel_capacity: DEFAULT_CHANNEL_CAPACITY,
+        }
+    }
+
+    pub fn with_sources(mut self, sources: SourceKind) -> Self {
+        self.sources = sources;
+        self
+    }
+
+    pub fn with_rcvbuf(mut self, rcvbuf: usize) -> Self {
+        self.rcvbuf = rcvbuf;
+        self
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("opening the uevent netlink socket")]
+    Socket(#[source] std::io::Error),
+    #[error("initial sysfs scan")]
+    Scan(#[source] ScanError),
+    #[error("the device watcher task has stopped")]
+    Stopped,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WaitError {
+    #[error("namespace {nsid} of {nqn} did not appear within {waited:?}")]
+    Timeout {
+        nqn: String,
+        nsid: u32,
+        waited: Duration,
+    },
+    #[error("the device watcher stopped while waiting for namespace {nsid} of {nqn}")]
+    Stopped { nqn: String, nsid: u32 },
+}
+
+struct Shared {
+    model: RwLock<Model>,
+    generation: watch::Sender<u64>,
+    sources: Sources,
+}
+
+type ResyncReply = oneshot::Sender<Result<(), ScanError>>;
+
+/// Cheap-to-clone handle: resolver queries, waits and resync requests.
+#[derive(Clone)]
+pub struct DeviceWatcherHandle {
+    shared: Arc<Shared>,
+    resync_tx: mpsc::Sender<ResyncReply>,
+}
+
+/// The handle is the resolver.
+pub type Resolver = DeviceWatcherHandle;
+
+impl std::fmt::Debug for DeviceWatcherHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceWatcherHandle")
+            .field("sources", &self.shared.sources)
+            .field("generation", &*self.shared.generation.borrow())
+            .finish()
+    }
+}
+
+/// Starts the watcher (inside a tokio runtime): binds the socket, scans `sys_root`, and
+/// returns the handle and the event stream (the scan replay first).
+pub fn spawn(
+    config: WatcherConfig,
+) -> Result<(DeviceWatcherHandle, mpsc::Receiver<DeviceEvent>), WatchError> {
+    let sources = config.sources.resolve(&config.run_root);
+    info!(
+        kernel = sources.kernel,
+        udev = sources.udev,
+        sys_root = %config.sys_root.display(),
+        "device watcher sources"
+    );
+    // Subscribe first...
+    let socket = UeventSocket::open(sources, config.rcvbuf).map_err(WatchError::Socket)?;
+    if let Ok(effective) = socket.rcvbuf() {
+        debug!(requested = config.rcvbuf, effective, "uevent receive buffer");
+    }
+    // ...then scan.
+    let reader = SysfsReader::new(config.sys_root.clone());
+    let snap = reader.scan().map_err(WatchError::Scan)?;
+    let mut model = Model::new();
+    let replay = model.reconcile(snap);
+    let (generation, _) = watch::channel(0u64);
+    let shared = Arc::new(Shared {
+        model: RwLock::new(model),
+        generation,
+        sources,
+    });
+    let (tx, rx) = mpsc::channel(config.channel_capacity.max(1));
+    let (resync_tx, resync_rx) = mpsc::channel(16);
+    let task = Task {
+        shared: shared.clone(),
+        reader,
+        socket,
+        tx,
+        resync_rx,
+    };
+    tokio::spawn(task.run(replay));
+    Ok((DeviceWatcherHandle { shared, resync_tx }, rx))
+}
+
+impl DeviceWatcherHandle {
+    fn model(&self) -> RwLockReadGuard<'_, Model> {
+        self.shared
+            .model
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The namespace device `nqn` resolves to now (`nsid` `None`: its lowest nsid).
+    pub fn resolve(&self, nqn: &Nqn, nsid: Option<u32>) -> Option<NamespaceDevice> {
+        self.model().resolve(nqn.as_str(), nsid)
+    }
+
+    /// As [`Self::resolve`] for an NQN that need not follow the plugin's NQN rules.
+    pub fn resolve_raw(&self, nqn: &str, nsid: Option<u32>) -> Option<NamespaceDevice> {
+        self.model().resolve(nqn, nsid)
+    }
+
+    pub fn controllers_for(&self, nqn: &Nqn) -> Vec<ControllerInfo> {
+        self.model().controllers_for(nqn.as_str())
+    }
+
+    pub fn controller(&self, name: &str) -> Option<ControllerInfo> {
+        self.model().controller(name).cloned()
+    }
+
+    /// Any block device by number (loop devices included).
+    pub fn block(&self, dev: DevNum) -> Option<BlockInfo> {
+        self.model().block(dev).cloned()
+    }
+
+    pub fn block_by_name(&self, name: &str) -> Option<BlockInfo> {
+        self.model().block_by_name(name).cloned()
+    }
+
+    /// A sorted copy of the whole model.
+    pub fn snapshot(&self) -> Snapshot {
+        self.model().to_snapshot()
+    }
+
+    /// Which sources are live.
+    pub fn sources(&self) -> Sources {
+        self.shared.sources
+    }
+
+    /// Bumped after every model update; `changed()` on it wakes after the next one.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.shared.generation.subscribe()
+    }
+
+    /// Waits until `nqn`/`nsid` resolves, woken by the event that makes it so (no polling).
+    pub async fn wait_for_namespace(
+        &self,
+        nqn: &Nqn,
+        nsid: u32,
+        deadline: Duration,
+    ) -> Result<NamespaceDevice, WaitError> {
+        self.wait_until(deadline, |m| m.resolve(nqn.as_str(), Some(nsid)))
+            .await
+            .map_err(|stopped| {
+                if stopped {
+                    WaitError::Stopped {
+                        nqn: nqn.to_string(),
+                        nsid,
+                    }
+                } else {
+                    WaitError::Timeout {
+                        nqn: nqn.to_string(),
+                        nsid,
+                        waited: deadline,
+                    }
+                }
+            })
+    }
+
+    /// Waits until `probe` returns `Some` on the model (checked now, then after every update).
+    /// `Err(true)` when the watcher stopped, `Err(false)` on timeout.
+    pub async fn wait_until<T>(
+        &self,
+        deadline: Duration,
+        probe: impl Fn(&Model) -> Option<T>,
+    ) -> Result<T, bool> {
+        // Subscribe before the first check so no update falls in between.
+        let mut rx = self.shared.generation.subscribe();
+        let wait = async {
+            loop {
+                if let Some(v) = probe(&self.model()) {
+                    return Ok(v);
+                }
+                if rx.changed().await.is_err() {
+                    return Err(true);
+                }
+            }
+        };
+        tokio::time::timeout(deadline, wait)
+            .await
+            .unwrap_or(Err(false))
+    }
+
+    /// Rescans sysfs and reconciles the model (emits the differences and `Resynced`);
+    /// returns once the model is up to date.
+    pub async fn resync(&self) -> Result<(), WatchError> {
+        let (tx, rx) = oneshot::channel();
+        self.resync_tx
+            .send(tx)
+            .await
+            .map_err(|_| WatchError::Stopped)?;
+        rx.await
+            .map_err(|_| WatchError::Stopped)?
+            .map_err(WatchError::Scan)
+    }
+}
+
+struct Task {
+    shared: Arc<Shared>,
+    reader: SysfsReader,
+    socket: UeventSocket,
+    tx: mpsc::Sender<DeviceEvent>,
+    resync_rx: mpsc::Receiver<ResyncReply>,
+}
+
+impl Task {
+    async fn run(mut self, replay: Vec<DeviceEvent>) {
+        self.emit(replay).await;
+        loop {
+            tokio::select! {
+                biased;
+                req = self.resync_rx.recv() => match req {
+                    Some(reply) => {
+                        let res = self.resync().await;
+                        let _ = reply.send(res);
+                    }
+                    // Every handle is gone: nobody can query the model any more.
+                    None => break,
+                },
+                got = self.socket.recv() => match got {
+                    Ok(Received::Event(ev)) => self.on_uevent(ev).await,
+                    Ok(Received::Overflow) => {
+                        warn!("uevent queue overflowed (ENOBUFS): events lost, resyncing from sysfs");
+                        self.emit(vec![DeviceEvent::Overflow]).await;
+                        if let Err(e) = self.resync().await {
+                            error!(error = %e, "resync after overflow failed");
+                        }
+                    }
+                    Ok(Received::Unreadable(why)) => {
+                        warn!(reason = %why, "unreadable uevent, resyncing from sysfs");
+                        if let Err(e) = self.resync().await {
+                            error!(error = %e, "resync after an unreadable uevent failed");
+                        }
+                    }
+                    Ok(Received::Ignored) => {}
+                    Err(e) => {
+                        error!(error = %e, "uevent socket failed; device watcher stops");
+                        break;
+                    }
+                },
+            }
+        }
+        debug!("device watcher task ended");
+    }
+
+    async fn on_uevent(&mut self, ev: Uevent) {
+        if !SUBSYSTEMS.contains(&ev.subsystem.as_str()) {
+            return;
+        }
+        // With both groups live, udevd re-broadcasts every kernel event later; a late
+        // add/change for a device already removed must not resurrect it.
+        if ev.origin == Origin::Udev
+            && self.shared.sources.kernel
+            && ev.action != Action::Remove
+            && !self.reader.exists(&ev.devpath)
+        {
+            debug!(devpath = %ev.devpath, "stale udev event for a device no longer in sysfs");
+            return;
+        }
+        let Some(obs) = self.reader.observe(&ev) else {
+            return;
+        };
+        debug!(action = %ev.action, devpath = %ev.devpath, seqnum = ?ev.seqnum, "uevent");
+        let events = {
+            let mut m = self
+                .shared
+                .model
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            m.apply(obs)
+        };
+        if !events.is_empty() {
+            self.shared.generation.send_modify(|g| *g += 1);
+            self.emit(events).await;
+        }
+    }
+
+    async fn resync(&mut self) -> Result<(), ScanError> {
+        let snap = self.reader.scan()?;
+        let events = {
+            let mut m = self
+                .shared
+                .model
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            m.reconcile(snap)
+        };
+        self.shared.generation.send_modify(|g| *g += 1);
+        info!(changes = events.len() - 1, "device model resynced from sysfs");
+        self.emit(events).await;
+        Ok(())
+    }
+
+    async fn emit(&self, events: Vec<DeviceEvent>) {
+        for ev in events {
+            log_event(&ev);
+            // A dropped receiver is fine: the model still serves the resolver.
+            let _ = self.tx.send(ev).await;
+        }
+    }
+}
+
+fn log_event(ev: &DeviceEvent) {
+    match ev {
+        DeviceEvent::ControllerAdded(c) => {
+            info!(ctrl = %c.name, nqn = %c.subsysnqn, state = %c.state, "controller added")
+        }
+        DeviceEvent::ControllerState { name, old, new, .. } => {
+            info!(ctrl = %name, old = %old, new = %new, "controller state")
+        }
+        DeviceEvent::ControllerRemoved(c) => {
+            info!(ctrl = %c.name, nqn = %c.subsysnqn, "controller removed")
+        }
+        DeviceEvent::NamespaceAdded {
+            nqn,
+            nsid,
+            name,
+            identity,
+        } => info!(%nqn, nsid, dev = %identity.dev, diskseq = ?identity.diskseq.map(|d| d.0), name = %name, "namespace added"),
+        DeviceEvent::NamespaceRemoved {
+            nqn,
+            nsid,
+            name,
+            identity,
+        } => info!(%nqn, nsid, dev = %identity.dev, diskseq = ?identity.diskseq.map(|d| d.0), name = %name, "namespace removed"),
+        DeviceEvent::BlockAdded(b) | DeviceEvent::BlockRemoved(b) => {
+            debug!(name = %b.name, dev = %b.identity.dev, diskseq = ?b.identity.diskseq.map(|d| d.0), event = if matches!(ev, DeviceEvent::BlockAdded(_)) { "added" } else { "removed" }, "block device")
+        }
+        DeviceEvent::BlockChanged { new, .. } => {
+            debug!(name = %new.name, dev = %new.identity.dev, "block device changed")
+        }
+        DeviceEvent::Overflow | DeviceEvent::Resynced => {}
+    }
+}
