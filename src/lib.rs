@@ -9,3 +9,6 @@ pub mod validate;
 pub mod identity;
 pub mod node;
 pub mod server;
+pub mod app;
+pub mod cli;
+pub mod watch;

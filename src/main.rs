@@ -1,1 +1,98 @@
-fn main() {}
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use rds_csi_node::app::{self, AppConfig};
+use rds_csi_node::cli::{Cli, Command, FabricKind, LogFormat, ServeArgs};
+use rds_csi_node::node::{Deadlines, NodeConfig};
+use rds_types::ManagedPrefix;
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    if let Command::Watch(w) = &cli.command {
+        if let Some(ns) = &w.mount_ns {
+            if let Err(e) = rds_csi_node::watch::enter_mount_ns(ns) {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let r = match cli.command {
+        Command::Serve(args) => rt.block_on(serve(args)),
+        Command::Watch(args) => rt.block_on(rds_csi_node::watch::run(args)),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            let mut src = std::error::Error::source(e.as_ref());
+            while let Some(s) = src {
+                tracing::error!("  caused by: {s}");
+                src = s.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    // Validated before any action: nothing outside this prefix is ever touched.
+    let managed = ManagedPrefix::parse(&a.managed_nqn_prefix)?;
+    if a.node_id.trim().is_empty() {
+        return Err("--node-id must not be empty".into());
+    }
+    let endpoint = rds_csi_node::server::socket_path(&a.endpoint)?;
+    let roots = rds_hostops::inuse::HostRoots { proc: a.proc_root.clone(), sys: a.sys_root.clone(), dev: a.dev_root.clone() };
+    let fabric: Arc<dyn rds_fabric::Fabric> = match a.fabric {
+        FabricKind::Kernel => Arc::new(rds_fabric::KernelFabric::new(a.dev_root.clone(), a.sys_root.clone(), managed.clone())),
+        FabricKind::Emulated => Arc::new(rds_fabric::EmulatedFabric::new(rds_fabric::EmulatedConfig {
+            sys_root: a.sys_root.clone(),
+            dev_root: a.dev_root.clone(),
+            backing_dir: a.emulated_backing_dir.clone(),
+            multipath: false,
+            inject_uevents: true,
+            managed: managed.clone(),
+            loops: rds_fabric::loopdev::LoopControl::new("/dev", "/sys"),
+        })?),
+    };
+    let cfg = AppConfig {
+        endpoint,
+        driver_name: a.driver_name.clone(),
+        state_dir: a.state_dir.clone(),
+        node: NodeConfig {
+            node_id: a.node_id.clone(),
+            managed,
+            roots,
+            nvme_config_dir: a.nvme_config_dir.clone(),
+            max_volumes_per_node: a.max_volumes_per_node,
+            topology_key: rds_csi_node::defaults::TOPOLOGY_KEY.to_owned(),
+            deadlines: Deadlines {
+                device_wait: a.device_wait,
+                unmount_wait: a.unmount_wait,
+                mountinfo: a.mountinfo_timeout,
+                ..Deadlines::default()
+            },
+        },
+        devices: rds_devices::WatcherConfig::new(a.sys_root.clone(), a.run_root.clone()).with_sources(a.uevent_source.into()),
+    };
+    app::run(cfg, fabric, rds_csi_node::server::shutdown_signal(), |_| {}).await?;
+    Ok(())
+}

@@ -29,3 +29,28 @@ pub trait NamespaceSource: Send + Sync + 'static {
     /// Wait for the namespace's device, woken by the kernel's event (no sleep loop).
     async fn wait_for(&self, nqn: &Nqn, deadline: Duration) -> Result<NsDevice, WaitError>;
 }
+
+/// The device watcher's handle is the production source.
+#[tonic::async_trait]
+impl NamespaceSource for rds_devices::DeviceWatcherHandle {
+    fn resolve(&self, nqn: &Nqn) -> Option<NsDevice> {
+        rds_devices::DeviceWatcherHandle::resolve(self, nqn, None).map(from_watcher)
+    }
+
+    async fn wait_for(&self, nqn: &Nqn, deadline: Duration) -> Result<NsDevice, WaitError> {
+        self.wait_until(deadline, |m| m.resolve(nqn.as_str(), None))
+            .await
+            .map(from_watcher)
+            .map_err(|stopped| {
+                if stopped {
+                    WaitError::Stopped(format!("while waiting for {nqn}"))
+                } else {
+                    WaitError::Timeout { nqn: nqn.clone(), waited: deadline }
+                }
+            })
+    }
+}
+
+fn from_watcher(d: rds_devices::NamespaceDevice) -> NsDevice {
+    NsDevice { name: d.dev_path_name, nsid: Some(d.nsid), identity: d.identity }
+}

@@ -1,0 +1,123 @@
+//! Command line: every flag also an environment variable; defaults from [`crate::defaults`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::defaults as d;
+
+#[derive(Debug, Parser)]
+#[command(name = "rds-csi-node", version, about = "Event-driven CSI node plugin for NVMe/TCP block storage")]
+pub struct Cli {
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the CSI Identity and Node services (what the DaemonSet runs).
+    Serve(ServeArgs),
+    /// Print the live stream of mount and device events the monitor sees.
+    Watch(WatchArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FabricKind {
+    /// The kernel's NVMe-oF host (`/dev/nvme-fabrics` and sysfs).
+    Kernel,
+    /// The emulated fabric (loop devices behind an NVMe sysfs tree under --sys-root).
+    Emulated,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UeventSource {
+    Auto,
+    Kernel,
+    Udev,
+    Both,
+}
+
+impl From<UeventSource> for rds_devices::SourceKind {
+    fn from(s: UeventSource) -> Self {
+        match s {
+            UeventSource::Auto => Self::Auto,
+            UeventSource::Kernel => Self::Kernel,
+            UeventSource::Udev => Self::Udev,
+            UeventSource::Both => Self::Both,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// CSI endpoint (unix socket).
+    #[arg(long, env = "CSI_ENDPOINT", default_value = d::ENDPOINT)]
+    pub endpoint: String,
+    /// This node's name (NodeGetInfo's node_id and topology).
+    #[arg(long, env = "NODE_ID")]
+    pub node_id: String,
+    #[arg(long, env = "DRIVER_NAME", default_value = d::DRIVER_NAME)]
+    pub driver_name: String,
+    /// Only NQNs under this prefix are ever connected, formatted, mounted or disconnected.
+    #[arg(long, env = "CSI_MANAGED_NQN_PREFIX")]
+    pub managed_nqn_prefix: String,
+    /// The plugin's own state (per-volume records).
+    #[arg(long, env = "STATE_DIR", default_value = d::STATE_DIR)]
+    pub state_dir: PathBuf,
+    #[arg(long, env = "KUBELET_DIR", default_value = d::KUBELET_DIR)]
+    pub kubelet_dir: PathBuf,
+    #[arg(long, env = "SYS_ROOT", default_value = d::SYS_ROOT)]
+    pub sys_root: PathBuf,
+    #[arg(long, env = "DEV_ROOT", default_value = d::DEV_ROOT)]
+    pub dev_root: PathBuf,
+    #[arg(long, env = "PROC_ROOT", default_value = d::PROC_ROOT)]
+    pub proc_root: PathBuf,
+    /// Where udev's control socket lives (`<run-root>/udev/control`).
+    #[arg(long, env = "RUN_ROOT", default_value = "/run")]
+    pub run_root: PathBuf,
+    /// Directory holding `hostnqn` and `hostid`.
+    #[arg(long, env = "NVME_CONFIG_DIR", default_value = d::NVME_CONFIG_DIR)]
+    pub nvme_config_dir: PathBuf,
+    #[arg(long, env = "MAX_VOLUMES_PER_NODE", default_value_t = d::MAX_VOLUMES_PER_NODE)]
+    pub max_volumes_per_node: i64,
+    #[arg(long, env = "FABRIC", value_enum, default_value_t = FabricKind::Kernel)]
+    pub fabric: FabricKind,
+    /// With --fabric emulated: where the emulated targets' backing files live.
+    #[arg(long, env = "EMULATED_BACKING_DIR", default_value = "/var/lib/rds-csi-node/emulated")]
+    pub emulated_backing_dir: PathBuf,
+    #[arg(long, env = "UEVENT_SOURCE", value_enum, default_value_t = UeventSource::Auto)]
+    pub uevent_source: UeventSource,
+    /// How long NodeStageVolume waits for the namespace's block device.
+    #[arg(long, env = "DEVICE_WAIT", value_parser = humantime::parse_duration, default_value = "30s")]
+    pub device_wait: Duration,
+    /// Normal unmounts are retried this long before a lazy unmount is considered.
+    #[arg(long, env = "UNMOUNT_WAIT", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub unmount_wait: Duration,
+    /// Bound on one read of the mount table.
+    #[arg(long, env = "MOUNTINFO_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub mountinfo_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[arg(long, env = "SYS_ROOT", default_value = d::SYS_ROOT)]
+    pub sys_root: PathBuf,
+    #[arg(long, env = "PROC_ROOT", default_value = d::PROC_ROOT)]
+    pub proc_root: PathBuf,
+    #[arg(long, env = "RUN_ROOT", default_value = "/run")]
+    pub run_root: PathBuf,
+    #[arg(long, env = "UEVENT_SOURCE", value_enum, default_value_t = UeventSource::Auto)]
+    pub uevent_source: UeventSource,
+    /// Watch the mount namespace of this file (e.g. /proc/<pid>/ns/mnt) instead of our own.
+    #[arg(long)]
+    pub mount_ns: Option<PathBuf>,
+}
