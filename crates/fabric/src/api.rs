@@ -73,7 +73,11 @@ impl ConnectRequest {
         );
         for (key, value) in [("hostnqn", &self.host_nqn), ("hostid", &self.host_id)] {
             if let Some(v) = value {
-                if v.is_empty() || v.bytes().any(|b| b == b',' || b == b'=' || b.is_ascii_whitespace() || b.is_ascii_control()) {
+                if v.is_empty()
+                    || v.bytes().any(|b| {
+                        b == b',' || b == b'=' || b.is_ascii_whitespace() || b.is_ascii_control()
+                    })
+                {
                     return Err(FabricError::InvalidOption {
                         key,
                         value: v.clone(),
@@ -201,7 +205,9 @@ pub enum FabricError {
     #[error("cannot parse {what} {value:?}")]
     Parse { what: &'static str, value: String },
     /// The guard: nothing outside the managed NQN prefix is ever disconnected.
-    #[error("{what}: {subsysnqn:?} is outside the managed prefix {prefix:?}, refusing to touch it")]
+    #[error(
+        "{what}: {subsysnqn:?} is outside the managed prefix {prefix:?}, refusing to touch it"
+    )]
     NotManaged {
         /// What was refused: `connect` or `disconnect nvmeN`.
         what: String,
@@ -265,7 +271,8 @@ mod tests {
     #[test]
     fn options_line_matches_the_kernel_format_with_every_field() {
         let mut r = req();
-        r.host_nqn = Some("nqn.2014-08.org.nvmexpress:uuid:1b4e28ba-2fa1-11d2-883f-0016d3cca427".into());
+        r.host_nqn =
+            Some("nqn.2014-08.org.nvmexpress:uuid:1b4e28ba-2fa1-11d2-883f-0016d3cca427".into());
         r.host_id = Some("1b4e28ba-2fa1-11d2-883f-0016d3cca427".into());
         r.ctrl_loss_tmo = Some(-1);
         r.reconnect_delay = Some(5);
@@ -291,18 +298,29 @@ mod tests {
         let mut r = req();
         r.traddr = "fd00::5".parse().unwrap();
         assert!(
-            r.to_options_line().unwrap().starts_with("transport=tcp,traddr=fd00::5,trsvcid=4420,"),
+            r.to_options_line()
+                .unwrap()
+                .starts_with("transport=tcp,traddr=fd00::5,trsvcid=4420,"),
             "the kernel expects a bare IPv6 literal in traddr"
         );
     }
 
     #[test]
     fn options_line_refuses_values_that_would_inject_options() {
-        for bad in ["x,nqn=nqn.2000-02.com.other:boot", "a=b", "has space", "", "line\n"] {
+        for bad in [
+            "x,nqn=nqn.2000-02.com.other:boot",
+            "a=b",
+            "has space",
+            "",
+            "line\n",
+        ] {
             let mut r = req();
             r.host_nqn = Some(bad.into());
             assert!(
-                matches!(r.to_options_line(), Err(FabricError::InvalidOption { key: "hostnqn", .. })),
+                matches!(
+                    r.to_options_line(),
+                    Err(FabricError::InvalidOption { key: "hostnqn", .. })
+                ),
                 "host NQN {bad:?} must be refused"
             );
         }
@@ -310,12 +328,26 @@ mod tests {
 
     #[test]
     fn controller_state_round_trips_every_kernel_spelling() {
-        for s in ["new", "live", "resetting", "connecting", "deleting", "deleting (no IO)", "dead"] {
+        for s in [
+            "new",
+            "live",
+            "resetting",
+            "connecting",
+            "deleting",
+            "deleting (no IO)",
+            "dead",
+        ] {
             let st = ControllerState::parse(&format!("{s}\n"));
-            assert!(!matches!(st, ControllerState::Unknown(_)), "{s:?} must be known");
+            assert!(
+                !matches!(st, ControllerState::Unknown(_)),
+                "{s:?} must be known"
+            );
             assert_eq!(st.as_str(), s);
         }
-        assert_eq!(ControllerState::parse("weird"), ControllerState::Unknown("weird".into()));
+        assert_eq!(
+            ControllerState::parse("weird"),
+            ControllerState::Unknown("weird".into())
+        );
         assert!(ControllerState::DeletingNoIo.is_deleting());
         assert!(!ControllerState::Connecting.is_deleting());
     }

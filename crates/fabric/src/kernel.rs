@@ -26,7 +26,11 @@ pub struct KernelFabric {
 }
 
 impl KernelFabric {
-    pub fn new(dev_root: impl Into<PathBuf>, sys_root: impl Into<PathBuf>, managed: ManagedPrefix) -> Self {
+    pub fn new(
+        dev_root: impl Into<PathBuf>,
+        sys_root: impl Into<PathBuf>,
+        managed: ManagedPrefix,
+    ) -> Self {
         Self {
             dev_root: dev_root.into(),
             sys_root: sys_root.into(),
@@ -90,7 +94,10 @@ impl Fabric for KernelFabric {
                 return Err(FabricError::io(
                     "write",
                     &path,
-                    io::Error::new(io::ErrorKind::WriteZero, format!("short write: {n} of {} bytes", line.len())),
+                    io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        format!("short write: {n} of {} bytes", line.len()),
+                    ),
                 ))
             }
             Err(e) if e.raw_os_error() == Some(libc::EALREADY) => {
@@ -116,7 +123,9 @@ impl Fabric for KernelFabric {
             }
         }
         let mut buf = [0u8; REPLY_MAX];
-        let n = dev.read(&mut buf).map_err(|e| FabricError::io("read", &path, e))?;
+        let n = dev
+            .read(&mut buf)
+            .map_err(|e| FabricError::io("read", &path, e))?;
         let reply = String::from_utf8_lossy(&buf[..n]);
         let (instance, cntlid) = sysfs::parse_connect_reply(&reply)?;
         let controller = format!("nvme{instance}");
@@ -131,14 +140,17 @@ impl Fabric for KernelFabric {
         let info = sysfs::read_controller(&self.sys_root, controller)?
             .ok_or_else(|| FabricError::NoSuchController(controller.to_owned()))?;
         self.check_managed(format!("disconnect {controller}"), &info.subsysnqn)?;
-        let path = sysfs::class_nvme(&self.sys_root).join(controller).join("delete_controller");
+        let path = sysfs::class_nvme(&self.sys_root)
+            .join(controller)
+            .join("delete_controller");
         // No O_CREAT: a missing attribute means the controller is already gone.
         let mut f = OpenOptions::new()
             .write(true)
             .custom_flags(libc::O_CLOEXEC)
             .open(&path)
             .map_err(|e| FabricError::io("open", &path, e))?;
-        f.write_all(b"1").map_err(|e| FabricError::io("write", &path, e))?;
+        f.write_all(b"1")
+            .map_err(|e| FabricError::io("write", &path, e))?;
         tracing::info!(controller, nqn = %info.subsysnqn, "deleted controller");
         Ok(())
     }

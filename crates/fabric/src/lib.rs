@@ -13,8 +13,7 @@ pub mod loopdev;
 pub mod sysfs;
 
 pub use api::{
-    ConnectOutcome, ConnectRequest, ControllerInfo, ControllerState, Fabric, FabricError,
-    Transport,
+    ConnectOutcome, ConnectRequest, ControllerInfo, ControllerState, Fabric, FabricError, Transport,
 };
 pub mod kernel;
 

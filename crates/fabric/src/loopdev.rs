@@ -174,7 +174,12 @@ impl LoopControl {
         self.dev_root.join(format!("loop{n}"))
     }
 
-    fn control_ioctl(&self, op: &'static str, req: libc::c_ulong, arg: u32) -> Result<u32, LoopError> {
+    fn control_ioctl(
+        &self,
+        op: &'static str,
+        req: libc::c_ulong,
+        arg: u32,
+    ) -> Result<u32, LoopError> {
         let path = self.control_path();
         let ctl = OpenOptions::new()
             .read(true)
@@ -182,9 +187,14 @@ impl LoopControl {
             .custom_flags(libc::O_CLOEXEC)
             .open(&path)
             .map_err(|e| LoopError::io("open", &path, e))?;
-        let rc = ioctl_arg(&ctl, req, libc::c_ulong::from(arg)).map_err(|e| LoopError::io(op, &path, e))?;
+        let rc = ioctl_arg(&ctl, req, libc::c_ulong::from(arg))
+            .map_err(|e| LoopError::io(op, &path, e))?;
         u32::try_from(rc).map_err(|_| {
-            LoopError::io(op, &path, io::Error::other(format!("negative device number {rc}")))
+            LoopError::io(
+                op,
+                &path,
+                io::Error::other(format!("negative device number {rc}")),
+            )
         })
     }
 
@@ -203,7 +213,8 @@ impl LoopControl {
     /// is bound or open. Only remove numbers you added yourself: a free device may be in the
     /// middle of being claimed by another process.
     pub fn remove(&self, n: u32) -> Result<(), LoopError> {
-        self.control_ioctl("LOOP_CTL_REMOVE", LOOP_CTL_REMOVE, n).map(|_| ())
+        self.control_ioctl("LOOP_CTL_REMOVE", LOOP_CTL_REMOVE, n)
+            .map(|_| ())
     }
 
     /// Bind `backing` to a free loop device with one atomic `LOOP_CONFIGURE`, retrying with
@@ -262,7 +273,12 @@ impl LoopControl {
     }
 }
 
-fn configure(dev: &File, backing: &File, backing_path: &Path, opts: AttachOptions) -> io::Result<()> {
+fn configure(
+    dev: &File,
+    backing: &File,
+    backing_path: &Path,
+    opts: AttachOptions,
+) -> io::Result<()> {
     let mut flags = 0;
     if opts.read_only {
         flags |= LO_FLAGS_READ_ONLY;
@@ -275,7 +291,8 @@ fn configure(dev: &File, backing: &File, backing_path: &Path, opts: AttachOption
     let len = bytes.len().min(LO_NAME_SIZE - 1);
     name[..len].copy_from_slice(&bytes[..len]);
     let cfg = LoopConfig {
-        fd: u32::try_from(backing.as_raw_fd()).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?,
+        fd: u32::try_from(backing.as_raw_fd())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?,
         block_size: 0,
         info: LoopInfo64 {
             lo_device: 0,
@@ -296,7 +313,13 @@ fn configure(dev: &File, backing: &File, backing_path: &Path, opts: AttachOption
     };
     // SAFETY: LOOP_CONFIGURE reads a `struct loop_config`, which `cfg` matches in layout
     // (checked by the size assertions above) and which outlives the call.
-    let rc = unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CONFIGURE as _, &cfg as *const LoopConfig) };
+    let rc = unsafe {
+        libc::ioctl(
+            dev.as_raw_fd(),
+            LOOP_CONFIGURE as _,
+            &cfg as *const LoopConfig,
+        )
+    };
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -447,8 +470,12 @@ impl LoopDevice {
         // Closing our descriptor is what lets the kernel finish a deferred (autoclear) detach.
         self.file = None;
         match &result {
-            Ok(()) => tracing::debug!(loop_dev = %self.path.display(), dev = %self.dev, diskseq = %self.diskseq, "detached loop device"),
-            Err(e) => tracing::warn!(loop_dev = %self.path.display(), error = %e, "detaching loop device failed"),
+            Ok(()) => {
+                tracing::debug!(loop_dev = %self.path.display(), dev = %self.dev, diskseq = %self.diskseq, "detached loop device")
+            }
+            Err(e) => {
+                tracing::warn!(loop_dev = %self.path.display(), error = %e, "detaching loop device failed")
+            }
         }
         result
     }

@@ -81,7 +81,8 @@ pub fn read_controller(sys_root: &Path, name: &str) -> Result<Option<ControllerI
         return Err(FabricError::NoSuchController(name.to_owned()));
     }
     let dir = class_nvme(sys_root).join(name);
-    let (Some(subsysnqn), Some(state)) = (read_attr(&dir, "subsysnqn")?, read_attr(&dir, "state")?) else {
+    let (Some(subsysnqn), Some(state)) = (read_attr(&dir, "subsysnqn")?, read_attr(&dir, "state")?)
+    else {
         return Ok(None);
     };
     Ok(Some(ControllerInfo {
@@ -142,8 +143,17 @@ mod tests {
 
     #[test]
     fn connect_reply_parses_instance_and_cntlid() {
-        assert_eq!(parse_connect_reply("instance=3,cntlid=17\n").unwrap(), (3, 17));
-        for bad in ["", "instance=3", "cntlid=1", "instance=x,cntlid=1", "garbage"] {
+        assert_eq!(
+            parse_connect_reply("instance=3,cntlid=17\n").unwrap(),
+            (3, 17)
+        );
+        for bad in [
+            "",
+            "instance=3",
+            "cntlid=1",
+            "instance=x,cntlid=1",
+            "garbage",
+        ] {
             assert!(parse_connect_reply(bad).is_err(), "{bad:?} must be refused");
         }
     }
@@ -151,7 +161,10 @@ mod tests {
     #[test]
     fn address_parses_with_and_without_source_address() {
         let v4 = "10.0.0.5".parse().unwrap();
-        assert_eq!(parse_address("traddr=10.0.0.5,trsvcid=4420\n"), Some((v4, 4420)));
+        assert_eq!(
+            parse_address("traddr=10.0.0.5,trsvcid=4420\n"),
+            Some((v4, 4420))
+        );
         assert_eq!(
             parse_address("traddr=10.0.0.5,trsvcid=4420,src_addr=10.0.0.9"),
             Some((v4, 4420))
@@ -169,7 +182,14 @@ mod tests {
     fn controller_names_are_strict() {
         assert!(is_controller_name("nvme0"));
         assert!(is_controller_name("nvme12"));
-        for bad in ["nvme", "nvme0n1", "nvme-subsys0", "../nvme0", "nvme1/..", "loop0"] {
+        for bad in [
+            "nvme",
+            "nvme0n1",
+            "nvme-subsys0",
+            "../nvme0",
+            "nvme1/..",
+            "loop0",
+        ] {
             assert!(!is_controller_name(bad), "{bad:?} is not a controller name");
         }
         assert_eq!(controller_instance("nvme12"), Some(12));
