@@ -734,3 +734,43 @@ fn connect_reconnect_and_disconnect_send_the_udev_events_a_kernel_would() {
         .collect();
     assert_eq!(summary, [("block", "remove"), ("nvme", "remove")]);
 }
+
+/// The device watcher's own scanner and resolver, run over the emulated tree.
+fn resolve(f: &Fixture, n: &Nqn) -> Option<rds_devices::model::NamespaceDevice> {
+    let snap = rds_devices::scan::SysfsReader::new(&f.sys)
+        .scan()
+        .expect("scan the emulated tree");
+    let mut model = rds_devices::model::Model::new();
+    model.reconcile(snap);
+    model.resolve(n.as_str(), Some(1))
+}
+
+#[test]
+fn the_device_watchers_resolver_finds_the_emulated_namespace_and_its_replacement() {
+    rds_testkit::require_private_namespaces();
+    for multipath in [false, true] {
+        let f = fixture_with(multipath, false);
+        let (n, _) = connected(&f, "a");
+        let (name, dev, seq) = f.fabric.namespace_of(&n).unwrap();
+        let found = resolve(&f, &n)
+            .unwrap_or_else(|| panic!("multipath={multipath}: the resolver must find {n}"));
+        assert_eq!(found.name, name, "multipath={multipath}");
+        assert_eq!(found.identity.dev, dev, "multipath={multipath}");
+        assert_eq!(found.identity.diskseq, Some(seq), "multipath={multipath}");
+        assert_eq!(found.state, Some(ControllerState::Live));
+
+        f.fabric.reconnect_same_name(&n).unwrap();
+        let (_, new_dev, new_seq) = f.fabric.namespace_of(&n).unwrap();
+        let again = resolve(&f, &n).expect("resolvable after the reconnect");
+        assert_eq!(
+            (again.identity.dev, again.identity.diskseq),
+            (new_dev, Some(new_seq)),
+            "multipath={multipath}: the resolver must see the new incarnation"
+        );
+        f.fabric.lose_controller(&n).unwrap();
+        assert!(
+            resolve(&f, &n).is_none(),
+            "multipath={multipath}: nothing after the loss"
+        );
+    }
+}
