@@ -115,56 +115,16 @@ pub struct ConnectOutcome {
     pub already_connected: bool,
 }
 
-/// NVMe controller states as `/sys/class/nvme/nvmeN/state` prints them.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ControllerState {
-    New,
-    Live,
-    Resetting,
-    Connecting,
-    Deleting,
-    DeletingNoIo,
-    Dead,
-    Unknown(String),
-}
+/// NVMe controller states as `/sys/class/nvme/nvmeN/state` prints them: the device watcher's
+/// type, re-exported so the fabric and the watcher speak of one state.
+pub use rds_devices::model::ControllerState;
 
-impl ControllerState {
-    pub fn parse(s: &str) -> Self {
-        match s.trim() {
-            "new" => Self::New,
-            "live" => Self::Live,
-            "resetting" => Self::Resetting,
-            "connecting" => Self::Connecting,
-            "deleting" => Self::Deleting,
-            "deleting (no IO)" => Self::DeletingNoIo,
-            "dead" => Self::Dead,
-            other => Self::Unknown(other.to_owned()),
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::New => "new",
-            Self::Live => "live",
-            Self::Resetting => "resetting",
-            Self::Connecting => "connecting",
-            Self::Deleting => "deleting",
-            Self::DeletingNoIo => "deleting (no IO)",
-            Self::Dead => "dead",
-            Self::Unknown(s) => s,
-        }
-    }
-
-    /// A controller on its way out: a connect must not reuse it.
-    pub fn is_deleting(&self) -> bool {
-        matches!(self, Self::Deleting | Self::DeletingNoIo)
-    }
-}
-
-impl fmt::Display for ControllerState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
+/// A controller on its way out (`deleting`, `deleting (no IO)`): a connect must not reuse it.
+pub fn is_deleting(state: &ControllerState) -> bool {
+    matches!(
+        state,
+        ControllerState::Deleting | ControllerState::DeletingNoIo
+    )
 }
 
 /// One controller as sysfs describes it. `subsysnqn` stays a string: controllers outside this
@@ -327,28 +287,16 @@ mod tests {
     }
 
     #[test]
-    fn controller_state_round_trips_every_kernel_spelling() {
+    fn only_deleting_states_are_deleting() {
+        assert!(is_deleting(&ControllerState::Deleting));
+        assert!(is_deleting(&ControllerState::DeletingNoIo));
         for s in [
-            "new",
-            "live",
-            "resetting",
-            "connecting",
-            "deleting",
-            "deleting (no IO)",
-            "dead",
+            ControllerState::Live,
+            ControllerState::Connecting,
+            ControllerState::Resetting,
+            ControllerState::Dead,
         ] {
-            let st = ControllerState::parse(&format!("{s}\n"));
-            assert!(
-                !matches!(st, ControllerState::Unknown(_)),
-                "{s:?} must be known"
-            );
-            assert_eq!(st.as_str(), s);
+            assert!(!is_deleting(&s), "{s} is not deleting");
         }
-        assert_eq!(
-            ControllerState::parse("weird"),
-            ControllerState::Unknown("weird".into())
-        );
-        assert!(ControllerState::DeletingNoIo.is_deleting());
-        assert!(!ControllerState::Connecting.is_deleting());
     }
 }

@@ -21,3 +21,9 @@ pub use kernel::KernelFabric;
 pub mod emulated;
 
 pub use emulated::{EmulatedConfig, EmulatedFabric};
+
+/// Both fabrics are usable as `Arc<dyn Fabric>` shared across threads.
+#[allow(dead_code)]
+fn _fabrics_are_object_safe_and_shareable(k: KernelFabric, e: EmulatedFabric) {
+    let _: Vec<std::sync::Arc<dyn Fabric>> = vec![std::sync::Arc::new(k), std::sync::Arc::new(e)];
+}

@@ -76,11 +76,21 @@ fn add_controller(r: &Roots, instance: u32, nqn: &str, state: &str) {
         })
         .unwrap();
     // The real attribute exists; an empty file records any write made to it.
-    File::create(r.sys.join(format!("class/nvme/nvme{instance}/delete_controller"))).unwrap();
+    File::create(
+        r.sys
+            .join(format!("class/nvme/nvme{instance}/delete_controller")),
+    )
+    .unwrap();
 }
 
 fn delete_controller_contents(r: &Roots, ctrl: &str) -> String {
-    std::fs::read_to_string(r.sys.join("class/nvme").join(ctrl).join("delete_controller")).unwrap()
+    std::fs::read_to_string(
+        r.sys
+            .join("class/nvme")
+            .join(ctrl)
+            .join("delete_controller"),
+    )
+    .unwrap()
 }
 
 /// A raw-mode pty standing in for `/dev/nvme-fabrics`: `<dev>/nvme-fabrics` links to the slave;
@@ -100,7 +110,10 @@ fn serve_fabrics_device(dev_root: &Path, reply: &'static str) -> FakeFabricsDevi
         assert_eq!(libc::unlockpt(m), 0);
         let mut buf = [0 as libc::c_char; 128];
         assert_eq!(libc::ptsname_r(m, buf.as_mut_ptr(), buf.len()), 0);
-        let path = std::ffi::CStr::from_ptr(buf.as_ptr()).to_str().unwrap().to_owned();
+        let path = std::ffi::CStr::from_ptr(buf.as_ptr())
+            .to_str()
+            .unwrap()
+            .to_owned();
         (master, path)
     };
     let slave = std::fs::OpenOptions::new()
@@ -123,7 +136,8 @@ fn serve_fabrics_device(dev_root: &Path, reply: &'static str) -> FakeFabricsDevi
     thread::spawn(move || {
         let mut buf = [0u8; 4096];
         let n = master.read(&mut buf).unwrap();
-        tx.send(String::from_utf8_lossy(&buf[..n]).into_owned()).unwrap();
+        tx.send(String::from_utf8_lossy(&buf[..n]).into_owned())
+            .unwrap();
         master.write_all(reply.as_bytes()).unwrap();
         // Keep the master open until the client has read the reply.
         let _ = master.read(&mut buf);
@@ -148,7 +162,10 @@ fn connect_writes_one_options_line_and_returns_the_new_controller() {
     let r = roots();
     let device = serve_fabrics_device(&r.dev, "instance=7,cntlid=3\n");
     let out = fabric(&r).connect(&request(VOLUME)).expect("connect");
-    assert_eq!(out.controller, "nvme7", "the controller is nvme<instance> from the reply");
+    assert_eq!(
+        out.controller, "nvme7",
+        "the controller is nvme<instance> from the reply"
+    );
     assert!(!out.already_connected);
     assert_eq!(
         device.line.recv().unwrap(),
@@ -167,7 +184,10 @@ fn connect_reuses_a_live_controller_without_touching_the_device() {
     // No <dev>/nvme-fabrics exists: any attempt to write would fail with an Io error.
     let out = fabric(&r).connect(&request(VOLUME)).expect("connect");
     assert_eq!(out.controller, "nvme2");
-    assert!(out.already_connected, "an existing live controller must be reported as such");
+    assert!(
+        out.already_connected,
+        "an existing live controller must be reported as such"
+    );
 }
 
 #[test]
@@ -175,7 +195,10 @@ fn connect_reuses_a_reconnecting_controller() {
     let r = roots();
     add_controller(&r, 4, VOLUME, "connecting");
     let out = fabric(&r).connect(&request(VOLUME)).expect("connect");
-    assert_eq!((out.controller.as_str(), out.already_connected), ("nvme4", true));
+    assert_eq!(
+        (out.controller.as_str(), out.already_connected),
+        ("nvme4", true)
+    );
 }
 
 #[test]
@@ -184,7 +207,10 @@ fn connect_does_not_reuse_a_deleting_controller() {
     add_controller(&r, 1, VOLUME, "deleting");
     let device = serve_fabrics_device(&r.dev, "instance=5,cntlid=1\n");
     let out = fabric(&r).connect(&request(VOLUME)).expect("connect");
-    assert_eq!(out.controller, "nvme5", "a deleting controller must be replaced by a new connect");
+    assert_eq!(
+        out.controller, "nvme5",
+        "a deleting controller must be replaced by a new connect"
+    );
     assert!(!out.already_connected);
     assert!(device.line.recv().unwrap().contains(VOLUME));
 }
@@ -197,14 +223,20 @@ fn connect_to_another_address_is_a_new_connection() {
     let mut req = request(VOLUME);
     req.traddr = "10.0.0.6".parse().unwrap();
     let out = fabric(&r).connect(&req).expect("connect");
-    assert_eq!((out.controller.as_str(), out.already_connected), ("nvme6", false));
+    assert_eq!(
+        (out.controller.as_str(), out.already_connected),
+        ("nvme6", false)
+    );
 }
 
 #[test]
 fn connect_refuses_subsystems_outside_the_managed_prefix() {
     let r = roots();
     let err = fabric(&r).connect(&request(BOOT)).unwrap_err();
-    assert!(matches!(err, FabricError::NotManaged { .. }), "expected NotManaged, got {err:?}");
+    assert!(
+        matches!(err, FabricError::NotManaged { .. }),
+        "expected NotManaged, got {err:?}"
+    );
 }
 
 #[test]
@@ -214,7 +246,9 @@ fn a_failing_device_write_is_reported_as_refused() {
     std::os::unix::fs::symlink("/dev/full", r.dev.join("nvme-fabrics")).unwrap();
     let err = fabric(&r).connect(&request(VOLUME)).unwrap_err();
     match err {
-        FabricError::Refused { source, .. } => assert_eq!(source.raw_os_error(), Some(libc::ENOSPC)),
+        FabricError::Refused { source, .. } => {
+            assert_eq!(source.raw_os_error(), Some(libc::ENOSPC))
+        }
         other => panic!("expected Refused carrying the OS error, got {other:?}"),
     }
 }
@@ -224,7 +258,10 @@ fn a_garbled_reply_is_a_parse_error() {
     let r = roots();
     let _device = serve_fabrics_device(&r.dev, "what\n");
     let err = fabric(&r).connect(&request(VOLUME)).unwrap_err();
-    assert!(matches!(err, FabricError::Parse { .. }), "expected Parse, got {err:?}");
+    assert!(
+        matches!(err, FabricError::Parse { .. }),
+        "expected Parse, got {err:?}"
+    );
 }
 
 #[test]
@@ -240,7 +277,10 @@ fn disconnect_never_writes_to_a_controller_outside_the_prefix() {
     let r = roots();
     add_controller(&r, 0, BOOT, "live");
     let err = fabric(&r).disconnect("nvme0").unwrap_err();
-    assert!(matches!(err, FabricError::NotManaged { .. }), "expected NotManaged, got {err:?}");
+    assert!(
+        matches!(err, FabricError::NotManaged { .. }),
+        "expected NotManaged, got {err:?}"
+    );
     assert_eq!(
         delete_controller_contents(&r, "nvme0"),
         "",
@@ -253,7 +293,10 @@ fn disconnect_never_writes_to_a_controller_whose_nqn_is_not_a_volume_nqn() {
     let r = roots();
     add_controller(&r, 0, "nqn.2014-08.org.nvmexpress.discovery", "live");
     let err = fabric(&r).disconnect("nvme0").unwrap_err();
-    assert!(matches!(err, FabricError::NotManaged { .. }), "expected NotManaged, got {err:?}");
+    assert!(
+        matches!(err, FabricError::NotManaged { .. }),
+        "expected NotManaged, got {err:?}"
+    );
     assert_eq!(delete_controller_contents(&r, "nvme0"), "");
 }
 
@@ -275,7 +318,10 @@ fn disconnect_refuses_names_that_are_not_controllers() {
 fn disconnect_of_a_missing_controller_is_no_such_controller() {
     let r = roots();
     let err = fabric(&r).disconnect("nvme9").unwrap_err();
-    assert!(matches!(err, FabricError::NoSuchController(_)), "got {err:?}");
+    assert!(
+        matches!(err, FabricError::NoSuchController(_)),
+        "got {err:?}"
+    );
 }
 
 #[test]

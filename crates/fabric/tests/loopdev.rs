@@ -2,6 +2,8 @@
 
 rds_testkit::private_namespaces!();
 
+mod common;
+
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -21,13 +23,6 @@ fn backing(dir: &Path, name: &str) -> PathBuf {
     let f = File::create(&p).expect("create backing file");
     f.set_len(SIZE).expect("size backing file");
     p
-}
-
-/// The backing file the kernel reports for `loopN`, if bound.
-fn bound_backing(n: u32) -> Option<String> {
-    std::fs::read_to_string(format!("/sys/block/loop{n}/loop/backing_file"))
-        .ok()
-        .map(|s| s.trim().to_owned())
 }
 
 #[test]
@@ -50,7 +45,7 @@ fn attach_reports_the_device_number_and_diskseq_the_kernel_sees() {
         "diskseq must be sysfs's"
     );
     assert_eq!(
-        bound_backing(dev.number()).as_deref(),
+        common::loop_backing(&dev.name()).as_deref(),
         Some(file.to_str().unwrap()),
         "the kernel must report our backing file"
     );
@@ -146,11 +141,7 @@ fn detach_unbinds_the_device() {
         .expect("attach");
     let n = dev.number();
     dev.detach().expect("detach");
-    assert_ne!(
-        bound_backing(n).as_deref(),
-        Some(file.to_str().unwrap()),
-        "loop{n} must no longer be bound to our file"
-    );
+    common::await_loop_released(&format!("loop{n}"), &file);
 }
 
 #[test]
@@ -166,16 +157,12 @@ fn detach_while_open_elsewhere_defers_until_the_last_close() {
     dev.detach()
         .expect("detach of a busy device only sets autoclear");
     assert_eq!(
-        bound_backing(n).as_deref(),
+        common::loop_backing(&format!("loop{n}")).as_deref(),
         Some(file.to_str().unwrap()),
         "loop{n} must stay bound while another opener holds it (as while mounted)"
     );
     drop(holder);
-    assert_ne!(
-        bound_backing(n).as_deref(),
-        Some(file.to_str().unwrap()),
-        "loop{n} must be unbound once the last opener closed it"
-    );
+    common::await_loop_released(&format!("loop{n}"), &file);
 }
 
 #[test]
@@ -188,9 +175,5 @@ fn dropping_a_device_detaches_it() {
         .expect("attach");
     let n = dev.number();
     drop(dev);
-    assert_ne!(
-        bound_backing(n).as_deref(),
-        Some(file.to_str().unwrap()),
-        "loop{n} must be unbound after drop"
-    );
+    common::await_loop_released(&format!("loop{n}"), &file);
 }

@@ -6,15 +6,30 @@ use std::hint::black_box;
 fn bench(c: &mut Criterion) {
     let head = vec![0u8; 1 << 20];
     let tail = vec![0u8; 1 << 20];
-    c.bench_function("scan 2 MiB of zeroes (worst case: every byte checked)", |b| {
-        b.iter(|| {
-            scan(black_box(&Regions { head: &head, tail: &tail, tail_offset: 1 << 30, size: (1 << 30) + (1 << 20) }))
-        })
-    });
+    c.bench_function(
+        "scan 2 MiB of zeroes (worst case: every byte checked)",
+        |b| {
+            b.iter(|| {
+                scan(black_box(&Regions {
+                    head: &head,
+                    tail: &tail,
+                    tail_offset: 1 << 30,
+                    size: (1 << 30) + (1 << 20),
+                }))
+            })
+        },
+    );
     let mut ext = vec![0u8; 1 << 20];
     ext[1024 + 0x38..1024 + 0x3A].copy_from_slice(&0xEF53u16.to_le_bytes());
     c.bench_function("scan an ext4 head (non-zero found early)", |b| {
-        b.iter(|| scan(black_box(&Regions { head: &ext, tail: &tail, tail_offset: 1 << 30, size: (1 << 30) + (1 << 20) })))
+        b.iter(|| {
+            scan(black_box(&Regions {
+                head: &ext,
+                tail: &tail,
+                tail_offset: 1 << 30,
+                size: (1 << 30) + (1 << 20),
+            }))
+        })
     });
 }
 

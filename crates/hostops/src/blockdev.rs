@@ -18,7 +18,8 @@ pub(crate) fn size_of(file: &File) -> io::Result<u64> {
     if meta.file_type().is_block_device() {
         let mut size: u64 = 0;
         // SAFETY: BLKGETSIZE64 writes one u64 into `size`, which outlives the call.
-        unsafe { blkgetsize64(std::os::fd::AsRawFd::as_raw_fd(file), &mut size) }.map_err(io::Error::from)?;
+        unsafe { blkgetsize64(std::os::fd::AsRawFd::as_raw_fd(file), &mut size) }
+            .map_err(io::Error::from)?;
         Ok(size)
     } else {
         Ok(meta.len())
@@ -91,11 +92,20 @@ pub(crate) fn open_direct(path: &Path) -> io::Result<(File, bool)> {
 
 /// Read exactly `len` bytes at `offset`. A short read (end of data before `len`) is an error:
 /// a device that returns less than it claims to hold is not a device we can vouch for.
-pub(crate) fn read_exact_at(file: &File, offset: u64, len: usize, direct: bool) -> io::Result<Vec<u8>> {
+pub(crate) fn read_exact_at(
+    file: &File,
+    offset: u64,
+    len: usize,
+    direct: bool,
+) -> io::Result<Vec<u8>> {
     const ALIGN: usize = 4096;
     // O_DIRECT needs an aligned buffer: over-allocate and use an aligned window (safe code).
     let mut raw = vec![0u8; len + ALIGN];
-    let start = if direct { raw.as_ptr().align_offset(ALIGN) } else { 0 };
+    let start = if direct {
+        raw.as_ptr().align_offset(ALIGN)
+    } else {
+        0
+    };
     let buf = &mut raw[start..start + len];
     let mut done = 0usize;
     while done < len {

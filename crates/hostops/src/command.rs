@@ -208,7 +208,10 @@ pub fn run(tool: &Tool) -> Result<ToolOutput, ToolError> {
         std::thread::spawn(move || {
             let _ = tx.send(h.join().ok().flatten());
         });
-        rx.recv_timeout(KILL_GRACE).ok().flatten().unwrap_or_default()
+        rx.recv_timeout(KILL_GRACE)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
     };
     let (out, t1) = join(out_reader);
     let (err, t2) = join(err_reader);
@@ -255,26 +258,39 @@ mod tests {
 
     #[test]
     fn a_successful_tool_returns_its_stdout() {
-        let out = run(&Tool::new("echo", Duration::from_secs(30)).args(["a b", "c"])).expect("echo succeeds");
-        assert_eq!(out.stdout, "a b c\n", "arguments pass through unsplit, without a shell");
+        let out = run(&Tool::new("echo", Duration::from_secs(30)).args(["a b", "c"]))
+            .expect("echo succeeds");
+        assert_eq!(
+            out.stdout, "a b c\n",
+            "arguments pass through unsplit, without a shell"
+        );
     }
 
     #[test]
     fn arguments_are_never_interpreted_by_a_shell() {
-        let out = run(&Tool::new("echo", Duration::from_secs(30)).arg("$(id); `id`")).expect("echo succeeds");
+        let out = run(&Tool::new("echo", Duration::from_secs(30)).arg("$(id); `id`"))
+            .expect("echo succeeds");
         assert_eq!(out.stdout, "$(id); `id`\n");
     }
 
     #[test]
     fn a_missing_tool_is_not_found() {
-        let e = run(&Tool::new("/nonexistent/rds-no-such-tool", Duration::from_secs(30))).unwrap_err();
-        assert!(matches!(e, ToolError::NotFound { .. }), "expected NotFound, got {e:?}");
+        let e = run(&Tool::new(
+            "/nonexistent/rds-no-such-tool",
+            Duration::from_secs(30),
+        ))
+        .unwrap_err();
+        assert!(
+            matches!(e, ToolError::NotFound { .. }),
+            "expected NotFound, got {e:?}"
+        );
     }
 
     #[test]
     fn the_exact_exit_code_and_stderr_are_reported() {
-        let e = run(&Tool::new("sh", Duration::from_secs(30)).args(["-c", "echo oops >&2; exit 3"]))
-            .unwrap_err();
+        let e =
+            run(&Tool::new("sh", Duration::from_secs(30)).args(["-c", "echo oops >&2; exit 3"]))
+                .unwrap_err();
         match e {
             ToolError::Exited { code, stderr, .. } => {
                 assert_eq!(code, 3);
@@ -287,14 +303,19 @@ mod tests {
     #[test]
     fn a_tool_past_its_deadline_is_killed_with_its_children() {
         // The shell forks a long sleep; both must die with the group.
-        let e = run(&Tool::new("sh", Duration::from_millis(200)).args(["-c", "sleep 1000 & sleep 1000; wait"]))
-            .unwrap_err();
-        assert!(matches!(e, ToolError::Timeout { .. }), "expected Timeout, got {e:?}");
+        let e = run(&Tool::new("sh", Duration::from_millis(200))
+            .args(["-c", "sleep 1000 & sleep 1000; wait"]))
+        .unwrap_err();
+        assert!(
+            matches!(e, ToolError::Timeout { .. }),
+            "expected Timeout, got {e:?}"
+        );
     }
 
     #[test]
     fn a_tool_killed_by_a_signal_is_signalled() {
-        let e = run(&Tool::new("sh", Duration::from_secs(30)).args(["-c", "kill -TERM $$"])).unwrap_err();
+        let e = run(&Tool::new("sh", Duration::from_secs(30)).args(["-c", "kill -TERM $$"]))
+            .unwrap_err();
         assert!(
             matches!(e, ToolError::Signalled { signal, .. } if signal == libc::SIGTERM),
             "expected Signalled(SIGTERM), got {e:?}"
@@ -303,7 +324,8 @@ mod tests {
 
     #[test]
     fn output_is_bounded() {
-        let mut t = Tool::new("sh", Duration::from_secs(30)).args(["-c", "head -c 100000 /dev/zero"]);
+        let mut t =
+            Tool::new("sh", Duration::from_secs(30)).args(["-c", "head -c 100000 /dev/zero"]);
         t.output_limit = 1000;
         let out = run(&t).expect("sh succeeds");
         assert_eq!(out.stdout.len(), 1000, "stdout is cut at the limit");

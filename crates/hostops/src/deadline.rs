@@ -68,6 +68,9 @@ mod tests {
         let err = r.expect_err("a closure that blocks past its deadline must time out");
         assert_eq!(err.what, "stuck-op");
         assert_eq!(err.deadline, deadline);
-        assert!(err.to_string().contains("stuck-op"), "message names the operation: {err}");
+        assert!(
+            err.to_string().contains("stuck-op"),
+            "message names the operation: {err}"
+        );
     }
 }

@@ -34,7 +34,10 @@ pub fn fsck_exit_meanings(code: i32) -> Vec<&'static str> {
         (32, "cancelled by user request"),
         (128, "shared library error"),
     ];
-    bits.iter().filter(|(b, _)| code & b != 0).map(|(_, m)| *m).collect()
+    bits.iter()
+        .filter(|(b, _)| code & b != 0)
+        .map(|(_, m)| *m)
+        .collect()
 }
 
 /// Map an e2fsck exit code: 0/1/2(3) complete, anything with bit 4 or higher is a failure.
@@ -52,8 +55,14 @@ pub enum FsckError {
     #[error("the mount table could not be fully parsed ({0} bad lines); refusing to fsck without proof the device is unmounted")]
     MountTableIncomplete(usize),
     #[error("{device} ({dev}) is mounted at {mount_point}; refusing to fsck a mounted filesystem")]
-    Mounted { device: PathBuf, dev: DevNum, mount_point: PathBuf },
-    #[error("{device} is held exclusively (mounted in another namespace or claimed); refusing to fsck")]
+    Mounted {
+        device: PathBuf,
+        dev: DevNum,
+        mount_point: PathBuf,
+    },
+    #[error(
+        "{device} is held exclusively (mounted in another namespace or claimed); refusing to fsck"
+    )]
     Busy { device: PathBuf },
     #[error("{device} is not a block device")]
     NotABlockDevice { device: PathBuf },
@@ -63,8 +72,15 @@ pub enum FsckError {
         #[source]
         source: std::io::Error,
     },
-    #[error("e2fsck on {device} found problems it did not fix (exit {code}: {meanings:?}): {stderr}")]
-    Failed { device: PathBuf, code: i32, meanings: Vec<&'static str>, stderr: String },
+    #[error(
+        "e2fsck on {device} found problems it did not fix (exit {code}: {meanings:?}): {stderr}"
+    )]
+    Failed {
+        device: PathBuf,
+        code: i32,
+        meanings: Vec<&'static str>,
+        stderr: String,
+    },
     #[error("e2fsck on {device} did not complete")]
     Tool {
         device: PathBuf,
@@ -75,23 +91,45 @@ pub enum FsckError {
 
 /// `e2fsck -p` on an unmounted ext2/3/4 device. `table` is our namespace's mount table (a
 /// device mounted elsewhere is caught by the `O_EXCL` open). Blocking, bounded by `deadline`.
-pub fn fsck_ext4(device: &Path, table: &ParsedTable, deadline: Duration) -> Result<FsckOutcome, FsckError> {
+pub fn fsck_ext4(
+    device: &Path,
+    table: &ParsedTable,
+    deadline: Duration,
+) -> Result<FsckOutcome, FsckError> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     if !table.errors.is_empty() {
         return Err(FsckError::MountTableIncomplete(table.errors.len()));
     }
-    let meta = std::fs::metadata(device).map_err(|source| FsckError::Stat { device: device.to_owned(), source })?;
+    let meta = std::fs::metadata(device).map_err(|source| FsckError::Stat {
+        device: device.to_owned(),
+        source,
+    })?;
     if !meta.file_type().is_block_device() {
-        return Err(FsckError::NotABlockDevice { device: device.to_owned() });
+        return Err(FsckError::NotABlockDevice {
+            device: device.to_owned(),
+        });
     }
     let dev = DevNum::from_dev_t(meta.rdev());
     if let Some(m) = table.entries.iter().find(|m| m.dev == dev) {
-        return Err(FsckError::Mounted { device: device.to_owned(), dev, mount_point: m.mount_point.clone() });
+        return Err(FsckError::Mounted {
+            device: device.to_owned(),
+            dev,
+            mount_point: m.mount_point.clone(),
+        });
     }
     match blockdev::exclusive_open_ok(device) {
         Ok(true) => {}
-        Ok(false) => return Err(FsckError::Busy { device: device.to_owned() }),
-        Err(source) => return Err(FsckError::Stat { device: device.to_owned(), source }),
+        Ok(false) => {
+            return Err(FsckError::Busy {
+                device: device.to_owned(),
+            })
+        }
+        Err(source) => {
+            return Err(FsckError::Stat {
+                device: device.to_owned(),
+                source,
+            })
+        }
     }
     let tool = Tool::new("e2fsck", deadline).arg("-p").arg(device);
     let code = match command::run(&tool) {
@@ -107,7 +145,12 @@ pub fn fsck_ext4(device: &Path, table: &ParsedTable, deadline: Duration) -> Resu
                 })
             }
         },
-        Err(source) => return Err(FsckError::Tool { device: device.to_owned(), source }),
+        Err(source) => {
+            return Err(FsckError::Tool {
+                device: device.to_owned(),
+                source,
+            })
+        }
     };
     let outcome = classify_fsck_exit(code).unwrap_or(FsckOutcome::Clean);
     tracing::info!(device = %device.display(), dev = %dev, code, outcome = ?outcome, "e2fsck finished");
@@ -129,15 +172,32 @@ pub enum ResizeError {
 
 /// Grow the filesystem to fill its (grown) device: resize2fs on the device for ext4 (online
 /// when mounted), xfs_growfs on the mount point for xfs. Blocking, bounded by `deadline`.
-pub fn resize(fs: FsKind, device: &Path, mount_point: Option<&Path>, deadline: Duration) -> Result<(), ResizeError> {
+pub fn resize(
+    fs: FsKind,
+    device: &Path,
+    mount_point: Option<&Path>,
+    deadline: Duration,
+) -> Result<(), ResizeError> {
     let (name, target, tool) = match fs {
-        FsKind::Ext4 => ("resize2fs", device.to_owned(), Tool::new("resize2fs", deadline).arg(device)),
+        FsKind::Ext4 => (
+            "resize2fs",
+            device.to_owned(),
+            Tool::new("resize2fs", deadline).arg(device),
+        ),
         FsKind::Xfs => {
             let mp = mount_point.ok_or(ResizeError::XfsNeedsMountPoint)?;
-            ("xfs_growfs", mp.to_owned(), Tool::new("xfs_growfs", deadline).args(["-d"]).arg(mp))
+            (
+                "xfs_growfs",
+                mp.to_owned(),
+                Tool::new("xfs_growfs", deadline).args(["-d"]).arg(mp),
+            )
         }
     };
-    command::run(&tool).map_err(|source| ResizeError::Tool { tool: name, target: target.clone(), source })?;
+    command::run(&tool).map_err(|source| ResizeError::Tool {
+        tool: name,
+        target: target.clone(),
+        source,
+    })?;
     tracing::info!(fs = %fs, device = %device.display(), target = %target.display(), "filesystem resized");
     Ok(())
 }
@@ -150,7 +210,10 @@ mod tests {
     fn fsck_codes_zero_one_two_complete_and_four_or_more_fail() {
         assert_eq!(classify_fsck_exit(0), Some(FsckOutcome::Clean));
         assert_eq!(classify_fsck_exit(1), Some(FsckOutcome::Corrected));
-        assert_eq!(classify_fsck_exit(2), Some(FsckOutcome::CorrectedRebootRequired));
+        assert_eq!(
+            classify_fsck_exit(2),
+            Some(FsckOutcome::CorrectedRebootRequired)
+        );
         for c in [4, 5, 8, 12, 16, 32, 128] {
             assert_eq!(classify_fsck_exit(c), None, "exit {c} must be a failure");
         }
@@ -158,6 +221,9 @@ mod tests {
 
     #[test]
     fn fsck_exit_bits_are_decoded() {
-        assert_eq!(fsck_exit_meanings(12), vec!["errors left uncorrected", "operational error"]);
+        assert_eq!(
+            fsck_exit_meanings(12),
+            vec!["errors left uncorrected", "operational error"]
+        );
     }
 }

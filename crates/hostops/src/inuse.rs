@@ -36,7 +36,11 @@ pub struct HostRoots {
 impl HostRoots {
     /// The conventional locations (`/proc`, `/sys`, `/dev`): for start-up code only.
     pub fn standard() -> Self {
-        Self { proc: "/proc".into(), sys: "/sys".into(), dev: "/dev".into() }
+        Self {
+            proc: "/proc".into(),
+            sys: "/sys".into(),
+            dev: "/dev".into(),
+        }
     }
 }
 
@@ -47,18 +51,34 @@ pub const INIT_PID_NS: &str = "pid:[4026531836]";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Holder {
     /// Another mount of the device (in `namespace`, as `mnt:[inode]`).
-    Mount { namespace: String, mount_id: u32, mount_point: PathBuf },
+    Mount {
+        namespace: String,
+        mount_id: u32,
+        mount_point: PathBuf,
+    },
     /// A block device stacked on it (sysfs holders entry).
     BlockHolder { name: String },
     /// A process: `what` is `fd N`, `cwd`, `root` or `mapping`.
-    Process { pid: u32, comm: String, what: String },
+    Process {
+        pid: u32,
+        comm: String,
+        what: String,
+    },
 }
 
 impl fmt::Display for Holder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Holder::Mount { namespace, mount_id, mount_point } => {
-                write!(f, "mount {mount_id} at {} in {namespace}", mount_point.display())
+            Holder::Mount {
+                namespace,
+                mount_id,
+                mount_point,
+            } => {
+                write!(
+                    f,
+                    "mount {mount_id} at {} in {namespace}",
+                    mount_point.display()
+                )
             }
             Holder::BlockHolder { name } => write!(f, "block device {name} stacked on it"),
             Holder::Process { pid, comm, what } => write!(f, "process {pid} ({comm}) {what}"),
@@ -82,10 +102,19 @@ fn is_gone(e: &io::Error) -> bool {
 
 /// `statx` following the link, without forcing revalidation; returns the file's device.
 fn statx_dev(path: &Path) -> io::Result<DevNum> {
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: zeroed statx is a valid out-buffer; `c` outlives the call.
     let mut st: libc::statx = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::statx(libc::AT_FDCWD, c.as_ptr(), libc::AT_STATX_DONT_SYNC, 0, &mut st) };
+    let rc = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_STATX_DONT_SYNC,
+            0,
+            &mut st,
+        )
+    };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
@@ -96,7 +125,10 @@ fn statx_dev(path: &Path) -> io::Result<DevNum> {
 fn maps_line_dev(line: &str) -> Option<DevNum> {
     let dev = line.split_ascii_whitespace().nth(3)?;
     let (ma, mi) = dev.split_once(':')?;
-    Some(DevNum::new(u32::from_str_radix(ma, 16).ok()?, u32::from_str_radix(mi, 16).ok()?))
+    Some(DevNum::new(
+        u32::from_str_radix(ma, 16).ok()?,
+        u32::from_str_radix(mi, 16).ok()?,
+    ))
 }
 
 /// Devices referenced by a maps file (pure).
@@ -134,7 +166,10 @@ impl Scan<'_> {
         }
         let table = rds_mounts::mountinfo::read_mountinfo(self.proc, pid)?;
         if !table.errors.is_empty() {
-            self.note_unknown(format!("mount table of {ns} (pid {pid}) has {} unparsable lines", table.errors.len()));
+            self.note_unknown(format!(
+                "mount table of {ns} (pid {pid}) has {} unparsable lines",
+                table.errors.len()
+            ));
         }
         let own = self.own_ns.as_deref() == Some(ns.as_str());
         let mut mine: Vec<_> = table.entries.iter().filter(|m| m.dev == self.dev).collect();
@@ -147,7 +182,11 @@ impl Scan<'_> {
             }
         }
         for m in mine {
-            self.holders.push(Holder::Mount { namespace: ns.clone(), mount_id: m.id, mount_point: m.mount_point.clone() });
+            self.holders.push(Holder::Mount {
+                namespace: ns.clone(),
+                mount_id: m.id,
+                mount_point: m.mount_point.clone(),
+            });
         }
         Ok(())
     }
@@ -155,12 +194,18 @@ impl Scan<'_> {
     fn process(&mut self, pid: &str) -> io::Result<()> {
         let base = self.proc.join(pid);
         let comm = || {
-            std::fs::read_to_string(base.join("comm")).map(|s| s.trim().to_owned()).unwrap_or_default()
+            std::fs::read_to_string(base.join("comm"))
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_default()
         };
         let pid_n: u32 = pid.parse().unwrap_or(0);
         for what in ["cwd", "root"] {
             match statx_dev(&base.join(what)) {
-                Ok(d) if d == self.dev => self.holders.push(Holder::Process { pid: pid_n, comm: comm(), what: what.into() }),
+                Ok(d) if d == self.dev => self.holders.push(Holder::Process {
+                    pid: pid_n,
+                    comm: comm(),
+                    what: what.into(),
+                }),
                 Ok(_) => {}
                 Err(e) => return Err(e),
             }
@@ -171,7 +216,11 @@ impl Scan<'_> {
             match statx_dev(&entry.path()) {
                 Ok(d) if d == self.dev => {
                     let n = entry.file_name().to_string_lossy().into_owned();
-                    self.holders.push(Holder::Process { pid: pid_n, comm: comm(), what: format!("fd {n}") });
+                    self.holders.push(Holder::Process {
+                        pid: pid_n,
+                        comm: comm(),
+                        what: format!("fd {n}"),
+                    });
                 }
                 Ok(_) => {}
                 // The fd was closed between readdir and statx.
@@ -181,7 +230,11 @@ impl Scan<'_> {
         }
         let maps = std::fs::read_to_string(base.join("maps"))?;
         if maps_devices(&maps).any(|d| d == self.dev) {
-            self.holders.push(Holder::Process { pid: pid_n, comm: comm(), what: "mapping".into() });
+            self.holders.push(Holder::Process {
+                pid: pid_n,
+                comm: comm(),
+                what: "mapping".into(),
+            });
         }
         Ok(())
     }
@@ -197,8 +250,10 @@ fn block_holders(sys: &Path, dev: DevNum) -> Result<Vec<Holder>, String> {
     match std::fs::read_dir(&dir) {
         Ok(rd) => rd
             .map(|e| {
-                e.map(|e| Holder::BlockHolder { name: e.file_name().to_string_lossy().into_owned() })
-                    .map_err(|e| format!("reading {}: {e}", dir.display()))
+                e.map(|e| Holder::BlockHolder {
+                    name: e.file_name().to_string_lossy().into_owned(),
+                })
+                .map_err(|e| format!("reading {}: {e}", dir.display()))
             })
             .collect(),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Vec::new()),
@@ -210,21 +265,33 @@ fn block_holders(sys: &Path, dev: DevNum) -> Result<Vec<Holder>, String> {
 fn visibility_problem(proc: &Path) -> Option<String> {
     match std::fs::read_link(proc.join("1/ns/pid")) {
         Ok(ns) if ns.as_os_str() == INIT_PID_NS => {}
-        Ok(ns) => {
+        Ok(ns) => return Some(format!(
+            "{} shows PID namespace {} rather than the host's: processes outside it are invisible",
+            proc.display(),
+            ns.display()
+        )),
+        Err(e) => {
             return Some(format!(
-                "{} shows PID namespace {} rather than the host's: processes outside it are invisible",
-                proc.display(),
-                ns.display()
+                "cannot tell which PID namespace {} shows: {e}",
+                proc.display()
             ))
         }
-        Err(e) => return Some(format!("cannot tell which PID namespace {} shows: {e}", proc.display())),
     }
     // hidepid / subset=pid hide processes without an error.
     if let Ok(table) = rds_mounts::mountinfo::read_mountinfo(proc, "self") {
-        if let Some(m) = table.entries.iter().rev().find(|m| m.mount_point == proc && m.fs_type == "proc") {
+        if let Some(m) = table
+            .entries
+            .iter()
+            .rev()
+            .find(|m| m.mount_point == proc && m.fs_type == "proc")
+        {
             let hp = m.super_option("hidepid");
             if hp.as_deref().is_some_and(|v| !matches!(v, "0" | "off")) {
-                return Some(format!("{} is mounted with hidepid={}", proc.display(), hp.unwrap_or_default()));
+                return Some(format!(
+                    "{} is mounted with hidepid={}",
+                    proc.display(),
+                    hp.unwrap_or_default()
+                ));
             }
             if m.super_option("subset").is_some() {
                 return Some(format!("{} is mounted with subset=pid", proc.display()));
@@ -241,13 +308,18 @@ pub fn in_use(dev: DevNum, mount_point: Option<&Path>, roots: &HostRoots) -> Usa
         dev,
         mount_point,
         proc: &roots.proc,
-        own_ns: std::fs::read_link(roots.proc.join("self/ns/mnt")).ok().map(|p| p.to_string_lossy().into_owned()),
+        own_ns: std::fs::read_link(roots.proc.join("self/ns/mnt"))
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned()),
         seen_ns: HashSet::new(),
         holders: Vec::new(),
         unknown: None,
     };
     if scan.own_ns.is_none() {
-        scan.note_unknown(format!("cannot read our own mount namespace under {}", roots.proc.display()));
+        scan.note_unknown(format!(
+            "cannot read our own mount namespace under {}",
+            roots.proc.display()
+        ));
     }
     if let Some(why) = visibility_problem(&roots.proc) {
         scan.note_unknown(why);
@@ -296,7 +368,8 @@ mod tests {
 
     #[test]
     fn maps_lines_yield_hex_device_numbers() {
-        let maps = "7f00-7f01 r--p 00000000 fd:01 1234 /usr/lib/x.so\n7f02-7f03 rw-p 00000000 00:00 0 \n";
+        let maps =
+            "7f00-7f01 r--p 00000000 fd:01 1234 /usr/lib/x.so\n7f02-7f03 rw-p 00000000 00:00 0 \n";
         let devs: Vec<_> = maps_devices(maps).collect();
         assert_eq!(devs, vec![DevNum::new(0xfd, 1), DevNum::new(0, 0)]);
     }
@@ -312,21 +385,34 @@ mod tests {
         let sys = tempfile::tempdir().expect("tempdir");
         let h = sys.path().join("dev/block/7:3/holders");
         std::fs::create_dir_all(h.join("dm-0")).expect("mkdir");
-        assert_eq!(block_holders(sys.path(), DevNum::new(7, 3)), Ok(vec![Holder::BlockHolder { name: "dm-0".into() }]));
+        assert_eq!(
+            block_holders(sys.path(), DevNum::new(7, 3)),
+            Ok(vec![Holder::BlockHolder {
+                name: "dm-0".into()
+            }])
+        );
     }
 
     #[test]
     fn a_proc_that_is_not_the_host_pid_namespace_means_unknown() {
         let proc = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(proc.path().join("1/ns")).expect("mkdir");
-        std::os::unix::fs::symlink("pid:[4026532999]", proc.path().join("1/ns/pid")).expect("symlink");
+        std::os::unix::fs::symlink("pid:[4026532999]", proc.path().join("1/ns/pid"))
+            .expect("symlink");
         let why = visibility_problem(proc.path()).expect("a child PID namespace must be reported");
         assert!(why.contains("rather than the host's"), "{why}");
     }
 
     #[test]
     fn an_unlistable_proc_is_unknown_never_not_in_use() {
-        let roots = HostRoots { proc: "/nonexistent/proc".into(), sys: "/nonexistent/sys".into(), dev: "/dev".into() };
-        assert!(matches!(in_use(DevNum::new(7, 0), None, &roots), Usage::Unknown(_)));
+        let roots = HostRoots {
+            proc: "/nonexistent/proc".into(),
+            sys: "/nonexistent/sys".into(),
+            dev: "/dev".into(),
+        };
+        assert!(matches!(
+            in_use(DevNum::new(7, 0), None, &roots),
+            Usage::Unknown(_)
+        ));
     }
 }

@@ -17,7 +17,7 @@ use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags};
 use rds_mounts::mountinfo::ParsedTable;
 
-use crate::inuse::{in_use, HostRoots, Holder, Usage};
+use crate::inuse::{in_use, Holder, HostRoots, Usage};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
@@ -59,12 +59,20 @@ pub enum MountError {
 }
 
 /// Mount a filesystem: `mount(2)` with `fs_type`, `flags` and filesystem-specific `data`.
-pub fn mount_fs(source: &Path, target: &Path, fs_type: &str, flags: MsFlags, data: Option<&str>) -> Result<(), MountError> {
-    nix::mount::mount(Some(source), target, Some(fs_type), flags, data).map_err(|errno| MountError::Mount {
-        device: source.to_owned(),
-        target: target.to_owned(),
-        fs_type: fs_type.to_owned(),
-        errno,
+pub fn mount_fs(
+    source: &Path,
+    target: &Path,
+    fs_type: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), MountError> {
+    nix::mount::mount(Some(source), target, Some(fs_type), flags, data).map_err(|errno| {
+        MountError::Mount {
+            device: source.to_owned(),
+            target: target.to_owned(),
+            fs_type: fs_type.to_owned(),
+            errno,
+        }
     })?;
     tracing::info!(source = %source.display(), target = %target.display(), fs_type, ?flags, "mounted");
     Ok(())
@@ -81,7 +89,10 @@ pub struct BindOptions {
 
 impl BindOptions {
     pub fn read_only(read_only: bool) -> Self {
-        Self { read_only, nosuid_nodev: true }
+        Self {
+            read_only,
+            nosuid_nodev: true,
+        }
     }
 }
 
@@ -95,7 +106,14 @@ impl Default for BindOptions {
 /// `MS_REMOUNT|MS_BIND` (the kernel ignores those flags on the initial bind). If the
 /// restricting remount fails, the new bind is unmounted again and the error returned.
 pub fn bind(src: &Path, target: &Path, opts: BindOptions) -> Result<(), MountError> {
-    nix::mount::mount(Some(src), target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|errno| MountError::Bind {
+    nix::mount::mount(
+        Some(src),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|errno| MountError::Bind {
         from: src.to_owned(),
         target: target.to_owned(),
         errno,
@@ -108,11 +126,17 @@ pub fn bind(src: &Path, target: &Path, opts: BindOptions) -> Result<(), MountErr
         flags |= MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     }
     if opts.read_only || opts.nosuid_nodev {
-        if let Err(errno) = nix::mount::mount(None::<&str>, target, None::<&str>, flags, None::<&str>) {
+        if let Err(errno) =
+            nix::mount::mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
+        {
             // Never leave a writable (or suid-capable) view behind: undo our own fresh bind.
             let undo = nix::mount::umount2(target, MntFlags::UMOUNT_NOFOLLOW).err();
             tracing::error!(target = %target.display(), %errno, ?undo, "restricting bind mount failed; removed it");
-            return Err(MountError::RestrictBind { target: target.to_owned(), undo, errno });
+            return Err(MountError::RestrictBind {
+                target: target.to_owned(),
+                undo,
+                errno,
+            });
         }
     }
     tracing::info!(src = %src.display(), target = %target.display(), read_only = opts.read_only, "bind-mounted");
@@ -121,13 +145,29 @@ pub fn bind(src: &Path, target: &Path, opts: BindOptions) -> Result<(), MountErr
 
 /// Remount `target` with `flags` (MS_REMOUNT is added) and `data`.
 pub fn remount(target: &Path, flags: MsFlags, data: Option<&str>) -> Result<(), MountError> {
-    nix::mount::mount(None::<&str>, target, None::<&str>, flags | MsFlags::MS_REMOUNT, data)
-        .map_err(|errno| MountError::Remount { target: target.to_owned(), errno })
+    nix::mount::mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        flags | MsFlags::MS_REMOUNT,
+        data,
+    )
+    .map_err(|errno| MountError::Remount {
+        target: target.to_owned(),
+        errno,
+    })
 }
 
 /// Move the mount at `from` to `target` (`MS_MOVE`).
 pub fn move_mount(from: &Path, target: &Path) -> Result<(), MountError> {
-    nix::mount::mount(Some(from), target, None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(|errno| MountError::Move {
+    nix::mount::mount(
+        Some(from),
+        target,
+        None::<&str>,
+        MsFlags::MS_MOVE,
+        None::<&str>,
+    )
+    .map_err(|errno| MountError::Move {
         from: from.to_owned(),
         target: target.to_owned(),
         errno,
@@ -147,7 +187,10 @@ pub struct UnmountPolicy {
 
 impl Default for UnmountPolicy {
     fn default() -> Self {
-        Self { wait: DEFAULT_UNMOUNT_WAIT, allow_lazy_when_unused: true }
+        Self {
+            wait: DEFAULT_UNMOUNT_WAIT,
+            allow_lazy_when_unused: true,
+        }
     }
 }
 
@@ -163,10 +206,19 @@ pub enum UnmountError {
     #[error("{target} is not a mount point")]
     NotMounted { target: PathBuf },
     #[error("{target} stayed busy for {waited:?} and lazy unmount is not allowed ({usage:?})")]
-    Busy { target: PathBuf, waited: Duration, usage: Usage },
+    Busy {
+        target: PathBuf,
+        waited: Duration,
+        usage: Usage,
+    },
     #[error("{target} is in use ({}); it was not detached", holders.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))]
-    InUse { target: PathBuf, holders: Vec<Holder> },
-    #[error("{target} is busy and whether it is in use cannot be known ({reason}); it was not detached")]
+    InUse {
+        target: PathBuf,
+        holders: Vec<Holder>,
+    },
+    #[error(
+        "{target} is busy and whether it is in use cannot be known ({reason}); it was not detached"
+    )]
     UsageUnknown { target: PathBuf, reason: String },
     #[error("reading the mount table to identify {target} failed")]
     MountTable {
@@ -183,7 +235,11 @@ pub enum UnmountError {
 }
 
 /// Unmount `target` (blocking; wrap it in [`crate::deadline::run_blocking`]). See the module doc.
-pub fn unmount(target: &Path, policy: UnmountPolicy, roots: &HostRoots) -> Result<UnmountOutcome, UnmountError> {
+pub fn unmount(
+    target: &Path,
+    policy: UnmountPolicy,
+    roots: &HostRoots,
+) -> Result<UnmountOutcome, UnmountError> {
     let start = Instant::now();
     let mut pause = Duration::from_millis(20);
     loop {
@@ -192,33 +248,62 @@ pub fn unmount(target: &Path, policy: UnmountPolicy, roots: &HostRoots) -> Resul
                 tracing::info!(target = %target.display(), "unmounted");
                 return Ok(UnmountOutcome::Unmounted);
             }
-            Err(Errno::EINVAL) | Err(Errno::ENOENT) => return Err(UnmountError::NotMounted { target: target.to_owned() }),
+            Err(Errno::EINVAL) | Err(Errno::ENOENT) => {
+                return Err(UnmountError::NotMounted {
+                    target: target.to_owned(),
+                })
+            }
             Err(Errno::EBUSY) if start.elapsed() < policy.wait => {
                 // Retry pacing for a busy mount, not synchronisation: the holder may let go.
                 std::thread::sleep(pause.min(policy.wait.saturating_sub(start.elapsed())));
                 pause = (pause * 2).min(Duration::from_millis(500));
             }
             Err(Errno::EBUSY) => break,
-            Err(errno) => return Err(UnmountError::Syscall { target: target.to_owned(), errno }),
+            Err(errno) => {
+                return Err(UnmountError::Syscall {
+                    target: target.to_owned(),
+                    errno,
+                })
+            }
         }
     }
     let waited = start.elapsed();
-    let table = rds_mounts::mountinfo::read_mountinfo(&roots.proc, "self")
-        .map_err(|source| UnmountError::MountTable { target: target.to_owned(), source })?;
+    let table = rds_mounts::mountinfo::read_mountinfo(&roots.proc, "self").map_err(|source| {
+        UnmountError::MountTable {
+            target: target.to_owned(),
+            source,
+        }
+    })?;
     let Some(entry) = table.entries.iter().rev().find(|m| m.mount_point == target) else {
-        return Err(UnmountError::NotMounted { target: target.to_owned() });
+        return Err(UnmountError::NotMounted {
+            target: target.to_owned(),
+        });
     };
     let usage = in_use(entry.dev, Some(target), roots);
     tracing::warn!(target = %target.display(), dev = %entry.dev, waited = ?waited, usage = ?usage, "unmount stayed busy");
     if !policy.allow_lazy_when_unused {
-        return Err(UnmountError::Busy { target: target.to_owned(), waited, usage });
+        return Err(UnmountError::Busy {
+            target: target.to_owned(),
+            waited,
+            usage,
+        });
     }
     match usage {
-        Usage::InUse(holders) => Err(UnmountError::InUse { target: target.to_owned(), holders }),
-        Usage::Unknown(reason) => Err(UnmountError::UsageUnknown { target: target.to_owned(), reason }),
+        Usage::InUse(holders) => Err(UnmountError::InUse {
+            target: target.to_owned(),
+            holders,
+        }),
+        Usage::Unknown(reason) => Err(UnmountError::UsageUnknown {
+            target: target.to_owned(),
+            reason,
+        }),
         Usage::NotInUse => {
-            nix::mount::umount2(target, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW)
-                .map_err(|errno| UnmountError::Syscall { target: target.to_owned(), errno })?;
+            nix::mount::umount2(target, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW).map_err(
+                |errno| UnmountError::Syscall {
+                    target: target.to_owned(),
+                    errno,
+                },
+            )?;
             tracing::warn!(target = %target.display(), dev = %entry.dev, "busy but unused: detached lazily");
             Ok(UnmountOutcome::DetachedLazily)
         }
@@ -229,7 +314,9 @@ pub fn unmount(target: &Path, policy: UnmountPolicy, roots: &HostRoots) -> Resul
 pub enum MountPointError {
     #[error("{0} is not an absolute path")]
     NotAbsolute(PathBuf),
-    #[error("the mount table has {0} unparsable lines; cannot prove anything is not a mount point")]
+    #[error(
+        "the mount table has {0} unparsable lines; cannot prove anything is not a mount point"
+    )]
     TableIncomplete(usize),
     #[error("cannot resolve the parent of {path}")]
     Resolve {
@@ -254,7 +341,10 @@ fn resolve_parent(path: &Path) -> Result<Option<PathBuf>, MountPointError> {
     match std::fs::canonicalize(parent) {
         Ok(p) => Ok(Some(p.join(name))),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-        Err(source) => Err(MountPointError::Resolve { path: path.to_owned(), source }),
+        Err(source) => Err(MountPointError::Resolve {
+            path: path.to_owned(),
+            source,
+        }),
     }
 }
 
@@ -271,17 +361,33 @@ pub fn is_mount_point(path: &Path, table: &ParsedTable) -> Result<bool, MountPoi
     if !table.errors.is_empty() {
         return Err(MountPointError::TableIncomplete(table.errors.len()));
     }
-    let Some(resolved) = resolve_parent(path)? else { return Ok(false) };
-    if table.entries.iter().any(|m| m.mount_point == resolved || m.mount_point == path) {
+    let Some(resolved) = resolve_parent(path)? else {
+        return Ok(false);
+    };
+    if table
+        .entries
+        .iter()
+        .any(|m| m.mount_point == resolved || m.mount_point == path)
+    {
         return Ok(true);
     }
-    let Some(parent) = resolved.parent() else { return Ok(true) }; // "/" is always mounted
+    let Some(parent) = resolved.parent() else {
+        return Ok(true);
+    }; // "/" is always mounted
     let me = match std::fs::symlink_metadata(&resolved) {
         Ok(m) => m,
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(false),
-        Err(source) => return Err(MountPointError::Stat { path: path.to_owned(), source }),
+        Err(source) => {
+            return Err(MountPointError::Stat {
+                path: path.to_owned(),
+                source,
+            })
+        }
     };
-    let up = std::fs::metadata(parent).map_err(|source| MountPointError::Stat { path: parent.to_owned(), source })?;
+    let up = std::fs::metadata(parent).map_err(|source| MountPointError::Stat {
+        path: parent.to_owned(),
+        source,
+    })?;
     if me.dev() != up.dev() {
         tracing::warn!(path = %path.display(), "device differs from the parent's but the path is not in the mount table: treating it as a mount point");
         return Ok(true);
@@ -319,11 +425,19 @@ pub fn remove_target_dir(path: &Path, table: &ParsedTable) -> Result<Removal, Re
     match is_mount_point(path, table) {
         Ok(true) => return Err(RemoveError::StillMounted(path.to_owned())),
         Ok(false) => {}
-        Err(source) => return Err(RemoveError::Unproven { path: path.to_owned(), source }),
+        Err(source) => {
+            return Err(RemoveError::Unproven {
+                path: path.to_owned(),
+                source,
+            })
+        }
     }
     match std::fs::remove_dir(path) {
         Ok(()) => Ok(Removal::Removed),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Removal::AlreadyAbsent),
-        Err(source) => Err(RemoveError::Remove { path: path.to_owned(), source }),
+        Err(source) => Err(RemoveError::Remove {
+            path: path.to_owned(),
+            source,
+        }),
     }
 }

@@ -37,7 +37,10 @@ pub enum Content {
     /// Proven readable and blank. Carries the permit to format exactly this device.
     Empty(FormatPermit),
     /// A mountable filesystem both opinions agree on.
-    Filesystem { fs_type: String, uuid: Option<String> },
+    Filesystem {
+        fs_type: String,
+        uuid: Option<String>,
+    },
     /// Something that is not a filesystem we may mount, and not blank: partition tables, LUKS,
     /// LVM, swap, data without a signature, or disagreeing opinions. Never format, never mount.
     Unrecognised(Vec<String>),
@@ -110,7 +113,9 @@ impl Default for ProbeConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    #[error("{device} could not be read, so its content is unknown (never treated as empty): {reason}")]
+    #[error(
+        "{device} could not be read, so its content is unknown (never treated as empty): {reason}"
+    )]
     Unreadable {
         device: PathBuf,
         reason: String,
@@ -156,13 +161,21 @@ pub fn decide(scan: &Scan, blkid: &Blkid) -> Option<Content> {
             let usage = props.get("USAGE").map(String::as_str);
             match (ty, usage) {
                 (Some(ty), Some("filesystem")) => {
-                    let native_fs: Vec<_> = scan.signatures.iter().filter(|s| s.filesystem).collect();
-                    if !native_fs.is_empty() && !native_fs.iter().any(|s| signatures::same_family(s.name, &ty)) {
+                    let native_fs: Vec<_> =
+                        scan.signatures.iter().filter(|s| s.filesystem).collect();
+                    if !native_fs.is_empty()
+                        && !native_fs
+                            .iter()
+                            .any(|s| signatures::same_family(s.name, &ty))
+                    {
                         let mut seen = native;
                         seen.push(format!("blkid:{ty}"));
                         return Some(Content::Unrecognised(seen));
                     }
-                    let uuid = props.get("UUID").cloned().or_else(|| native_fs.first().and_then(|s| s.uuid.clone()));
+                    let uuid = props
+                        .get("UUID")
+                        .cloned()
+                        .or_else(|| native_fs.first().and_then(|s| s.uuid.clone()));
                     Some(Content::Filesystem { fs_type: ty, uuid })
                 }
                 (ty, _) => {
@@ -194,7 +207,10 @@ pub fn decide(scan: &Scan, blkid: &Blkid) -> Option<Content> {
         Blkid::Unavailable => {
             let fs: Vec<_> = scan.signatures.iter().filter(|s| s.filesystem).collect();
             if scan.signatures.len() == 1 && fs.len() == 1 {
-                Some(Content::Filesystem { fs_type: fs[0].name.to_owned(), uuid: fs[0].uuid.clone() })
+                Some(Content::Filesystem {
+                    fs_type: fs[0].name.to_owned(),
+                    uuid: fs[0].uuid.clone(),
+                })
             } else if !native.is_empty() {
                 Some(Content::Unrecognised(native))
             } else if scan.nonzero {
@@ -213,8 +229,10 @@ fn read_windows(device: &Path) -> Result<(Identity, Scan), ProbeError> {
         reason,
         source,
     };
-    let (file, mut direct) = blockdev::open_direct(device).map_err(|e| unreadable("open failed".into(), Some(e)))?;
-    let identity = blockdev::identity_of(&file).map_err(|e| unreadable("size query failed".into(), Some(e)))?;
+    let (file, mut direct) =
+        blockdev::open_direct(device).map_err(|e| unreadable("open failed".into(), Some(e)))?;
+    let identity = blockdev::identity_of(&file)
+        .map_err(|e| unreadable("size query failed".into(), Some(e)))?;
     let size = identity.size;
     if size == 0 {
         return Err(unreadable("the device reports size 0".into(), None));
@@ -225,35 +243,55 @@ fn read_windows(device: &Path) -> Result<(Identity, Scan), ProbeError> {
     }
     let reopen = |direct: bool| -> Result<std::fs::File, ProbeError> {
         if direct {
-            Ok(blockdev::open_direct(device).map_err(|e| unreadable("reopen failed".into(), Some(e)))?.0)
+            Ok(blockdev::open_direct(device)
+                .map_err(|e| unreadable("reopen failed".into(), Some(e)))?
+                .0)
         } else {
             std::fs::File::open(device).map_err(|e| unreadable("reopen failed".into(), Some(e)))
         }
     };
     let file = if direct { file } else { reopen(false)? };
     let head_len = size.min(PROBE_WINDOW);
-    let head = blockdev::read_exact_at(&file, 0, head_len as usize, direct)
-        .map_err(|e| unreadable(format!("reading the first {head_len} bytes failed"), Some(e)))?;
+    let head = blockdev::read_exact_at(&file, 0, head_len as usize, direct).map_err(|e| {
+        unreadable(
+            format!("reading the first {head_len} bytes failed"),
+            Some(e),
+        )
+    })?;
     let (tail, tail_offset) = if size <= PROBE_WINDOW {
         (head.clone(), 0)
     } else {
         let off = ((size - PROBE_WINDOW) / sector) * sector;
         let len = (size - off) as usize;
-        let t = blockdev::read_exact_at(&file, off, len, direct)
-            .map_err(|e| unreadable(format!("reading the last {len} bytes at offset {off} failed"), Some(e)))?;
+        let t = blockdev::read_exact_at(&file, off, len, direct).map_err(|e| {
+            unreadable(
+                format!("reading the last {len} bytes at offset {off} failed"),
+                Some(e),
+            )
+        })?;
         (t, off)
     };
-    let scan = signatures::scan(&Regions { head: &head, tail: &tail, tail_offset, size });
+    let scan = signatures::scan(&Regions {
+        head: &head,
+        tail: &tail,
+        tail_offset,
+        size,
+    });
     Ok((identity, scan))
 }
 
 fn run_blkid(device: &Path, cfg: &ProbeConfig) -> Result<Blkid, ProbeError> {
-    let tool = Tool::new(&cfg.blkid, cfg.blkid_deadline).args(["-p", "-o", "export"]).arg(device);
+    let tool = Tool::new(&cfg.blkid, cfg.blkid_deadline)
+        .args(["-p", "-o", "export"])
+        .arg(device);
     match command::run(&tool) {
         Ok(out) => Ok(Blkid::Found(parse_export(&out.stdout))),
         Err(ToolError::Exited { code: 2, .. }) => Ok(Blkid::Nothing),
         Err(ToolError::NotFound { .. }) if !cfg.require_blkid => Ok(Blkid::Unavailable),
-        Err(source) => Err(ProbeError::SecondOpinion { device: device.to_owned(), source }),
+        Err(source) => Err(ProbeError::SecondOpinion {
+            device: device.to_owned(),
+            source,
+        }),
     }
 }
 
@@ -270,10 +308,15 @@ pub fn probe_content_with(device: &Path, cfg: &ProbeConfig) -> Result<Content, P
     // The device must not have changed under us while blkid ran.
     let (again, again_scan) = read_windows(device)?;
     if again != identity || again_scan != scan {
-        return Err(ProbeError::Changed { device: device.to_owned() });
+        return Err(ProbeError::Changed {
+            device: device.to_owned(),
+        });
     }
     let content = decide(&scan, &blkid).unwrap_or_else(|| {
-        Content::Empty(FormatPermit { device: device.to_owned(), identity })
+        Content::Empty(FormatPermit {
+            device: device.to_owned(),
+            identity,
+        })
     });
     tracing::info!(device = %device.display(), dev = ?identity.rdev, diskseq = ?identity.diskseq,
         content = ?content, blkid = ?blkid, "probed device content");
@@ -331,7 +374,7 @@ pub enum FormatError {
     Recheck {
         device: PathBuf,
         #[source]
-        source: ProbeError,
+        source: Box<ProbeError>,
     },
     #[error("checking whether {device} is held failed")]
     Exclusive {
@@ -350,30 +393,62 @@ pub enum FormatError {
 
 /// Create a filesystem on `device`, which a probe found empty (`permit`). Blocking, bounded by
 /// `deadline`. No force flag is passed: mkfs.xfs then refuses any signature it finds itself.
-pub fn format(device: &Path, fs: FsKind, permit: FormatPermit, deadline: Duration) -> Result<(), FormatError> {
+pub fn format(
+    device: &Path,
+    fs: FsKind,
+    permit: FormatPermit,
+    deadline: Duration,
+) -> Result<(), FormatError> {
     if permit.device != device {
-        return Err(FormatError::PermitForAnotherDevice { device: device.to_owned(), permit: permit.device });
+        return Err(FormatError::PermitForAnotherDevice {
+            device: device.to_owned(),
+            permit: permit.device,
+        });
     }
-    let (identity, scan) = read_windows(device).map_err(|source| FormatError::Recheck { device: device.to_owned(), source })?;
+    let (identity, scan) = read_windows(device).map_err(|source| FormatError::Recheck {
+        device: device.to_owned(),
+        source: Box::new(source),
+    })?;
     if identity != permit.identity {
-        return Err(FormatError::DeviceChanged { device: device.to_owned() });
+        return Err(FormatError::DeviceChanged {
+            device: device.to_owned(),
+        });
     }
     if scan.nonzero || !scan.signatures.is_empty() {
-        return Err(FormatError::NoLongerEmpty { device: device.to_owned() });
+        return Err(FormatError::NoLongerEmpty {
+            device: device.to_owned(),
+        });
     }
     match blockdev::exclusive_open_ok(device) {
         Ok(true) => {}
-        Ok(false) => return Err(FormatError::DeviceBusy { device: device.to_owned() }),
-        Err(source) => return Err(FormatError::Exclusive { device: device.to_owned(), source }),
+        Ok(false) => {
+            return Err(FormatError::DeviceBusy {
+                device: device.to_owned(),
+            })
+        }
+        Err(source) => {
+            return Err(FormatError::Exclusive {
+                device: device.to_owned(),
+                source,
+            })
+        }
     }
     let tool = match fs {
         // -E nodiscard: a discard of a large fresh NVMe namespace can outlast any deadline.
-        FsKind::Ext4 => Tool::new("mkfs.ext4", deadline).args(["-q", "-E", "nodiscard"]).arg(device),
+        FsKind::Ext4 => Tool::new("mkfs.ext4", deadline)
+            .args(["-q", "-E", "nodiscard"])
+            .arg(device),
         // -K: do not discard.
-        FsKind::Xfs => Tool::new("mkfs.xfs", deadline).args(["-q", "-K"]).arg(device),
+        FsKind::Xfs => Tool::new("mkfs.xfs", deadline)
+            .args(["-q", "-K"])
+            .arg(device),
     };
     tracing::info!(device = %device.display(), fs = %fs, dev = ?identity.rdev, diskseq = ?identity.diskseq, "formatting empty device");
-    command::run(&tool).map_err(|source| FormatError::Mkfs { device: device.to_owned(), fs, source })?;
+    command::run(&tool).map_err(|source| FormatError::Mkfs {
+        device: device.to_owned(),
+        fs,
+        source,
+    })?;
     Ok(())
 }
 
@@ -383,64 +458,118 @@ mod tests {
     use crate::signatures::Signature;
 
     fn sig(name: &'static str, filesystem: bool) -> Signature {
-        Signature { name, filesystem, uuid: None }
+        Signature {
+            name,
+            filesystem,
+            uuid: None,
+        }
     }
 
     fn found(pairs: &[(&str, &str)]) -> Blkid {
-        Blkid::Found(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+        Blkid::Found(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
     }
 
     #[test]
     fn all_zero_and_blkid_nothing_is_the_only_empty() {
-        assert!(decide(&Scan::default(), &Blkid::Nothing).is_none(), "zeroes + blkid exit 2 must be empty");
+        assert!(
+            decide(&Scan::default(), &Blkid::Nothing).is_none(),
+            "zeroes + blkid exit 2 must be empty"
+        );
     }
 
     #[test]
     fn zeroes_but_blkid_found_something_is_not_empty() {
-        let d = decide(&Scan::default(), &found(&[("TYPE", "zfs_member"), ("USAGE", "filesystem")]));
-        assert!(matches!(d, Some(Content::Filesystem { ref fs_type, .. }) if fs_type == "zfs_member"), "got {d:?}");
+        let d = decide(
+            &Scan::default(),
+            &found(&[("TYPE", "zfs_member"), ("USAGE", "filesystem")]),
+        );
+        assert!(
+            matches!(d, Some(Content::Filesystem { ref fs_type, .. }) if fs_type == "zfs_member"),
+            "got {d:?}"
+        );
         let d = decide(&Scan::default(), &found(&[("PTTYPE", "gpt")]));
         assert!(matches!(d, Some(Content::Unrecognised(_))), "got {d:?}");
     }
 
     #[test]
     fn non_zero_data_without_signature_is_unrecognised() {
-        let s = Scan { signatures: vec![], nonzero: true };
+        let s = Scan {
+            signatures: vec![],
+            nonzero: true,
+        };
         let d = decide(&s, &Blkid::Nothing);
-        assert!(matches!(d, Some(Content::Unrecognised(ref v)) if v == &["non-zero data"]), "got {d:?}");
+        assert!(
+            matches!(d, Some(Content::Unrecognised(ref v)) if v == &["non-zero data"]),
+            "got {d:?}"
+        );
     }
 
     #[test]
     fn native_signature_that_blkid_does_not_see_is_unrecognised() {
-        let s = Scan { signatures: vec![sig("ext4", true)], nonzero: true };
-        assert!(matches!(decide(&s, &Blkid::Nothing), Some(Content::Unrecognised(_))));
+        let s = Scan {
+            signatures: vec![sig("ext4", true)],
+            nonzero: true,
+        };
+        assert!(matches!(
+            decide(&s, &Blkid::Nothing),
+            Some(Content::Unrecognised(_))
+        ));
     }
 
     #[test]
     fn disagreeing_filesystem_types_are_unrecognised() {
-        let s = Scan { signatures: vec![sig("xfs", true)], nonzero: true };
+        let s = Scan {
+            signatures: vec![sig("xfs", true)],
+            nonzero: true,
+        };
         let d = decide(&s, &found(&[("TYPE", "ext4"), ("USAGE", "filesystem")]));
         assert!(matches!(d, Some(Content::Unrecognised(_))), "got {d:?}");
     }
 
     #[test]
     fn agreeing_filesystem_is_reported_with_blkid_uuid() {
-        let s = Scan { signatures: vec![sig("ext4", true)], nonzero: true };
-        let d = decide(&s, &found(&[("TYPE", "ext4"), ("USAGE", "filesystem"), ("UUID", "u-1")]));
-        assert!(matches!(d, Some(Content::Filesystem { ref fs_type, ref uuid }) if fs_type == "ext4" && uuid.as_deref() == Some("u-1")), "got {d:?}");
+        let s = Scan {
+            signatures: vec![sig("ext4", true)],
+            nonzero: true,
+        };
+        let d = decide(
+            &s,
+            &found(&[("TYPE", "ext4"), ("USAGE", "filesystem"), ("UUID", "u-1")]),
+        );
+        assert!(
+            matches!(d, Some(Content::Filesystem { ref fs_type, ref uuid }) if fs_type == "ext4" && uuid.as_deref() == Some("u-1")),
+            "got {d:?}"
+        );
     }
 
     #[test]
     fn crypto_and_raid_members_are_unrecognised() {
-        let d = decide(&Scan { signatures: vec![sig("crypto_LUKS", false)], nonzero: true }, &found(&[("TYPE", "crypto_LUKS"), ("USAGE", "crypto")]));
+        let d = decide(
+            &Scan {
+                signatures: vec![sig("crypto_LUKS", false)],
+                nonzero: true,
+            },
+            &found(&[("TYPE", "crypto_LUKS"), ("USAGE", "crypto")]),
+        );
         assert!(matches!(d, Some(Content::Unrecognised(_))), "got {d:?}");
     }
 
     #[test]
     fn without_blkid_only_clean_zeroes_are_empty() {
         assert!(decide(&Scan::default(), &Blkid::Unavailable).is_none());
-        let s = Scan { signatures: vec![sig("dos", false)], nonzero: true };
-        assert!(matches!(decide(&s, &Blkid::Unavailable), Some(Content::Unrecognised(_))));
+        let s = Scan {
+            signatures: vec![sig("dos", false)],
+            nonzero: true,
+        };
+        assert!(matches!(
+            decide(&s, &Blkid::Unavailable),
+            Some(Content::Unrecognised(_))
+        ));
     }
 
     #[test]

@@ -84,7 +84,8 @@ fn ext(r: &Regions<'_>) -> Option<Signature> {
     let incompat = le32(r.at(SB + 0x60, 4)?);
     // ext4-only incompat features: extents, 64bit, mmp, flex_bg, ea_inode, dirdata, csum_seed,
     // largedir, inline_data, encrypt, casefold.
-    const EXT4_INCOMPAT: u32 = 0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x1000 | 0x2000 | 0x4000 | 0x8000 | 0x10000 | 0x20000;
+    const EXT4_INCOMPAT: u32 =
+        0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x1000 | 0x2000 | 0x4000 | 0x8000 | 0x10000 | 0x20000;
     let name = if incompat & EXT4_INCOMPAT != 0 {
         "ext4"
     } else if compat & 0x4 != 0 {
@@ -204,7 +205,12 @@ mod tests {
     use super::*;
 
     fn regions(head: &[u8]) -> Regions<'_> {
-        Regions { head, tail: head, tail_offset: 0, size: head.len() as u64 }
+        Regions {
+            head,
+            tail: head,
+            tail_offset: 0,
+            size: head.len() as u64,
+        }
     }
 
     #[test]
@@ -222,7 +228,10 @@ mod tests {
         let s = scan(&regions(&b));
         assert_eq!(s.signatures.len(), 1, "exactly one signature: {s:?}");
         assert_eq!(s.signatures[0].name, "ext4");
-        assert_eq!(s.signatures[0].uuid.as_deref(), Some("11111111-1111-1111-1111-111111111111"));
+        assert_eq!(
+            s.signatures[0].uuid.as_deref(),
+            Some("11111111-1111-1111-1111-111111111111")
+        );
         assert!(s.nonzero);
     }
 
@@ -253,7 +262,10 @@ mod tests {
                 b[512 + 24..512 + 32].copy_from_slice(b"LVM2 001");
             }
             let s = scan(&regions(&b));
-            assert!(s.signatures.iter().any(|x| x.name == name), "expected {name} in {s:?}");
+            assert!(
+                s.signatures.iter().any(|x| x.name == name),
+                "expected {name} in {s:?}"
+            );
         }
     }
 
@@ -262,7 +274,12 @@ mod tests {
         let head = vec![0u8; 4096];
         let mut tail = vec![0u8; 4096];
         tail[4096 - 512..4096 - 504].copy_from_slice(b"EFI PART");
-        let r = Regions { head: &head, tail: &tail, tail_offset: (1 << 30) - 4096, size: 1 << 30 };
+        let r = Regions {
+            head: &head,
+            tail: &tail,
+            tail_offset: (1 << 30) - 4096,
+            size: 1 << 30,
+        };
         assert!(scan(&r).signatures.iter().any(|s| s.name == "gpt"));
     }
 
@@ -271,9 +288,17 @@ mod tests {
         let head = vec![0u8; 4096];
         let mut tail = vec![0u8; 4096];
         tail[4095] = 1;
-        let r = Regions { head: &head, tail: &tail, tail_offset: 1 << 30, size: (1 << 30) + 4096 };
+        let r = Regions {
+            head: &head,
+            tail: &tail,
+            tail_offset: 1 << 30,
+            size: (1 << 30) + 4096,
+        };
         let s = scan(&r);
-        assert!(s.signatures.is_empty() && s.nonzero, "expected plain non-zero data: {s:?}");
+        assert!(
+            s.signatures.is_empty() && s.nonzero,
+            "expected plain non-zero data: {s:?}"
+        );
     }
 
     #[test]

@@ -32,7 +32,10 @@ pub enum StatError {
 /// Capacity figures of the filesystem containing `path`. `available` is what an unprivileged
 /// user can still write (f_bavail), `used` is total minus free (f_bfree).
 pub fn volume_stats(path: &Path) -> Result<VolumeStats, StatError> {
-    let s = nix::sys::statvfs::statvfs(path).map_err(|errno| StatError::Statvfs { path: path.to_owned(), errno })?;
+    let s = nix::sys::statvfs::statvfs(path).map_err(|errno| StatError::Statvfs {
+        path: path.to_owned(),
+        errno,
+    })?;
     let frsize = s.fragment_size() as u64;
     let blocks = s.blocks() as u64;
     let files = s.files() as u64;
@@ -49,7 +52,10 @@ pub fn volume_stats(path: &Path) -> Result<VolumeStats, StatError> {
 
 /// Size in bytes of the block device at `dev_path` (BLKGETSIZE64; a regular file's length).
 pub fn block_size(dev_path: &Path) -> Result<u64, StatError> {
-    let err = |source| StatError::Size { path: dev_path.to_owned(), source };
+    let err = |source| StatError::Size {
+        path: dev_path.to_owned(),
+        source,
+    };
     let f = std::fs::File::open(dev_path).map_err(err)?;
     crate::blockdev::size_of(&f).map_err(err)
 }

@@ -15,4 +15,5 @@
 
 pub mod mountinfo;
 pub mod storm;
+pub mod sys;
 pub mod table;

@@ -35,7 +35,9 @@ use rds_devices::sysfs_tree::{ControllerSpec, NamespaceSpec, NvmeTree};
 use rds_devices::uevent::{encode_libudev, UdevInjector};
 use rds_types::{DevNum, DiskSeq, ManagedPrefix, Nqn};
 
-use crate::api::{ConnectOutcome, ConnectRequest, ControllerInfo, ControllerState, Fabric, FabricError};
+use crate::api::{
+    ConnectOutcome, ConnectRequest, ControllerInfo, ControllerState, Fabric, FabricError,
+};
 use crate::loopdev::{AttachOptions, LoopControl, LoopDevice};
 use crate::sysfs;
 use events::{disk_event, subsystem_event, Action, ControllerEvent, Props};
@@ -116,7 +118,9 @@ pub struct EmulatedFabric {
 
 impl std::fmt::Debug for EmulatedFabric {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmulatedFabric").field("cfg", &self.cfg).finish_non_exhaustive()
+        f.debug_struct("EmulatedFabric")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
     }
 }
 
@@ -147,9 +151,16 @@ fn uuid_for(nqn: &Nqn) -> String {
 }
 
 fn mknod_block(path: &Path, dev: DevNum) -> io::Result<()> {
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
-    let rc = unsafe { libc::mknod(c.as_ptr(), libc::S_IFBLK | 0o600, dev.to_dev_t() as libc::dev_t) };
+    let rc = unsafe {
+        libc::mknod(
+            c.as_ptr(),
+            libc::S_IFBLK | 0o600,
+            dev.to_dev_t() as libc::dev_t,
+        )
+    };
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -221,7 +232,8 @@ impl EmulatedFabric {
             .create_new(true)
             .open(&backing)
             .map_err(tree_err("create backing file", &backing))?;
-        f.set_len(size_bytes).map_err(tree_err("size backing file", &backing))?;
+        f.set_len(size_bytes)
+            .map_err(tree_err("size backing file", &backing))?;
         st.targets.insert(
             nqn.clone(),
             Target {
@@ -239,24 +251,40 @@ impl EmulatedFabric {
     pub fn namespace_of(&self, nqn: &Nqn) -> Option<(String, DevNum, DiskSeq)> {
         let st = self.lock();
         let c = st.targets.get(nqn)?.conn.as_ref()?;
-        Some((c.ns_name.clone(), c.loop_dev.dev_num(), c.loop_dev.diskseq()))
+        Some((
+            c.ns_name.clone(),
+            c.loop_dev.dev_num(),
+            c.loop_dev.diskseq(),
+        ))
     }
 
     /// The controller (`nvmeN`) of a connected target.
     pub fn controller_of(&self, nqn: &Nqn) -> Option<String> {
         let st = self.lock();
-        st.targets.get(nqn)?.conn.as_ref().map(Connection::ctrl_name)
+        st.targets
+            .get(nqn)?
+            .conn
+            .as_ref()
+            .map(Connection::ctrl_name)
     }
 
     /// The loop device (`loopN`) currently backing a connected target's namespace.
     pub fn loop_of(&self, nqn: &Nqn) -> Option<String> {
         let st = self.lock();
-        st.targets.get(nqn)?.conn.as_ref().map(|c| c.loop_dev.name())
+        st.targets
+            .get(nqn)?
+            .conn
+            .as_ref()
+            .map(|c| c.loop_dev.name())
     }
 
     /// Set the controller's `state` attribute and send a `change` event (with
     /// `NVME_EVENT=connected` when it goes back to `live` from a reconnecting state).
-    pub fn set_controller_state(&self, nqn: &Nqn, state: ControllerState) -> Result<(), FabricError> {
+    pub fn set_controller_state(
+        &self,
+        nqn: &Nqn,
+        state: ControllerState,
+    ) -> Result<(), FabricError> {
         let mut guard = self.lock();
         let st = &mut *guard;
         let conn = connected(&mut st.targets, nqn)?;
@@ -265,7 +293,10 @@ impl EmulatedFabric {
             .set_controller_state(&name, state.as_str())
             .map_err(tree_err("write state of", &self.tree.controller_dir(&name)))?;
         let reconnected = state == ControllerState::Live
-            && matches!(conn.state, ControllerState::Connecting | ControllerState::Resetting);
+            && matches!(
+                conn.state,
+                ControllerState::Connecting | ControllerState::Resetting
+            );
         conn.state = state;
         let props = self.controller_props(conn, Action::Change, reconnected.then_some("connected"));
         let devpath = conn.ctrl_devpath.clone();
@@ -290,11 +321,21 @@ impl EmulatedFabric {
     fn reconnect(&self, nqn: &Nqn, same_name: bool) -> Result<ConnectOutcome, FabricError> {
         let mut guard = self.lock();
         let st = &mut *guard;
-        let target = st.targets.get_mut(nqn).ok_or_else(|| FabricError::UnknownTarget(nqn.clone()))?;
-        let old = target.conn.take().ok_or_else(|| FabricError::NotConnected(nqn.clone()))?;
+        let target = st
+            .targets
+            .get_mut(nqn)
+            .ok_or_else(|| FabricError::UnknownTarget(nqn.clone()))?;
+        let old = target
+            .conn
+            .take()
+            .ok_or_else(|| FabricError::NotConnected(nqn.clone()))?;
         // Attach the new loop device while the old one is still bound: a new device number
         // is then guaranteed.
-        let loop_dev = match self.cfg.loops.attach(&target.backing, AttachOptions::default()) {
+        let loop_dev = match self
+            .cfg
+            .loops
+            .attach(&target.backing, AttachOptions::default())
+        {
             Ok(l) => l,
             Err(e) => {
                 target.conn = Some(old);
@@ -325,8 +366,14 @@ impl EmulatedFabric {
     pub fn lose_controller(&self, nqn: &Nqn) -> Result<(), FabricError> {
         let mut guard = self.lock();
         let st = &mut *guard;
-        let target = st.targets.get_mut(nqn).ok_or_else(|| FabricError::UnknownTarget(nqn.clone()))?;
-        let conn = target.conn.take().ok_or_else(|| FabricError::NotConnected(nqn.clone()))?;
+        let target = st
+            .targets
+            .get_mut(nqn)
+            .ok_or_else(|| FabricError::UnknownTarget(nqn.clone()))?;
+        let conn = target
+            .conn
+            .take()
+            .ok_or_else(|| FabricError::NotConnected(nqn.clone()))?;
         tracing::info!(%nqn, controller = conn.ctrl_name(), "emulated controller lost");
         self.tear_down(st, conn, true)
     }
@@ -335,8 +382,14 @@ impl EmulatedFabric {
     /// capacity re-read, so every I/O of a mounted filesystem fails with EIO.
     pub fn kill_path(&self, nqn: &Nqn) -> Result<(), FabricError> {
         let mut st = self.lock();
-        let target = st.targets.get_mut(nqn).ok_or_else(|| FabricError::UnknownTarget(nqn.clone()))?;
-        let conn = target.conn.as_ref().ok_or_else(|| FabricError::NotConnected(nqn.clone()))?;
+        let target = st
+            .targets
+            .get_mut(nqn)
+            .ok_or_else(|| FabricError::UnknownTarget(nqn.clone()))?;
+        let conn = target
+            .conn
+            .as_ref()
+            .ok_or_else(|| FabricError::NotConnected(nqn.clone()))?;
         File::options()
             .write(true)
             .open(&target.backing)
@@ -352,7 +405,11 @@ impl EmulatedFabric {
     pub fn shutdown(&self) {
         let mut guard = self.lock();
         let st = &mut *guard;
-        let conns: Vec<Connection> = st.targets.values_mut().filter_map(|t| t.conn.take()).collect();
+        let conns: Vec<Connection> = st
+            .targets
+            .values_mut()
+            .filter_map(|t| t.conn.take())
+            .collect();
         for conn in conns {
             let name = conn.ctrl_name();
             if let Err(e) = self.tear_down(st, conn, false) {
@@ -363,9 +420,14 @@ impl EmulatedFabric {
 
     fn alloc_ctrl(&self, st: &mut State) -> u32 {
         let in_use = |n: u32| {
-            sysfs::class_nvme(&self.cfg.sys_root).join(format!("nvme{n}")).exists()
+            sysfs::class_nvme(&self.cfg.sys_root)
+                .join(format!("nvme{n}"))
+                .exists()
                 || self.cfg.dev_root.join(format!("nvme{n}n{NSID}")).exists()
-                || st.targets.values().any(|t| t.conn.as_ref().is_some_and(|c| c.ctrl == n))
+                || st
+                    .targets
+                    .values()
+                    .any(|t| t.conn.as_ref().is_some_and(|c| c.ctrl == n))
         };
         let mut n = st.next_ctrl;
         while in_use(n) {
@@ -377,9 +439,16 @@ impl EmulatedFabric {
 
     fn alloc_subsys(&self, st: &mut State) -> u32 {
         let in_use = |n: u32| {
-            self.cfg.sys_root.join(format!("class/nvme-subsystem/nvme-subsys{n}")).exists()
-                || (self.cfg.multipath && self.cfg.dev_root.join(format!("nvme{n}n{NSID}")).exists())
-                || st.targets.values().any(|t| t.conn.as_ref().is_some_and(|c| c.subsys == n))
+            self.cfg
+                .sys_root
+                .join(format!("class/nvme-subsystem/nvme-subsys{n}"))
+                .exists()
+                || (self.cfg.multipath
+                    && self.cfg.dev_root.join(format!("nvme{n}n{NSID}")).exists())
+                || st
+                    .targets
+                    .values()
+                    .any(|t| t.conn.as_ref().is_some_and(|c| c.subsys == n))
         };
         let mut n = st.next_subsys;
         while in_use(n) {
@@ -422,7 +491,10 @@ impl EmulatedFabric {
         };
         let path_disk = self.cfg.multipath.then(|| {
             st.next_path_minor += 1;
-            (format!("nvme{subsys}c{ctrl}n{NSID}"), DevNum::new(EMULATED_MAJOR, st.next_path_minor))
+            (
+                format!("nvme{subsys}c{ctrl}n{NSID}"),
+                DevNum::new(EMULATED_MAJOR, st.next_path_minor),
+            )
         });
         let ns_name = if self.cfg.multipath {
             format!("nvme{subsys}n{NSID}")
@@ -441,7 +513,10 @@ impl EmulatedFabric {
             ctrl_devpath: String::new(),
             subsys_devpath: String::new(),
         };
-        let target = st.targets.get(nqn).ok_or_else(|| FabricError::UnknownTarget(nqn.clone()))?;
+        let target = st
+            .targets
+            .get(nqn)
+            .ok_or_else(|| FabricError::UnknownTarget(nqn.clone()))?;
         let (size_bytes, uuid) = (target.size_bytes, target.uuid.clone());
         if let Err(e) = self.write_tree(&mut conn, nqn, size_bytes, &uuid) {
             let _ = self.tear_down(st, conn, false);
@@ -453,8 +528,14 @@ impl EmulatedFabric {
             return Err(FabricError::io("mknod", &node, e));
         }
         let mut batch = vec![
-            (conn.subsys_devpath.clone(), subsystem_event(Action::Add, &conn.subsys_devpath)),
-            (conn.ctrl_devpath.clone(), self.controller_props(&conn, Action::Add, None)),
+            (
+                conn.subsys_devpath.clone(),
+                subsystem_event(Action::Add, &conn.subsys_devpath),
+            ),
+            (
+                conn.ctrl_devpath.clone(),
+                self.controller_props(&conn, Action::Add, None),
+            ),
         ];
         batch.push((
             conn.ns_devpath.clone(),
@@ -476,7 +557,13 @@ impl EmulatedFabric {
         Ok(conn)
     }
 
-    fn write_tree(&self, conn: &mut Connection, nqn: &Nqn, size_bytes: u64, uuid: &str) -> Result<(), FabricError> {
+    fn write_tree(
+        &self,
+        conn: &mut Connection,
+        nqn: &Nqn,
+        size_bytes: u64,
+        uuid: &str,
+    ) -> Result<(), FabricError> {
         let root = &self.cfg.sys_root;
         let name = conn.ctrl_name();
         conn.subsys_devpath = self
@@ -511,7 +598,10 @@ impl EmulatedFabric {
             wwid: None,
         };
         conn.ns_devpath = if self.cfg.multipath {
-            let devpath = self.tree.add_head(conn.subsys, &ns).map_err(tree_err("write namespace head under", root))?;
+            let devpath = self
+                .tree
+                .add_head(conn.subsys, &ns)
+                .map_err(tree_err("write namespace head under", root))?;
             if let Some((path_name, path_dev)) = &conn.path_disk {
                 let path_ns = NamespaceSpec {
                     name: path_name.clone(),
@@ -519,11 +609,15 @@ impl EmulatedFabric {
                     diskseq: None,
                     ..ns.clone()
                 };
-                self.tree.add_path(&name, &path_ns).map_err(tree_err("write namespace path under", root))?;
+                self.tree
+                    .add_path(&name, &path_ns)
+                    .map_err(tree_err("write namespace path under", root))?;
             }
             devpath
         } else {
-            self.tree.add_namespace(&name, &ns).map_err(tree_err("write namespace under", root))?
+            self.tree
+                .add_namespace(&name, &ns)
+                .map_err(tree_err("write namespace under", root))?
         };
         Ok(())
     }
@@ -543,14 +637,31 @@ impl EmulatedFabric {
         };
         // As the kernel does: the controller is `deleting` while its namespaces go away.
         if self.tree.controller_dir(&name).is_dir() {
-            keep(self.tree.set_controller_state(&name, ControllerState::Deleting.as_str()).map_err(tree_err("write state under", root)));
+            keep(
+                self.tree
+                    .set_controller_state(&name, ControllerState::Deleting.as_str())
+                    .map_err(tree_err("write state under", root)),
+            );
         }
         if let Some((path_name, _)) = &conn.path_disk {
-            keep(self.tree.remove_disk(path_name).map_err(tree_err("remove path disk under", root)));
+            keep(
+                self.tree
+                    .remove_disk(path_name)
+                    .map_err(tree_err("remove path disk under", root)),
+            );
         }
-        keep(self.tree.remove_disk(&conn.ns_name).map_err(tree_err("remove namespace under", root)));
-        keep(remove_node_if_ours(&self.cfg.dev_root.join(&conn.ns_name), conn.loop_dev.dev_num())
-            .map_err(tree_err("remove node", &self.cfg.dev_root)));
+        keep(
+            self.tree
+                .remove_disk(&conn.ns_name)
+                .map_err(tree_err("remove namespace under", root)),
+        );
+        keep(
+            remove_node_if_ours(
+                &self.cfg.dev_root.join(&conn.ns_name),
+                conn.loop_dev.dev_num(),
+            )
+            .map_err(tree_err("remove node", &self.cfg.dev_root)),
+        );
         if events && !conn.ns_devpath.is_empty() {
             let props = disk_event(
                 Action::Remove,
@@ -560,17 +671,43 @@ impl EmulatedFabric {
                 conn.loop_dev.diskseq(),
                 &self.cfg.dev_root,
             );
-            keep(send(&self.cfg, &mut st.seqnum, &st.injector, &conn.ns_devpath, props));
+            keep(send(
+                &self.cfg,
+                &mut st.seqnum,
+                &st.injector,
+                &conn.ns_devpath,
+                props,
+            ));
         }
-        keep(self.tree.remove_controller(&name).map_err(tree_err("remove controller under", root)));
+        keep(
+            self.tree
+                .remove_controller(&name)
+                .map_err(tree_err("remove controller under", root)),
+        );
         if events && !conn.ctrl_devpath.is_empty() {
             let props = self.controller_props(&conn, Action::Remove, None);
-            keep(send(&self.cfg, &mut st.seqnum, &st.injector, &conn.ctrl_devpath, props));
+            keep(send(
+                &self.cfg,
+                &mut st.seqnum,
+                &st.injector,
+                &conn.ctrl_devpath,
+                props,
+            ));
         }
-        keep(self.tree.remove_subsystem(conn.subsys).map_err(tree_err("remove subsystem under", root)));
+        keep(
+            self.tree
+                .remove_subsystem(conn.subsys)
+                .map_err(tree_err("remove subsystem under", root)),
+        );
         if events && !conn.subsys_devpath.is_empty() {
             let props = subsystem_event(Action::Remove, &conn.subsys_devpath);
-            keep(send(&self.cfg, &mut st.seqnum, &st.injector, &conn.subsys_devpath, props));
+            keep(send(
+                &self.cfg,
+                &mut st.seqnum,
+                &st.injector,
+                &conn.subsys_devpath,
+                props,
+            ));
         }
         // While mounted the device only gets autoclear and lives on, as with `losetup -d`.
         keep(conn.loop_dev.detach().map_err(FabricError::from));
@@ -581,7 +718,10 @@ impl EmulatedFabric {
     }
 }
 
-fn connected<'a>(targets: &'a mut BTreeMap<Nqn, Target>, nqn: &Nqn) -> Result<&'a mut Connection, FabricError> {
+fn connected<'a>(
+    targets: &'a mut BTreeMap<Nqn, Target>,
+    nqn: &Nqn,
+) -> Result<&'a mut Connection, FabricError> {
     targets
         .get_mut(nqn)
         .ok_or_else(|| FabricError::UnknownTarget(nqn.clone()))?
@@ -611,10 +751,12 @@ fn send(
     let seq = seqnum.to_string();
     let mut pairs: Vec<(&str, &str)> = props.iter().map(|(k, v)| (*k, v.as_str())).collect();
     pairs.push(("SEQNUM", &seq));
-    injector.send(&encode_libudev(&pairs)).map_err(|e| FabricError::Uevent {
-        devpath: devpath.to_owned(),
-        source: e,
-    })
+    injector
+        .send(&encode_libudev(&pairs))
+        .map_err(|e| FabricError::Uevent {
+            devpath: devpath.to_owned(),
+            source: e,
+        })
 }
 
 impl Fabric for EmulatedFabric {
@@ -629,18 +771,27 @@ impl Fabric for EmulatedFabric {
         req.to_options_line()?;
         let mut guard = self.lock();
         let st = &mut *guard;
-        let target = st.targets.get(&req.nqn).ok_or_else(|| FabricError::Refused {
-            nqn: req.nqn.clone(),
-            address: req.address(),
-            source: io::Error::new(io::ErrorKind::ConnectionRefused, "the emulated target has no such subsystem"),
-        })?;
+        let target = st
+            .targets
+            .get(&req.nqn)
+            .ok_or_else(|| FabricError::Refused {
+                nqn: req.nqn.clone(),
+                address: req.address(),
+                source: io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    "the emulated target has no such subsystem",
+                ),
+            })?;
         if let Some(c) = &target.conn {
             return Ok(ConnectOutcome {
                 controller: c.ctrl_name(),
                 already_connected: true,
             });
         }
-        let loop_dev = self.cfg.loops.attach(&target.backing, AttachOptions::default())?;
+        let loop_dev = self
+            .cfg
+            .loops
+            .attach(&target.backing, AttachOptions::default())?;
         let conn = self.bring_up(st, &req.nqn, req.clone(), loop_dev, None)?;
         let outcome = ConnectOutcome {
             controller: conn.ctrl_name(),
@@ -696,7 +847,11 @@ mod tests {
         let a = Nqn::parse("nqn.2000-02.com.mikrotik:pvc-a").unwrap();
         let b = Nqn::parse("nqn.2000-02.com.mikrotik:pvc-b").unwrap();
         let ua = uuid_for(&a);
-        assert_eq!(ua, uuid_for(&a), "a reconnect must see the same namespace uuid");
+        assert_eq!(
+            ua,
+            uuid_for(&a),
+            "a reconnect must see the same namespace uuid"
+        );
         assert_ne!(ua, uuid_for(&b));
         let groups: Vec<usize> = ua.split('-').map(str::len).collect();
         assert_eq!(groups, [8, 4, 4, 4, 12], "uuid {ua} must be 8-4-4-4-12");

@@ -1,0 +1,173 @@
+//! The machine's output: what the executor, the event recorder and the metrics should do.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rds_types::BlockIdentity;
+
+use crate::condition::{ConditionKind, VolumeCondition};
+use crate::event::EventKind;
+use crate::ids::{StormKey, VolumeId};
+use crate::time::Timestamp;
+
+/// Why a recovery is asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecoveryReason {
+    /// Mount `new` at the staging path (the old mount sits on `old`, which is dead).
+    DeviceReplaced {
+        old: BlockIdentity,
+        new: BlockIdentity,
+    },
+    /// The filesystem on the (same) device failed: remount it.
+    FilesystemFailed,
+    /// The staging mount vanished while the device is fine: mount it again.
+    MountMissing,
+}
+
+impl RecoveryReason {
+    pub fn kind(&self) -> ConditionKind {
+        match self {
+            Self::DeviceReplaced { .. } => ConditionKind::DeviceReplaced,
+            Self::FilesystemFailed => ConditionKind::FilesystemFailed,
+            Self::MountMissing => ConditionKind::MountMissing,
+        }
+    }
+}
+
+/// Kubernetes Event reasons (the first five are the Go driver's, kept for dashboards).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventReason {
+    StaleMountDetected,
+    RecoveryFailed,
+    MountFailure,
+    ConnectionFailure,
+    ConnectionRecovery,
+    MountStorm,
+    FilesystemFailed,
+    /// The staging path was healed; the message says which pods still hold the dead
+    /// filesystem.
+    RecoverySucceeded,
+}
+
+impl EventReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::StaleMountDetected => "StaleMountDetected",
+            Self::RecoveryFailed => "RecoveryFailed",
+            Self::MountFailure => "MountFailure",
+            Self::ConnectionFailure => "ConnectionFailure",
+            Self::ConnectionRecovery => "ConnectionRecovery",
+            Self::MountStorm => "MountStorm",
+            Self::FilesystemFailed => "FilesystemFailed",
+            Self::RecoverySucceeded => "RecoverySucceeded",
+        }
+    }
+}
+
+impl fmt::Display for EventReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Kubernetes Event type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+/// Outcome of one recovery attempt, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecoveryResult {
+    Started,
+    Succeeded,
+    /// One attempt failed; another is scheduled.
+    Failed,
+    /// The last attempt failed (or the executor said retrying cannot help).
+    Exhausted,
+}
+
+/// Why an event changed nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IgnoreReason {
+    /// The event names a volume that is not staged.
+    UnknownVolume,
+    /// Executor feedback for no recovery the machine asked for (or another attempt).
+    UnexpectedFeedback,
+    /// A removal of a namespace incarnation older than the one we know.
+    StaleRemoval,
+}
+
+/// Metric observations; the integration layer turns them into Prometheus series.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricEvent {
+    /// A volume entered an abnormal condition; `latency` is `now - observed_at` when the
+    /// triggering event carried a kernel timestamp.
+    Detection {
+        kind: ConditionKind,
+        latency: Option<Duration>,
+    },
+    Recovery {
+        result: RecoveryResult,
+    },
+    StormStarted {
+        key: StormKey,
+        count: u64,
+    },
+    StormCleared {
+        key: StormKey,
+    },
+    Ignored {
+        event: EventKind,
+        reason: IgnoreReason,
+    },
+}
+
+/// What to do. The machine never does it itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// A volume's condition changed (kind or message). `old: None` = newly tracked, `new: None`
+    /// = no longer tracked (unstaged).
+    ConditionChanged {
+        volume_id: VolumeId,
+        old: Option<VolumeCondition>,
+        new: Option<VolumeCondition>,
+    },
+    /// One publish's condition changed (what `NodeGetVolumeStats` on that target reports).
+    PublishConditionChanged {
+        volume_id: VolumeId,
+        target: PathBuf,
+        old: Option<VolumeCondition>,
+        new: Option<VolumeCondition>,
+    },
+    /// Recover the volume (take the per-volume guard, remount the staging path, re-bind the
+    /// targets), then report `RecoveryStarted` and `RecoverySucceeded`/`RecoveryFailed`.
+    Recover {
+        volume_id: VolumeId,
+        reason: RecoveryReason,
+        attempt: u32,
+        /// What the NQN resolves to now (`None` if unknown).
+        device: Option<BlockIdentity>,
+    },
+    /// Post a Kubernetes Event on the volume's PVC.
+    PostEvent {
+        volume_id: VolumeId,
+        reason: EventReason,
+        type_: EventType,
+        message: String,
+    },
+    /// Delete the pods behind these targets so their controllers recreate them on the healed
+    /// mount (only with `MonitorConfig::evict_pods_on_stale`).
+    EvictPods {
+        volume_id: VolumeId,
+        targets: Vec<PathBuf>,
+    },
+    /// Deliver a `MonitorEvent::Tick` at or after `at`. Extra or late ticks are harmless;
+    /// `Monitor::next_deadline` gives the earliest pending one.
+    ScheduleTick {
+        at: Timestamp,
+    },
+    Metric(MetricEvent),
+}

@@ -1,0 +1,61 @@
+//! Tunables, with the seed constants of the Go driver as defaults.
+
+use std::time::Duration;
+
+/// How long a removed namespace may stay away before the volume is `DeviceGone`: one
+/// reconnect (the default `reconnect_delay` is 5 s) plus the time to connect again.
+pub const DEFAULT_GONE_GRACE: Duration = Duration::from_secs(10);
+/// Recovery attempts per fault (the Go driver's 3).
+pub const DEFAULT_RECOVERY_ATTEMPTS: u32 = 3;
+/// Delay before each attempt (the Go driver's 1 s, 2 s, 4 s).
+pub const DEFAULT_RECOVERY_BACKOFF: [Duration; 3] = [
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+];
+/// Transitions kept per volume.
+pub const DEFAULT_HISTORY_LEN: usize = 32;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MonitorConfig {
+    /// Hysteresis for namespace removal (see the crate docs).
+    pub gone_grace: Duration,
+    /// Attempts per recovery cycle (at least 1).
+    pub recovery_attempts: u32,
+    /// `recovery_backoff[n]` is the delay before attempt `n + 1`, counted from detection for
+    /// the first attempt and from the previous failure for the others; the last entry repeats.
+    /// The first delay is also a debounce: kernel races (a mount attach reported after a
+    /// resync, a namespace re-added) settle before anything is remounted.
+    pub recovery_backoff: Vec<Duration>,
+    /// Ask for the pods that still hold a dead filesystem to be deleted after a recovery.
+    pub evict_pods_on_stale: bool,
+    pub history_len: usize,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        Self {
+            gone_grace: DEFAULT_GONE_GRACE,
+            recovery_attempts: DEFAULT_RECOVERY_ATTEMPTS,
+            recovery_backoff: DEFAULT_RECOVERY_BACKOFF.to_vec(),
+            evict_pods_on_stale: false,
+            history_len: DEFAULT_HISTORY_LEN,
+        }
+    }
+}
+
+impl MonitorConfig {
+    /// Delay before `attempt` (1-based).
+    pub fn backoff_before(&self, attempt: u32) -> Duration {
+        let i = usize::try_from(attempt.saturating_sub(1)).unwrap_or(usize::MAX);
+        self.recovery_backoff
+            .get(i)
+            .or(self.recovery_backoff.last())
+            .copied()
+            .unwrap_or(Duration::ZERO)
+    }
+
+    pub fn max_attempts(&self) -> u32 {
+        self.recovery_attempts.max(1)
+    }
+}

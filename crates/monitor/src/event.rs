@@ -1,0 +1,407 @@
+//! The machine's input: everything the CSI node service, the watchers and the executor tell it.
+//!
+//! Events carry facts, never conclusions: "mount 42 detached", not "volume X is stale". The
+//! machine decides conditions from the facts it has accumulated.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use rds_types::{BlockIdentity, DevNum, Nqn};
+
+use crate::ids::{MountKey, StormKey, VolumeId};
+
+/// One mount-table entry as the mount watcher sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountFacts {
+    /// The 64-bit unique mount id.
+    pub id: u64,
+    /// `major:minor` of the superblock (mountinfo field 3), the real device even when the
+    /// source path lies.
+    pub dev: DevNum,
+    pub mount_point: PathBuf,
+    pub fs_type: String,
+    /// Per-mount read-only flag (`MS_RDONLY` on this mount, mountinfo field 6 `ro`).
+    pub read_only: bool,
+    /// Superblock options (mountinfo's last field, e.g. `rw,errors=remount-ro`,
+    /// `ro,emergency_ro`, `rw,shutdown`).
+    pub super_options: String,
+}
+
+impl MountFacts {
+    pub fn key(&self) -> MountKey {
+        MountKey {
+            id: self.id,
+            dev: self.dev,
+        }
+    }
+
+    fn super_has(&self, flag: &str) -> bool {
+        self.super_options.split(',').any(|o| o == flag)
+    }
+
+    /// The kernel's own verdict that the filesystem is dead: ext4 prints `emergency_ro` after
+    /// an aborted journal and `shutdown` after `EXT4_IOC_SHUTDOWN`.
+    pub fn dead_flag(&self) -> Option<&'static str> {
+        ["emergency_ro", "shutdown"]
+            .into_iter()
+            .find(|f| self.super_has(f))
+    }
+
+    /// Read-only at either level (this mount, or the whole superblock as after
+    /// `errors=remount-ro`).
+    pub fn effectively_read_only(&self) -> bool {
+        self.read_only || self.super_has("ro")
+    }
+}
+
+/// One NVMe namespace block device as the device watcher resolved it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceFacts {
+    /// The subsystem NQN this namespace belongs to.
+    pub nqn: Nqn,
+    pub nsid: u32,
+    /// Kernel name (`nvme1n1`), for messages only: names are reused.
+    pub name: String,
+    pub identity: BlockIdentity,
+}
+
+/// NVMe controller state (`/sys/class/nvme/nvmeN/state`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ControllerState {
+    Live,
+    Connecting,
+    Resetting,
+    /// `deleting` and `deleting (no IO)`.
+    Deleting,
+    Dead,
+    /// Anything else the kernel may print (`new`, future states).
+    Other(String),
+}
+
+impl ControllerState {
+    /// From the sysfs `state` attribute text.
+    pub fn from_sysfs(s: &str) -> Self {
+        match s.trim() {
+            "live" => Self::Live,
+            "connecting" => Self::Connecting,
+            "resetting" => Self::Resetting,
+            "dead" => Self::Dead,
+            t if t.starts_with("deleting") => Self::Deleting,
+            t => Self::Other(t.to_owned()),
+        }
+    }
+
+    /// The controller lost its transport and the kernel is trying to get it back.
+    pub fn is_reconnecting(&self) -> bool {
+        matches!(self, Self::Connecting | Self::Resetting)
+    }
+}
+
+impl fmt::Display for ControllerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Live => f.write_str("live"),
+            Self::Connecting => f.write_str("connecting"),
+            Self::Resetting => f.write_str("resetting"),
+            Self::Deleting => f.write_str("deleting"),
+            Self::Dead => f.write_str("dead"),
+            Self::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+/// One NVMe controller (a path to a subsystem).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControllerFacts {
+    pub nqn: Nqn,
+    /// Kernel name (`nvme3`).
+    pub controller: String,
+    pub state: ControllerState,
+}
+
+/// A publish bind mount the executor re-made during a recovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedMount {
+    pub target: PathBuf,
+    pub mount: Option<MountKey>,
+}
+
+/// Everything the monitor learns. `now` is passed beside each event, never inside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MonitorEvent {
+    // ---- volume lifecycle, from the CSI node service ----
+    /// A volume was staged (or, with `adopted`, re-adopted from its persisted record after a
+    /// plugin restart). `device` and `mount` are the identities at mount time.
+    VolumeStaged {
+        volume_id: VolumeId,
+        nqn: Nqn,
+        nsid: Option<u32>,
+        staging_path: PathBuf,
+        /// The staging mount; `None` for raw block volumes.
+        mount: Option<MountKey>,
+        device: BlockIdentity,
+        fs_type: Option<String>,
+        read_only: bool,
+        /// True when replayed from a persisted record at start-up rather than just mounted:
+        /// then a mount or namespace missing from an authoritative resync is missing, not late.
+        adopted: bool,
+    },
+    VolumeUnstaged {
+        volume_id: VolumeId,
+    },
+    /// A publish (one pod's target). Block publishes are device nodes: no mount.
+    VolumePublished {
+        volume_id: VolumeId,
+        target: PathBuf,
+        mount: Option<MountKey>,
+        read_only: bool,
+        /// As for `VolumeStaged`.
+        adopted: bool,
+    },
+    VolumeUnpublished {
+        volume_id: VolumeId,
+        target: PathBuf,
+    },
+
+    // ---- mount table, from the mount watcher/engine ----
+    MountAttached(MountFacts),
+    MountDetached {
+        id: u64,
+    },
+    /// Remount or option change (seen on the next mountinfo read).
+    MountChanged(MountFacts),
+    /// A full table scan: replaces the whole view (start-up, queue overflow).
+    MountResync(Vec<MountFacts>),
+    MountStorm {
+        key: StormKey,
+        count: u64,
+        message: String,
+    },
+    MountStormCleared {
+        key: StormKey,
+    },
+
+    // ---- devices, from the device watcher ----
+    NamespaceAdded(NamespaceFacts),
+    /// The namespace's block device went away. `identity` is the incarnation removed: a late
+    /// removal of an older incarnation does not remove a newer one.
+    NamespaceRemoved {
+        nqn: Nqn,
+        nsid: u32,
+        identity: BlockIdentity,
+    },
+    ControllerState(ControllerFacts),
+    ControllerRemoved {
+        nqn: Nqn,
+        controller: String,
+    },
+    /// A full device scan: replaces the namespace and controller views.
+    DeviceResync {
+        namespaces: Vec<NamespaceFacts>,
+        controllers: Vec<ControllerFacts>,
+    },
+
+    // ---- filesystems, from fanotify FAN_FS_ERROR ----
+    FsError {
+        dev: DevNum,
+        errno: i32,
+        count: u32,
+    },
+
+    // ---- executor feedback ----
+    RecoveryStarted {
+        volume_id: VolumeId,
+        attempt: u32,
+    },
+    /// The staging path is mounted again (`new_mount`, on `new_device`); `republished` lists
+    /// publish bind mounts the executor re-made.
+    RecoverySucceeded {
+        volume_id: VolumeId,
+        new_device: BlockIdentity,
+        new_mount: Option<MountKey>,
+        republished: Vec<PublishedMount>,
+    },
+    /// `final_` = the executor knows retrying cannot help.
+    RecoveryFailed {
+        volume_id: VolumeId,
+        attempt: u32,
+        error: String,
+        final_: bool,
+    },
+
+    /// Time passed (the machine asked for it with `Action::ScheduleTick`).
+    Tick,
+}
+
+/// The kind of an event, for causes and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventKind {
+    VolumeStaged,
+    VolumeUnstaged,
+    VolumePublished,
+    VolumeUnpublished,
+    MountAttached,
+    MountDetached,
+    MountChanged,
+    MountResync,
+    MountStorm,
+    MountStormCleared,
+    NamespaceAdded,
+    NamespaceRemoved,
+    ControllerState,
+    ControllerRemoved,
+    DeviceResync,
+    FsError,
+    RecoveryStarted,
+    RecoverySucceeded,
+    RecoveryFailed,
+    Tick,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::VolumeStaged => "volume_staged",
+            Self::VolumeUnstaged => "volume_unstaged",
+            Self::VolumePublished => "volume_published",
+            Self::VolumeUnpublished => "volume_unpublished",
+            Self::MountAttached => "mount_attached",
+            Self::MountDetached => "mount_detached",
+            Self::MountChanged => "mount_changed",
+            Self::MountResync => "mount_resync",
+            Self::MountStorm => "mount_storm",
+            Self::MountStormCleared => "mount_storm_cleared",
+            Self::NamespaceAdded => "namespace_added",
+            Self::NamespaceRemoved => "namespace_removed",
+            Self::ControllerState => "controller_state",
+            Self::ControllerRemoved => "controller_removed",
+            Self::DeviceResync => "device_resync",
+            Self::FsError => "fs_error",
+            Self::RecoveryStarted => "recovery_started",
+            Self::RecoverySucceeded => "recovery_succeeded",
+            Self::RecoveryFailed => "recovery_failed",
+            Self::Tick => "tick",
+        }
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl MonitorEvent {
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Self::VolumeStaged { .. } => EventKind::VolumeStaged,
+            Self::VolumeUnstaged { .. } => EventKind::VolumeUnstaged,
+            Self::VolumePublished { .. } => EventKind::VolumePublished,
+            Self::VolumeUnpublished { .. } => EventKind::VolumeUnpublished,
+            Self::MountAttached(_) => EventKind::MountAttached,
+            Self::MountDetached { .. } => EventKind::MountDetached,
+            Self::MountChanged(_) => EventKind::MountChanged,
+            Self::MountResync(_) => EventKind::MountResync,
+            Self::MountStorm { .. } => EventKind::MountStorm,
+            Self::MountStormCleared { .. } => EventKind::MountStormCleared,
+            Self::NamespaceAdded(_) => EventKind::NamespaceAdded,
+            Self::NamespaceRemoved { .. } => EventKind::NamespaceRemoved,
+            Self::ControllerState(_) => EventKind::ControllerState,
+            Self::ControllerRemoved { .. } => EventKind::ControllerRemoved,
+            Self::DeviceResync { .. } => EventKind::DeviceResync,
+            Self::FsError { .. } => EventKind::FsError,
+            Self::RecoveryStarted { .. } => EventKind::RecoveryStarted,
+            Self::RecoverySucceeded { .. } => EventKind::RecoverySucceeded,
+            Self::RecoveryFailed { .. } => EventKind::RecoveryFailed,
+            Self::Tick => EventKind::Tick,
+        }
+    }
+
+    /// A one-line summary for a condition's cause (what happened, with the kernel identities).
+    pub fn summary(&self) -> String {
+        match self {
+            Self::VolumeStaged {
+                volume_id,
+                device,
+                mount,
+                adopted,
+                ..
+            } => {
+                let how = if *adopted { "re-adopted" } else { "staged" };
+                match mount {
+                    Some(m) => format!("{volume_id} {how} on {device}, {m}"),
+                    None => format!("{volume_id} {how} on {device} (raw block)"),
+                }
+            }
+            Self::VolumeUnstaged { volume_id } => format!("{volume_id} unstaged"),
+            Self::VolumePublished {
+                volume_id, target, ..
+            } => format!("{volume_id} published at {}", target.display()),
+            Self::VolumeUnpublished { volume_id, target } => {
+                format!("{volume_id} unpublished from {}", target.display())
+            }
+            Self::MountAttached(m) => format!(
+                "mount {} attached at {} ({})",
+                m.id,
+                m.mount_point.display(),
+                m.dev
+            ),
+            Self::MountDetached { id } => format!("mount {id} detached"),
+            Self::MountChanged(m) => format!(
+                "mount {} at {} changed: {} / {}",
+                m.id,
+                m.mount_point.display(),
+                if m.read_only { "ro" } else { "rw" },
+                m.super_options
+            ),
+            Self::MountResync(v) => format!("mount table resync ({} entries)", v.len()),
+            Self::MountStorm {
+                key,
+                count,
+                message,
+            } => format!("mount storm on {key}: {count} entries ({message})"),
+            Self::MountStormCleared { key } => format!("mount storm on {key} cleared"),
+            Self::NamespaceAdded(ns) => format!(
+                "namespace {} (nsid {}) of {} added as {}",
+                ns.name, ns.nsid, ns.nqn, ns.identity
+            ),
+            Self::NamespaceRemoved {
+                nqn,
+                nsid,
+                identity,
+            } => format!("namespace nsid {nsid} of {nqn} removed ({identity})"),
+            Self::ControllerState(c) => {
+                format!("controller {} of {} is {}", c.controller, c.nqn, c.state)
+            }
+            Self::ControllerRemoved { nqn, controller } => {
+                format!("controller {controller} of {nqn} removed")
+            }
+            Self::DeviceResync {
+                namespaces,
+                controllers,
+            } => format!(
+                "device resync ({} namespaces, {} controllers)",
+                namespaces.len(),
+                controllers.len()
+            ),
+            Self::FsError { dev, errno, count } => {
+                format!("filesystem error on {dev}: errno {errno}, {count} error(s)")
+            }
+            Self::RecoveryStarted { volume_id, attempt } => {
+                format!("recovery attempt {attempt} of {volume_id} started")
+            }
+            Self::RecoverySucceeded {
+                volume_id,
+                new_device,
+                ..
+            } => format!("recovery of {volume_id} succeeded on {new_device}"),
+            Self::RecoveryFailed {
+                volume_id,
+                attempt,
+                error,
+                ..
+            } => format!("recovery attempt {attempt} of {volume_id} failed: {error}"),
+            Self::Tick => "deadline reached".to_owned(),
+        }
+    }
+}

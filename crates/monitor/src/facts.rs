@@ -1,0 +1,195 @@
+//! The kernel facts the machine has accumulated: mount table, namespaces, controllers,
+//! storms. Updated by events; read by the pure evaluation.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use rds_types::{BlockIdentity, Nqn};
+
+use crate::event::{ControllerFacts, ControllerState, MountFacts, NamespaceFacts};
+use crate::ids::{MountKey, StormKey};
+use crate::time::Timestamp;
+
+/// An active mount storm.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Storm {
+    pub count: u64,
+    pub message: String,
+}
+
+/// Where a volume's NQN (and nsid) resolves now.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Resolution<'a> {
+    Present(&'a NamespaceFacts),
+    /// Absent, and known to have been removed (or found missing by a resync) at this time.
+    Removed {
+        at: Timestamp,
+    },
+    /// Absent, but not known to be gone: the device watcher may simply not have reported it
+    /// yet.
+    Unknown,
+}
+
+/// The NQN's paths, summarised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Link<'a> {
+    /// A live controller, or none known (no evidence of trouble).
+    Fine,
+    /// No live controller and this one reconnecting.
+    Reconnecting {
+        controller: &'a str,
+        state: &'a ControllerState,
+    },
+}
+
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Facts {
+    pub mounts: HashMap<u64, MountFacts>,
+    /// A full mount scan has been seen: absence from `mounts` is evidence.
+    pub mounts_synced: bool,
+    pub namespaces: HashMap<Nqn, BTreeMap<u32, NamespaceFacts>>,
+    /// Namespace removals still unanswered, per NQN and nsid, kept only for NQNs a staged
+    /// volume uses.
+    pub removals: HashMap<Nqn, BTreeMap<u32, Timestamp>>,
+    pub controllers: HashMap<Nqn, BTreeMap<String, ControllerState>>,
+    /// A full device scan has been seen.
+    pub devices_synced: bool,
+    pub storms: HashMap<StormKey, Storm>,
+}
+
+impl Facts {
+    /// The mount with this key, if it is still in the table (same id and same device).
+    pub fn mount(&self, key: &MountKey) -> Option<&MountFacts> {
+        self.mounts.get(&key.id).filter(|m| m.dev == key.dev)
+    }
+
+    pub fn resolve(
+        &self,
+        nqn: &Nqn,
+        nsid: Option<u32>,
+        recorded: &BlockIdentity,
+    ) -> Resolution<'_> {
+        let present = self.namespaces.get(nqn).and_then(|all| match nsid {
+            Some(n) => all.get(&n),
+            // Without an nsid: the only namespace, else the one we mounted, else the lowest.
+            None => all
+                .values()
+                .find(|ns| all.len() == 1 || ns.identity.same_device(recorded))
+                .or_else(|| all.values().next()),
+        });
+        if let Some(ns) = present {
+            return Resolution::Present(ns);
+        }
+        let removed = self.removals.get(nqn).and_then(|r| match nsid {
+            Some(n) => r.get(&n).copied(),
+            None => r.values().min().copied(),
+        });
+        match removed {
+            Some(at) => Resolution::Removed { at },
+            None => Resolution::Unknown,
+        }
+    }
+
+    pub fn link(&self, nqn: &Nqn) -> Link<'_> {
+        let Some(ctrls) = self.controllers.get(nqn) else {
+            return Link::Fine;
+        };
+        if ctrls.values().any(|s| *s == ControllerState::Live) {
+            return Link::Fine;
+        }
+        ctrls
+            .iter()
+            .find(|(_, s)| s.is_reconnecting())
+            .map_or(Link::Fine, |(c, s)| Link::Reconnecting {
+                controller: c.as_str(),
+                state: s,
+            })
+    }
+
+    /// A storm on this device, or at or above one of these paths.
+    pub fn storm_for<'a, 'p>(
+        &'a self,
+        dev: &rds_types::DevNum,
+        paths: impl IntoIterator<Item = &'p Path>,
+    ) -> Option<(StormKey, &'a Storm)> {
+        if self.storms.is_empty() {
+            return None;
+        }
+        let key = StormKey::Device(*dev);
+        if let Some(s) = self.storms.get(&key) {
+            return Some((key, s));
+        }
+        for p in paths {
+            for a in p.ancestors() {
+                let key = StormKey::Path(a.to_path_buf());
+                if let Some(s) = self.storms.get(&key) {
+                    return Some((key, s));
+                }
+            }
+        }
+        None
+    }
+
+    /// Records that `nqn`'s namespace `nsid` was found gone at `at`; keeps an earlier record.
+    /// Returns true when a new record was made.
+    pub fn note_removal(&mut self, nqn: &Nqn, nsid: u32, at: Timestamp) -> bool {
+        let r = self.removals.entry(nqn.clone()).or_default();
+        if r.contains_key(&nsid) {
+            return false;
+        }
+        r.insert(nsid, at);
+        true
+    }
+
+    pub fn clear_removal(&mut self, nqn: &Nqn, nsid: u32) {
+        if let Some(r) = self.removals.get_mut(nqn) {
+            r.remove(&nsid);
+            if r.is_empty() {
+                self.removals.remove(nqn);
+            }
+        }
+    }
+
+    pub fn add_namespace(&mut self, ns: NamespaceFacts) {
+        self.clear_removal(&ns.nqn, ns.nsid);
+        self.namespaces
+            .entry(ns.nqn.clone())
+            .or_default()
+            .insert(ns.nsid, ns);
+    }
+
+    /// Removes the namespace if `identity` is the incarnation we know (or we know none).
+    /// Returns false for a late removal of an older incarnation.
+    pub fn remove_namespace(&mut self, nqn: &Nqn, nsid: u32, identity: &BlockIdentity) -> bool {
+        let Some(all) = self.namespaces.get_mut(nqn) else {
+            return true;
+        };
+        match all.get(&nsid) {
+            Some(known) if !known.identity.same_device(identity) => false,
+            Some(_) => {
+                all.remove(&nsid);
+                if all.is_empty() {
+                    self.namespaces.remove(nqn);
+                }
+                true
+            }
+            None => true,
+        }
+    }
+
+    pub fn set_controller(&mut self, c: ControllerFacts) {
+        self.controllers
+            .entry(c.nqn)
+            .or_default()
+            .insert(c.controller, c.state);
+    }
+
+    pub fn remove_controller(&mut self, nqn: &Nqn, controller: &str) {
+        if let Some(all) = self.controllers.get_mut(nqn) {
+            all.remove(controller);
+            if all.is_empty() {
+                self.controllers.remove(nqn);
+            }
+        }
+    }
+}

@@ -1,0 +1,413 @@
+//! The monitor: owns the facts and the volumes, re-evaluates what each event touches, and
+//! turns condition changes into actions. Event application is in `apply.rs`.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::path::Path;
+
+use rds_types::{DevNum, Nqn};
+
+use crate::action::{Action, EventReason, EventType, MetricEvent};
+use crate::condition::{Cause, ConditionKind, Transition, VolumeCondition};
+use crate::config::MonitorConfig;
+use crate::evaluate::{assess, publish_verdict, verdict};
+use crate::event::{EventKind, MonitorEvent};
+use crate::facts::Facts;
+use crate::ids::VolumeId;
+use crate::recovery;
+use crate::time::Timestamp;
+use crate::timers::{TimerKey, Timers};
+use crate::volume::{Index, Volume};
+
+/// The sans-IO state machine. Feed it events with [`Monitor::on_event`]; execute the actions
+/// it returns; query conditions in O(1).
+#[derive(Debug, Clone)]
+pub struct Monitor {
+    pub(crate) config: MonitorConfig,
+    pub(crate) now: Timestamp,
+    pub(crate) facts: Facts,
+    pub(crate) volumes: HashMap<VolumeId, Volume>,
+    pub(crate) by_nqn: Index<Nqn>,
+    pub(crate) by_dev: Index<DevNum>,
+    pub(crate) by_mount: Index<u64>,
+    pub(crate) timers: Timers,
+}
+
+/// The volumes an event may have changed.
+#[derive(Debug, Default)]
+pub(crate) struct Affected {
+    pub all: bool,
+    pub ids: BTreeSet<VolumeId>,
+}
+
+impl Affected {
+    pub fn one(&mut self, id: &VolumeId) {
+        self.ids.insert(id.clone());
+    }
+
+    pub fn extend<'a>(&mut self, ids: impl Iterator<Item = &'a VolumeId>) {
+        self.ids.extend(ids.cloned());
+    }
+}
+
+impl Monitor {
+    pub fn new(config: MonitorConfig) -> Self {
+        Self {
+            config,
+            now: Timestamp::ZERO,
+            facts: Facts::default(),
+            volumes: HashMap::new(),
+            by_nqn: Index::default(),
+            by_dev: Index::default(),
+            by_mount: Index::default(),
+            timers: Timers::default(),
+        }
+    }
+
+    pub fn config(&self) -> &MonitorConfig {
+        &self.config
+    }
+
+    /// The latest time the machine has seen (it never goes backwards).
+    pub fn now(&self) -> Timestamp {
+        self.now
+    }
+
+    /// Processes one event at `now`.
+    pub fn on_event(&mut self, event: MonitorEvent, now: Timestamp) -> Vec<Action> {
+        self.on_event_observed(event, None, now)
+    }
+
+    /// Processes one event that the kernel (or a watcher) observed at `observed_at`; detection
+    /// latency metrics are `now - observed_at`.
+    pub fn on_event_observed(
+        &mut self,
+        event: MonitorEvent,
+        observed_at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Vec<Action> {
+        self.now = self.now.max(now);
+        let mut out = Vec::new();
+        self.fire_timers(&mut out);
+        // Summaries cost an allocation: skip them for the common case of a mount that is
+        // none of ours.
+        let detail = if self.concerns_us(&event) {
+            event.summary()
+        } else {
+            String::new()
+        };
+        let cause = Cause {
+            event: event.kind(),
+            detail,
+            at: self.now,
+            observed_at,
+        };
+        let affected = self.apply(event, &mut out);
+        if affected.all {
+            let mut ids: Vec<VolumeId> = self.volumes.keys().cloned().collect();
+            ids.sort();
+            for id in ids {
+                self.reconcile(&id, &cause, &mut out);
+            }
+        } else {
+            for id in affected.ids {
+                self.reconcile(&id, &cause, &mut out);
+            }
+        }
+        out
+    }
+
+    fn concerns_us(&self, event: &MonitorEvent) -> bool {
+        match event {
+            MonitorEvent::MountAttached(m) | MonitorEvent::MountChanged(m) => {
+                self.by_mount.contains(&m.id)
+            }
+            MonitorEvent::MountDetached { id } => self.by_mount.contains(id),
+            _ => true,
+        }
+    }
+
+    fn fire_timers(&mut self, out: &mut Vec<Action>) {
+        let due = self.timers.pop_due(self.now);
+        if due.is_empty() {
+            return;
+        }
+        let cause = Cause {
+            event: EventKind::Tick,
+            detail: "deadline reached".to_owned(),
+            at: self.now,
+            observed_at: None,
+        };
+        let mut ids = BTreeSet::new();
+        for key in due {
+            match key {
+                TimerKey::Gone(nqn) => ids.extend(self.by_nqn.get(&nqn).cloned()),
+                TimerKey::Recovery(id) => {
+                    ids.insert(id);
+                }
+            }
+        }
+        for id in ids {
+            self.reconcile(&id, &cause, out);
+        }
+    }
+
+    pub(crate) fn schedule(&mut self, at: Timestamp, key: TimerKey, out: &mut Vec<Action>) {
+        if self.timers.schedule(at, key) {
+            out.push(Action::ScheduleTick { at });
+        }
+    }
+
+    /// Re-evaluates one volume and its publishes; emits what changed.
+    pub(crate) fn reconcile(&mut self, id: &VolumeId, cause: &Cause, out: &mut Vec<Action>) {
+        let now = self.now;
+        let Some(vol) = self.volumes.get_mut(id) else {
+            return;
+        };
+        let a = assess(&self.facts, vol, now, &self.config);
+        let step = recovery::step(
+            vol.recovery.as_ref(),
+            a.recoverable.as_ref(),
+            a.gate_open,
+            now,
+            &self.config,
+        );
+        if let Some(at) = step.timer {
+            if self.timers.schedule(at, TimerKey::Recovery(id.clone())) {
+                out.push(Action::ScheduleTick { at });
+            }
+        }
+        if let Some((reason, attempt)) = step.recover {
+            out.push(Action::Recover {
+                volume_id: id.clone(),
+                reason,
+                attempt,
+                device: a.resolved(),
+            });
+        }
+        vol.recovery = step.cycle;
+        let (kind, message) = verdict(&a, vol, &self.config);
+        let history_len = self.config.history_len;
+        if let Some(old) = set_condition(&mut vol.condition, kind, message, cause, now) {
+            let new = vol.condition.clone();
+            if let Some(new) = &new {
+                if old.as_ref().map(|o| o.kind) != Some(new.kind) {
+                    record(&mut vol.history, old.as_ref(), new, cause, now, history_len);
+                    volume_side_effects(id, old.as_ref().map(|o| o.kind), new, cause, out);
+                }
+            }
+            out.push(Action::ConditionChanged {
+                volume_id: id.clone(),
+                old,
+                new,
+            });
+        }
+        let volume_condition = vol.condition.as_ref();
+        for p in vol.publishes.values_mut() {
+            let v = publish_verdict(&self.facts, volume_condition, p);
+            let Some(old) = set_condition(&mut p.condition, v.kind, v.message, cause, now) else {
+                continue;
+            };
+            let new = p.condition.clone();
+            let kind_changed = old.as_ref().map(|o| o.kind) != new.as_ref().map(|n| n.kind);
+            if let (true, true, Some(n)) = (kind_changed, v.own, &new) {
+                if let Some(reason) = event_reason_for(n.kind) {
+                    out.push(Action::PostEvent {
+                        volume_id: id.clone(),
+                        reason,
+                        type_: EventType::Warning,
+                        message: format!("target {}: {}", p.target.display(), n.message),
+                    });
+                    out.push(Action::Metric(MetricEvent::Detection {
+                        kind: n.kind,
+                        latency: latency(cause, now),
+                    }));
+                }
+            }
+            out.push(Action::PublishConditionChanged {
+                volume_id: id.clone(),
+                target: p.target.clone(),
+                old,
+                new,
+            });
+        }
+    }
+
+    // ---- queries, all O(1) ----
+
+    /// The condition of a staged volume.
+    pub fn condition(&self, volume_id: &VolumeId) -> Option<&VolumeCondition> {
+        self.volumes.get(volume_id)?.condition.as_ref()
+    }
+
+    /// The condition of one publish (what `NodeGetVolumeStats` on `target` reports).
+    pub fn publish_condition(
+        &self,
+        volume_id: &VolumeId,
+        target: &Path,
+    ) -> Option<&VolumeCondition> {
+        self.volumes
+            .get(volume_id)?
+            .publishes
+            .get(target)?
+            .condition
+            .as_ref()
+    }
+
+    /// The recorded transitions of a volume, oldest first (bounded by `history_len`).
+    pub fn transitions(&self, volume_id: &VolumeId) -> impl Iterator<Item = &Transition> + '_ {
+        self.volumes
+            .get(volume_id)
+            .into_iter()
+            .flat_map(|v| v.history.iter())
+    }
+
+    /// Every staged volume with its condition.
+    pub fn volumes(&self) -> impl Iterator<Item = (&VolumeId, &VolumeCondition)> + '_ {
+        self.volumes
+            .iter()
+            .filter_map(|(id, v)| v.condition.as_ref().map(|c| (id, c)))
+    }
+
+    /// Every publish of a volume with its condition.
+    pub fn publishes(
+        &self,
+        volume_id: &VolumeId,
+    ) -> impl Iterator<Item = (&Path, &VolumeCondition)> + '_ {
+        self.volumes
+            .get(volume_id)
+            .into_iter()
+            .flat_map(|v| v.publishes.values())
+            .filter_map(|p| p.condition.as_ref().map(|c| (p.target.as_path(), c)))
+    }
+
+    /// The earliest tick the machine is waiting for.
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        self.timers.next()
+    }
+
+    pub fn len(&self) -> usize {
+        self.volumes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.volumes.is_empty()
+    }
+}
+
+/// Updates `slot`; returns `Some(old)` when the kind or the message changed. A new kind gets
+/// a new `since` and cause; a message-only change keeps them.
+fn set_condition(
+    slot: &mut Option<VolumeCondition>,
+    kind: ConditionKind,
+    message: String,
+    cause: &Cause,
+    now: Timestamp,
+) -> Option<Option<VolumeCondition>> {
+    match slot {
+        Some(c) if c.kind == kind && c.message == message => None,
+        Some(c) if c.kind == kind => {
+            let old = c.clone();
+            c.message = message;
+            Some(Some(old))
+        }
+        _ => {
+            let old = slot.replace(VolumeCondition {
+                kind,
+                message,
+                since: now,
+                cause: cause.clone(),
+            });
+            Some(old)
+        }
+    }
+}
+
+fn record(
+    history: &mut VecDeque<Transition>,
+    old: Option<&VolumeCondition>,
+    new: &VolumeCondition,
+    cause: &Cause,
+    now: Timestamp,
+    len: usize,
+) {
+    if len == 0 {
+        return;
+    }
+    while history.len() >= len {
+        history.pop_front();
+    }
+    history.push_back(Transition {
+        from: old.map(|o| o.kind),
+        to: new.kind,
+        message: new.message.clone(),
+        cause: cause.clone(),
+        after: old.map_or(std::time::Duration::ZERO, |o| now.saturating_since(o.since)),
+    });
+}
+
+pub(crate) fn latency(cause: &Cause, now: Timestamp) -> Option<std::time::Duration> {
+    cause.observed_at.map(|o| now.saturating_since(o))
+}
+
+/// The Kubernetes Event reason announcing that a volume entered `kind`.
+fn event_reason_for(kind: ConditionKind) -> Option<EventReason> {
+    match kind {
+        ConditionKind::Healthy | ConditionKind::Recovering => None,
+        ConditionKind::ControllerReconnecting | ConditionKind::DeviceGone => {
+            Some(EventReason::ConnectionFailure)
+        }
+        ConditionKind::MountMissing => Some(EventReason::MountFailure),
+        ConditionKind::FilesystemFailed => Some(EventReason::FilesystemFailed),
+        ConditionKind::DeviceReplaced => Some(EventReason::StaleMountDetected),
+        ConditionKind::MountStorm => Some(EventReason::MountStorm),
+    }
+}
+
+/// Events and metrics for a change of a volume's condition kind.
+fn volume_side_effects(
+    id: &VolumeId,
+    old: Option<ConditionKind>,
+    new: &VolumeCondition,
+    cause: &Cause,
+    out: &mut Vec<Action>,
+) {
+    let post = |out: &mut Vec<Action>, reason, type_, message: String| {
+        out.push(Action::PostEvent {
+            volume_id: id.clone(),
+            reason,
+            type_,
+            message,
+        })
+    };
+    // After a failed attempt the fault is back; the final failure posts its own event.
+    let after_attempt = old == Some(ConditionKind::Recovering);
+    if new.kind.is_abnormal() && !(after_attempt && new.kind != ConditionKind::DeviceGone) {
+        if let Some(reason) = event_reason_for(new.kind) {
+            post(out, reason, EventType::Warning, new.message.clone());
+            out.push(Action::Metric(MetricEvent::Detection {
+                kind: new.kind,
+                latency: latency(cause, new.since),
+            }));
+        }
+    }
+    if new.kind == ConditionKind::Healthy {
+        let back = match old {
+            Some(ConditionKind::ControllerReconnecting | ConditionKind::DeviceGone) => Some((
+                EventReason::ConnectionRecovery,
+                "the connection is back and the volume is healthy".to_owned(),
+            )),
+            Some(ConditionKind::MountStorm) => Some((
+                EventReason::MountStorm,
+                "the mount storm cleared".to_owned(),
+            )),
+            Some(ConditionKind::MountMissing) => Some((
+                EventReason::MountFailure,
+                "the staging mount is present again".to_owned(),
+            )),
+            _ => None,
+        };
+        if let Some((reason, message)) = back {
+            post(out, reason, EventType::Normal, message);
+        }
+    }
+}
