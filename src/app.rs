@@ -11,7 +11,7 @@ use crate::csi::{identity_server::IdentityServer, node_server::NodeServer};
 use crate::guard::VolumeGuards;
 use crate::identity::{IdentityService, Readiness};
 use crate::node::grpc::{NoRpcObserver, NodeGrpc, RpcObserver};
-use crate::node::{NamespaceSource, NodeConfig, NodeService, NoObserver, VolumeObserver, Volumes};
+use crate::node::{NamespaceSource, NoObserver, NodeConfig, NodeService, VolumeObserver, Volumes};
 
 /// Everything `serve` needs, already validated.
 pub struct AppConfig {
@@ -68,7 +68,11 @@ pub async fn run(
 
     let listener = crate::server::bind(&cfg.endpoint)?;
     tracing::info!(endpoint = %cfg.endpoint.display(), driver = %cfg.driver_name, node = %cfg.node.node_id, "CSI server listening");
-    started(Running { service: service.clone(), devices: devices.clone(), readiness: readiness.clone() });
+    started(Running {
+        service: service.clone(),
+        devices: devices.clone(),
+        readiness: readiness.clone(),
+    });
 
     let identity = IdentityServer::new(IdentityService::new(cfg.driver_name.clone(), readiness));
     let node = NodeServer::new(NodeGrpc::new(service, rpcs));

@@ -8,7 +8,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::defaults as d;
 
 #[derive(Debug, Parser)]
-#[command(name = "rds-csi-node", version, about = "Event-driven CSI node plugin for NVMe/TCP block storage")]
+#[command(
+    name = "rds-csi-node",
+    version,
+    about = "Event-driven CSI node plugin for NVMe/TCP block storage"
+)]
 pub struct Cli {
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
@@ -92,7 +96,11 @@ pub struct ServeArgs {
     #[arg(long, env = "FABRIC", value_enum, default_value_t = FabricKind::Kernel)]
     pub fabric: FabricKind,
     /// With --fabric emulated: where the emulated targets' backing files live.
-    #[arg(long, env = "EMULATED_BACKING_DIR", default_value = "/var/lib/rds-csi-node/emulated")]
+    #[arg(
+        long,
+        env = "EMULATED_BACKING_DIR",
+        default_value = "/var/lib/rds-csi-node/emulated"
+    )]
     pub emulated_backing_dir: PathBuf,
     #[arg(long, env = "UEVENT_SOURCE", value_enum, default_value_t = UeventSource::Auto)]
     pub uevent_source: UeventSource,

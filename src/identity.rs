@@ -29,7 +29,10 @@ pub struct IdentityService {
 
 impl IdentityService {
     pub fn new(driver_name: String, readiness: Readiness) -> Self {
-        Self { driver_name, readiness }
+        Self {
+            driver_name,
+            readiness,
+        }
     }
 }
 
@@ -42,7 +45,11 @@ impl csi::identity_server::Identity for IdentityService {
         Ok(Response::new(csi::GetPluginInfoResponse {
             name: self.driver_name.clone(),
             vendor_version: env!("CARGO_PKG_VERSION").to_owned(),
-            manifest: [("git".to_owned(), option_env!("RDS_GIT_REV").unwrap_or("unknown").to_owned())].into(),
+            manifest: [(
+                "git".to_owned(),
+                option_env!("RDS_GIT_REV").unwrap_or("unknown").to_owned(),
+            )]
+            .into(),
         }))
     }
 
@@ -54,12 +61,19 @@ impl csi::identity_server::Identity for IdentityService {
         // A node-only plugin: no CONTROLLER_SERVICE. It does expand filesystems online.
         Ok(Response::new(csi::GetPluginCapabilitiesResponse {
             capabilities: vec![csi::PluginCapability {
-                r#type: Some(Type::VolumeExpansion(VolumeExpansion { r#type: volume_expansion::Type::Online as i32 })),
+                r#type: Some(Type::VolumeExpansion(VolumeExpansion {
+                    r#type: volume_expansion::Type::Online as i32,
+                })),
             }],
         }))
     }
 
-    async fn probe(&self, _req: Request<csi::ProbeRequest>) -> Result<Response<csi::ProbeResponse>, Status> {
-        Ok(Response::new(csi::ProbeResponse { ready: Some(self.readiness.is_ready()) }))
+    async fn probe(
+        &self,
+        _req: Request<csi::ProbeRequest>,
+    ) -> Result<Response<csi::ProbeResponse>, Status> {
+        Ok(Response::new(csi::ProbeResponse {
+            ready: Some(self.readiness.is_ready()),
+        }))
     }
 }

@@ -1,14 +1,15 @@
 //! Event-driven CSI node plugin for NVMe/TCP block storage. See docs/ARCHITECTURE.md.
 
+pub mod app;
+pub mod cli;
 pub mod csi;
 pub mod defaults;
 pub mod error;
 pub mod guard;
-pub mod record;
-pub mod validate;
+pub mod harness;
 pub mod identity;
 pub mod node;
+pub mod record;
 pub mod server;
-pub mod app;
-pub mod cli;
+pub mod validate;
 pub mod watch;

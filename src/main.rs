@@ -10,7 +10,9 @@ use rds_types::ManagedPrefix;
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => b.json().init(),
         LogFormat::Text => b.init(),
@@ -28,7 +30,10 @@ fn main() -> ExitCode {
             }
         }
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");
@@ -60,18 +65,28 @@ async fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error + Send + Sy
         return Err("--node-id must not be empty".into());
     }
     let endpoint = rds_csi_node::server::socket_path(&a.endpoint)?;
-    let roots = rds_hostops::inuse::HostRoots { proc: a.proc_root.clone(), sys: a.sys_root.clone(), dev: a.dev_root.clone() };
+    let roots = rds_hostops::inuse::HostRoots {
+        proc: a.proc_root.clone(),
+        sys: a.sys_root.clone(),
+        dev: a.dev_root.clone(),
+    };
     let fabric: Arc<dyn rds_fabric::Fabric> = match a.fabric {
-        FabricKind::Kernel => Arc::new(rds_fabric::KernelFabric::new(a.dev_root.clone(), a.sys_root.clone(), managed.clone())),
-        FabricKind::Emulated => Arc::new(rds_fabric::EmulatedFabric::new(rds_fabric::EmulatedConfig {
-            sys_root: a.sys_root.clone(),
-            dev_root: a.dev_root.clone(),
-            backing_dir: a.emulated_backing_dir.clone(),
-            multipath: false,
-            inject_uevents: true,
-            managed: managed.clone(),
-            loops: rds_fabric::loopdev::LoopControl::new("/dev", "/sys"),
-        })?),
+        FabricKind::Kernel => Arc::new(rds_fabric::KernelFabric::new(
+            a.dev_root.clone(),
+            a.sys_root.clone(),
+            managed.clone(),
+        )),
+        FabricKind::Emulated => Arc::new(rds_fabric::EmulatedFabric::new(
+            rds_fabric::EmulatedConfig {
+                sys_root: a.sys_root.clone(),
+                dev_root: a.dev_root.clone(),
+                backing_dir: a.emulated_backing_dir.clone(),
+                multipath: false,
+                inject_uevents: true,
+                managed: managed.clone(),
+                loops: rds_fabric::loopdev::LoopControl::new("/dev", "/sys"),
+            },
+        )?),
     };
     let cfg = AppConfig {
         endpoint,
@@ -91,7 +106,8 @@ async fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error + Send + Sy
                 ..Deadlines::default()
             },
         },
-        devices: rds_devices::WatcherConfig::new(a.sys_root.clone(), a.run_root.clone()).with_sources(a.uevent_source.into()),
+        devices: rds_devices::WatcherConfig::new(a.sys_root.clone(), a.run_root.clone())
+            .with_sources(a.uevent_source.into()),
     };
     app::run(cfg, fabric, rds_csi_node::server::shutdown_signal(), |_| {}).await?;
     Ok(())

@@ -37,18 +37,27 @@ pub fn socket_path(endpoint: &str) -> Result<PathBuf, EndpointError> {
 /// Bind the socket: create the parent directory, remove a stale socket (only a socket), and
 /// restrict permissions to owner and group (kubelet runs as root).
 pub fn bind(path: &Path) -> Result<UnixListener, EndpointError> {
-    let io = |op| move |source| EndpointError::Io { path: path.to_owned(), op, source };
+    let io = |op| {
+        move |source| EndpointError::Io {
+            path: path.to_owned(),
+            op,
+            source,
+        }
+    };
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(io("creating the parent directory"))?;
     }
     match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path).map_err(io("removing the stale socket"))?,
+        Ok(m) if m.file_type().is_socket() => {
+            std::fs::remove_file(path).map_err(io("removing the stale socket"))?
+        }
         Ok(_) => return Err(EndpointError::NotASocket(path.to_owned())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io("inspecting")(e)),
     }
     let listener = UnixListener::bind(path).map_err(io("binding"))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io("setting permissions"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(io("setting permissions"))?;
     Ok(listener)
 }
 
@@ -59,7 +68,10 @@ pub fn incoming(listener: UnixListener) -> UnixListenerStream {
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; shutdown only by kill -9");
         return std::future::pending().await;
     };
@@ -80,9 +92,18 @@ mod tests {
 
     #[test]
     fn endpoint_forms() {
-        assert_eq!(socket_path("unix:///csi/csi.sock").unwrap(), PathBuf::from("/csi/csi.sock"));
-        assert_eq!(socket_path("unix:/csi/csi.sock").unwrap(), PathBuf::from("/csi/csi.sock"));
-        assert_eq!(socket_path("/csi/csi.sock").unwrap(), PathBuf::from("/csi/csi.sock"));
+        assert_eq!(
+            socket_path("unix:///csi/csi.sock").unwrap(),
+            PathBuf::from("/csi/csi.sock")
+        );
+        assert_eq!(
+            socket_path("unix:/csi/csi.sock").unwrap(),
+            PathBuf::from("/csi/csi.sock")
+        );
+        assert_eq!(
+            socket_path("/csi/csi.sock").unwrap(),
+            PathBuf::from("/csi/csi.sock")
+        );
         assert!(socket_path("tcp://127.0.0.1:10000").is_err());
     }
 
@@ -102,7 +123,11 @@ mod tests {
         drop(bind(&p).unwrap());
         let l = bind(&p).expect("stale socket replaced");
         let mode = std::fs::metadata(&p).unwrap().permissions().mode();
-        assert_eq!(mode & 0o002, 0, "socket must not be world-writable: {mode:o}");
+        assert_eq!(
+            mode & 0o002,
+            0,
+            "socket must not be world-writable: {mode:o}"
+        );
         drop(l);
     }
 }

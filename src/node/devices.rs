@@ -45,12 +45,19 @@ impl NamespaceSource for rds_devices::DeviceWatcherHandle {
                 if stopped {
                     WaitError::Stopped(format!("while waiting for {nqn}"))
                 } else {
-                    WaitError::Timeout { nqn: nqn.clone(), waited: deadline }
+                    WaitError::Timeout {
+                        nqn: nqn.clone(),
+                        waited: deadline,
+                    }
                 }
             })
     }
 }
 
 fn from_watcher(d: rds_devices::NamespaceDevice) -> NsDevice {
-    NsDevice { name: d.dev_path_name, nsid: Some(d.nsid), identity: d.identity }
+    NsDevice {
+        name: d.dev_path_name,
+        nsid: Some(d.nsid),
+        identity: d.identity,
+    }
 }

@@ -33,10 +33,17 @@ impl NodeGrpc {
         Self { svc, rpcs }
     }
 
-    async fn run<T>(&self, rpc: &'static str, f: impl std::future::Future<Output = Result<T, NodeError>>) -> Result<Response<T>, Status> {
+    async fn run<T>(
+        &self,
+        rpc: &'static str,
+        f: impl std::future::Future<Output = Result<T, NodeError>>,
+    ) -> Result<Response<T>, Status> {
         let start = Instant::now();
         let r = f.await;
-        let code = r.as_ref().map(|_| tonic::Code::Ok).unwrap_or_else(NodeError::code);
+        let code = r
+            .as_ref()
+            .map(|_| tonic::Code::Ok)
+            .unwrap_or_else(NodeError::code);
         self.rpcs.rpc_done(rpc, code, start.elapsed());
         match r {
             Ok(v) => Ok(Response::new(v)),
@@ -136,7 +143,12 @@ impl csi::node_server::Node for NodeGrpc {
                     },
                 ],
                 Usage::Block { bytes } => {
-                    vec![csi::VolumeUsage { available: 0, total: bytes as i64, used: 0, unit: Unit::Bytes as i32 }]
+                    vec![csi::VolumeUsage {
+                        available: 0,
+                        total: bytes as i64,
+                        used: 0,
+                        unit: Unit::Bytes as i32,
+                    }]
                 }
                 Usage::Unmeasured => vec![],
             };
@@ -159,12 +171,21 @@ impl csi::node_server::Node for NodeGrpc {
         self.run("NodeExpandVolume", async {
             let id = VolumeId::parse("volume_id", &r.volume_id)?;
             let path = AbsPath::parse("volume_path", &r.volume_path)?;
-            let required = r.capacity_range.as_ref().map(|c| c.required_bytes).unwrap_or(0);
+            let required = r
+                .capacity_range
+                .as_ref()
+                .map(|c| c.required_bytes)
+                .unwrap_or(0);
             if required < 0 {
-                return Err(NodeError::invalid("capacity_range.required_bytes", "must not be negative"));
+                return Err(NodeError::invalid(
+                    "capacity_range.required_bytes",
+                    "must not be negative",
+                ));
             }
             let bytes = self.svc.expand(id, path, required).await?;
-            Ok(csi::NodeExpandVolumeResponse { capacity_bytes: bytes as i64 })
+            Ok(csi::NodeExpandVolumeResponse {
+                capacity_bytes: bytes as i64,
+            })
         })
         .await
     }
@@ -174,11 +195,20 @@ impl csi::node_server::Node for NodeGrpc {
         _req: Request<csi::NodeGetCapabilitiesRequest>,
     ) -> Result<Response<csi::NodeGetCapabilitiesResponse>, Status> {
         use csi::node_service_capability::{rpc::Type, Rpc, Type as CapType};
-        let caps = [Type::StageUnstageVolume, Type::GetVolumeStats, Type::VolumeCondition, Type::ExpandVolume]
-            .into_iter()
-            .map(|t| csi::NodeServiceCapability { r#type: Some(CapType::Rpc(Rpc { r#type: t as i32 })) })
-            .collect();
-        Ok(Response::new(csi::NodeGetCapabilitiesResponse { capabilities: caps }))
+        let caps = [
+            Type::StageUnstageVolume,
+            Type::GetVolumeStats,
+            Type::VolumeCondition,
+            Type::ExpandVolume,
+        ]
+        .into_iter()
+        .map(|t| csi::NodeServiceCapability {
+            r#type: Some(CapType::Rpc(Rpc { r#type: t as i32 })),
+        })
+        .collect();
+        Ok(Response::new(csi::NodeGetCapabilitiesResponse {
+            capabilities: caps,
+        }))
     }
 
     async fn node_get_info(

@@ -92,7 +92,14 @@ impl NodeService {
         observer: Arc<dyn VolumeObserver>,
         guards: VolumeGuards,
     ) -> Self {
-        Self { cfg: Arc::new(cfg), guards, volumes, fabric, devices, observer }
+        Self {
+            cfg: Arc::new(cfg),
+            guards,
+            volumes,
+            fabric,
+            devices,
+            observer,
+        }
     }
 
     pub fn config(&self) -> &NodeConfig {
@@ -134,7 +141,9 @@ impl NodeService {
         deadline: Duration,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, NodeError> {
-        run_blocking(what, deadline, f).await.map_err(|e| NodeError::DeadlineExceeded(e.to_string()))
+        run_blocking(what, deadline, f)
+            .await
+            .map_err(|e| NodeError::DeadlineExceeded(e.to_string()))
     }
 
     fn host_identity(&self) -> (Option<String>, Option<String>) {
@@ -163,14 +172,26 @@ impl NodeService {
         };
         let fabric = self.fabric.clone();
         let outcome = self
-            .blocking("nvme connect", self.cfg.deadlines.connect, move || fabric.connect(&req))
+            .blocking("nvme connect", self.cfg.deadlines.connect, move || {
+                fabric.connect(&req)
+            })
             .await?
-            .map_err(|e| NodeError::Unavailable(format!("connecting {} at {}:{}: {e}", t.nqn, t.address, t.port)))?;
+            .map_err(|e| {
+                NodeError::Unavailable(format!(
+                    "connecting {} at {}:{}: {e}",
+                    t.nqn, t.address, t.port
+                ))
+            })?;
         tracing::info!(nqn = %t.nqn, controller = %outcome.controller, already = outcome.already_connected, "controller connected");
-        self.devices.wait_for(&t.nqn, self.cfg.deadlines.device_wait).await.map_err(|e| match e {
-            devices::WaitError::Timeout { .. } => NodeError::DeadlineExceeded(e.to_string()),
-            devices::WaitError::Stopped(_) => NodeError::internal("waiting for the namespace", e),
-        })
+        self.devices
+            .wait_for(&t.nqn, self.cfg.deadlines.device_wait)
+            .await
+            .map_err(|e| match e {
+                devices::WaitError::Timeout { .. } => NodeError::DeadlineExceeded(e.to_string()),
+                devices::WaitError::Stopped(_) => {
+                    NodeError::internal("waiting for the namespace", e)
+                }
+            })
     }
 
     /// Disconnect every controller of `nqn` (only within the managed prefix).
@@ -179,14 +200,22 @@ impl NodeService {
         let fabric = self.fabric.clone();
         let nqn_s = nqn.as_str().to_owned();
         let deadline = self.cfg.deadlines.connect;
-        self.blocking("nvme disconnect", deadline, move || -> Result<Vec<String>, rds_fabric::FabricError> {
-            let mut done = Vec::new();
-            for c in fabric.controllers()?.into_iter().filter(|c| c.subsysnqn == nqn_s) {
-                fabric.disconnect(&c.name)?;
-                done.push(c.name);
-            }
-            Ok(done)
-        })
+        self.blocking(
+            "nvme disconnect",
+            deadline,
+            move || -> Result<Vec<String>, rds_fabric::FabricError> {
+                let mut done = Vec::new();
+                for c in fabric
+                    .controllers()?
+                    .into_iter()
+                    .filter(|c| c.subsysnqn == nqn_s)
+                {
+                    fabric.disconnect(&c.name)?;
+                    done.push(c.name);
+                }
+                Ok(done)
+            },
+        )
         .await?
         .map(|done| tracing::info!(nqn = %nqn, controllers = ?done, "disconnected"))
         .map_err(|e| NodeError::internal(format!("disconnecting {nqn}"), e))

@@ -16,7 +16,11 @@ pub struct Condition {
 
 impl Condition {
     pub fn healthy() -> Self {
-        Self { abnormal: false, message: "healthy".into(), dead: false }
+        Self {
+            abnormal: false,
+            message: "healthy".into(),
+            dead: false,
+        }
     }
 }
 

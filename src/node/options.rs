@@ -66,7 +66,10 @@ mod tests {
 
     #[test]
     fn volumes_are_always_nosuid_nodev_and_data_options_pass_through() {
-        let (ms, data) = fs_mount_options(&["noatime".into(), "discard".into(), "data=ordered".into()], false);
+        let (ms, data) = fs_mount_options(
+            &["noatime".into(), "discard".into(), "data=ordered".into()],
+            false,
+        );
         assert!(ms.contains(MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOATIME));
         assert!(!ms.contains(MsFlags::MS_RDONLY));
         assert_eq!(data, "discard,data=ordered");

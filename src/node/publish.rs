@@ -15,9 +15,14 @@ use crate::validate::{AbsPath, Access, PublishArgs, VolumeId};
 impl NodeService {
     #[tracing::instrument(skip_all, fields(volume.id = %args.volume_id, target = %args.target_path))]
     pub async fn publish(&self, args: PublishArgs) -> Result<(), NodeError> {
-        let _guard = self.guards.try_acquire(args.volume_id.as_str(), "NodePublishVolume")?;
+        let _guard = self
+            .guards
+            .try_acquire(args.volume_id.as_str(), "NodePublishVolume")?;
         let mut rec = self.volumes.get(&args.volume_id).ok_or_else(|| {
-            NodeError::FailedPrecondition(format!("volume {} is not staged on this node", args.volume_id))
+            NodeError::FailedPrecondition(format!(
+                "volume {} is not staged on this node",
+                args.volume_id
+            ))
         })?;
         if rec.staging_path != args.staging_path {
             return Err(NodeError::FailedPrecondition(format!(
@@ -29,7 +34,11 @@ impl NodeService {
             return Err(NodeError::FailedPrecondition(format!(
                 "volume {} was staged as a {} volume",
                 args.volume_id,
-                if rec.access.is_block() { "block" } else { "filesystem" }
+                if rec.access.is_block() {
+                    "block"
+                } else {
+                    "filesystem"
+                }
             )));
         }
         if rec.read_only && !args.read_only {
@@ -38,10 +47,12 @@ impl NodeService {
                 args.volume_id
             )));
         }
-        let staged = rec
-            .device
-            .identity()
-            .ok_or_else(|| NodeError::internal("reading the volume record", format!("bad device {:?}", rec.device.dev)))?;
+        let staged = rec.device.identity().ok_or_else(|| {
+            NodeError::internal(
+                "reading the volume record",
+                format!("bad device {:?}", rec.device.dev),
+            )
+        })?;
 
         match &args.access {
             Access::Mount { flags, .. } => {
@@ -74,29 +85,40 @@ impl NodeService {
                         if args.read_only { "ro" } else { "rw" }
                     )));
                 }
-                let (src, dst) = (rec.staging_path.as_path().to_owned(), args.target_path.as_path().to_owned());
+                let (src, dst) = (
+                    rec.staging_path.as_path().to_owned(),
+                    args.target_path.as_path().to_owned(),
+                );
                 let ro = args.read_only;
                 let noexec = flags.iter().any(|f| f == "noexec");
-                self.blocking("bind-mounting the target", self.cfg.deadlines.mount, move || {
-                    prepare_dir(&dst)?;
-                    rds_hostops::mount::bind(&src, &dst, BindOptions::read_only(ro))
-                        .map_err(|e| NodeError::internal("bind-mounting the target", e))?;
-                    if noexec {
-                        let flags = super::options::bind_flags(&["noexec".into()], ro)
-                            | nix::mount::MsFlags::MS_BIND
-                            | nix::mount::MsFlags::MS_REMOUNT;
-                        rds_hostops::mount::remount(&dst, flags, None)
-                            .map_err(|e| NodeError::internal("applying noexec to the target", e))?;
-                    }
-                    Ok(())
-                })
+                self.blocking(
+                    "bind-mounting the target",
+                    self.cfg.deadlines.mount,
+                    move || {
+                        prepare_dir(&dst)?;
+                        rds_hostops::mount::bind(&src, &dst, BindOptions::read_only(ro))
+                            .map_err(|e| NodeError::internal("bind-mounting the target", e))?;
+                        if noexec {
+                            let flags = super::options::bind_flags(&["noexec".into()], ro)
+                                | nix::mount::MsFlags::MS_BIND
+                                | nix::mount::MsFlags::MS_REMOUNT;
+                            rds_hostops::mount::remount(&dst, flags, None).map_err(|e| {
+                                NodeError::internal("applying noexec to the target", e)
+                            })?;
+                        }
+                        Ok(())
+                    },
+                )
                 .await??;
             }
             Access::Block => {
                 // The device number must still be the staged device's: after a reconnect it
                 // may belong to another volume.
                 let current = self.devices.resolve(&rec.target.nqn).ok_or_else(|| {
-                    NodeError::FailedPrecondition(format!("volume {}'s device is gone (reconnecting?)", args.volume_id))
+                    NodeError::FailedPrecondition(format!(
+                        "volume {}'s device is gone (reconnecting?)",
+                        args.volume_id
+                    ))
                 })?;
                 if !current.identity.same_device(&staged) {
                     return Err(NodeError::FailedPrecondition(format!(
@@ -106,13 +128,18 @@ impl NodeService {
                 }
                 let view = self.mount_view().await?;
                 if view.top(args.target_path.as_path()).is_some() {
-                    return Err(NodeError::AlreadyExists(format!("{} is a mount point", args.target_path)));
+                    return Err(NodeError::AlreadyExists(format!(
+                        "{} is a mount point",
+                        args.target_path
+                    )));
                 }
                 let dst = args.target_path.as_path().to_owned();
                 let mode = if args.read_only { 0o440 } else { 0o660 };
-                self.blocking("creating the block device node", self.cfg.deadlines.mount, move || {
-                    publish_block_node(&dst, staged.dev, mode)
-                })
+                self.blocking(
+                    "creating the block device node",
+                    self.cfg.deadlines.mount,
+                    move || publish_block_node(&dst, staged.dev, mode),
+                )
                 .await??;
             }
         }
@@ -121,8 +148,15 @@ impl NodeService {
         Ok(())
     }
 
-    fn remember_publish(&self, rec: &mut VolumeRecord, args: &PublishArgs) -> Result<(), NodeError> {
-        let entry = PublishEntry { target: args.target_path.as_path().to_owned(), read_only: args.read_only };
+    fn remember_publish(
+        &self,
+        rec: &mut VolumeRecord,
+        args: &PublishArgs,
+    ) -> Result<(), NodeError> {
+        let entry = PublishEntry {
+            target: args.target_path.as_path().to_owned(),
+            read_only: args.read_only,
+        };
         if rec.publishes.insert(entry) {
             self.volumes.save(rec.clone())?;
         }
@@ -132,12 +166,17 @@ impl NodeService {
 
     #[tracing::instrument(skip_all, fields(volume.id = %id, target = %target))]
     pub async fn unpublish(&self, id: VolumeId, target: AbsPath) -> Result<(), NodeError> {
-        let _guard = self.guards.try_acquire(id.as_str(), "NodeUnpublishVolume")?;
+        let _guard = self
+            .guards
+            .try_acquire(id.as_str(), "NodeUnpublishVolume")?;
         let rec = self.volumes.get(&id);
-        let current = rec.as_ref().and_then(|r| self.devices.resolve(&r.target.nqn));
+        let current = rec
+            .as_ref()
+            .and_then(|r| self.devices.resolve(&r.target.nqn));
         let ours = |dev: DevNum| match &rec {
             Some(r) => {
-                r.device.identity().is_some_and(|i| i.dev == dev) || current.as_ref().is_some_and(|c| c.identity.dev == dev)
+                r.device.identity().is_some_and(|i| i.dev == dev)
+                    || current.as_ref().is_some_and(|c| c.identity.dev == dev)
             }
             // Without a record we cannot tell our layers from someone else's.
             None => false,
@@ -145,7 +184,9 @@ impl NodeService {
 
         for _ in 0..crate::defaults::MAX_UNMOUNT_LAYERS {
             let view = self.mount_view().await?;
-            let Some(top) = view.top(target.as_path()) else { break };
+            let Some(top) = view.top(target.as_path()) else {
+                break;
+            };
             if !ours(top.dev) {
                 return Err(NodeError::FailedPrecondition(format!(
                     "{target} holds a mount of device {} that is not volume {id}'s; leaving it",
@@ -162,11 +203,16 @@ impl NodeService {
                 crate::defaults::MAX_UNMOUNT_LAYERS
             )));
         }
-        let staged_dev = rec.as_ref().and_then(|r| r.device.identity()).map(|i| i.dev);
+        let staged_dev = rec
+            .as_ref()
+            .and_then(|r| r.device.identity())
+            .map(|i| i.dev);
         let t = target.as_path().to_owned();
         let table = view.table.clone();
-        self.blocking("removing the target", self.cfg.deadlines.mount, move || remove_target(&t, &table, staged_dev))
-            .await??;
+        self.blocking("removing the target", self.cfg.deadlines.mount, move || {
+            remove_target(&t, &table, staged_dev)
+        })
+        .await??;
 
         if let Some(mut rec) = rec {
             let before = rec.publishes.len();
@@ -185,18 +231,24 @@ impl NodeService {
 fn prepare_dir(dst: &Path) -> Result<(), NodeError> {
     match std::fs::symlink_metadata(dst) {
         Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(NodeError::AlreadyExists(format!("{} exists and is not a directory", dst.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dst).map_err(|e| NodeError::internal(format!("creating {}", dst.display()), e))
-        }
-        Err(e) => Err(NodeError::internal(format!("inspecting {}", dst.display()), e)),
+        Ok(_) => Err(NodeError::AlreadyExists(format!(
+            "{} exists and is not a directory",
+            dst.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(dst)
+            .map_err(|e| NodeError::internal(format!("creating {}", dst.display()), e)),
+        Err(e) => Err(NodeError::internal(
+            format!("inspecting {}", dst.display()),
+            e,
+        )),
     }
 }
 
 /// Make `dst` a block node for `dev`: idempotent when it already is; an empty placeholder
 /// (file or directory) is replaced; anything else is left alone.
 fn publish_block_node(dst: &Path, dev: DevNum, mode: u32) -> Result<(), NodeError> {
-    let state = rds_hostops::mknod::check_block_node(dst, dev).map_err(|e| NodeError::internal("inspecting the target", e))?;
+    let state = rds_hostops::mknod::check_block_node(dst, dev)
+        .map_err(|e| NodeError::internal("inspecting the target", e))?;
     match state {
         NodeState::Matches => Ok(()),
         NodeState::Different(other) => Err(NodeError::AlreadyExists(format!(
@@ -204,15 +256,24 @@ fn publish_block_node(dst: &Path, dev: DevNum, mode: u32) -> Result<(), NodeErro
             dst.display()
         ))),
         NodeState::NotABlockDevice => {
-            let md = std::fs::symlink_metadata(dst).map_err(|e| NodeError::internal("inspecting the target", e))?;
+            let md = std::fs::symlink_metadata(dst)
+                .map_err(|e| NodeError::internal("inspecting the target", e))?;
             let removed = if md.is_file() && md.len() == 0 {
                 std::fs::remove_file(dst)
             } else if md.is_dir() {
                 std::fs::remove_dir(dst)
             } else {
-                return Err(NodeError::AlreadyExists(format!("{} exists and is not an empty placeholder", dst.display())));
+                return Err(NodeError::AlreadyExists(format!(
+                    "{} exists and is not an empty placeholder",
+                    dst.display()
+                )));
             };
-            removed.map_err(|e| NodeError::AlreadyExists(format!("{} exists and could not be replaced: {e}", dst.display())))?;
+            removed.map_err(|e| {
+                NodeError::AlreadyExists(format!(
+                    "{} exists and could not be replaced: {e}",
+                    dst.display()
+                ))
+            })?;
             create_node(dst, dev, mode)
         }
         NodeState::Missing => create_node(dst, dev, mode),
@@ -221,26 +282,44 @@ fn publish_block_node(dst: &Path, dev: DevNum, mode: u32) -> Result<(), NodeErro
 
 fn create_node(dst: &Path, dev: DevNum, mode: u32) -> Result<(), NodeError> {
     if let Some(parent) = dst.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| NodeError::internal(format!("creating {}", parent.display()), e))?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| NodeError::internal(format!("creating {}", parent.display()), e))?;
     }
-    rds_hostops::mknod::create_block_node(dst, dev, mode).map_err(|e| NodeError::internal("creating the block node", e))
+    rds_hostops::mknod::create_block_node(dst, dev, mode)
+        .map_err(|e| NodeError::internal("creating the block node", e))
 }
 
 /// Remove the target once it is no longer a mount point: an empty directory, an empty
 /// placeholder file, or a block node of this volume's device. Never recursive.
-fn remove_target(t: &Path, table: &rds_mounts::mountinfo::ParsedTable, staged: Option<DevNum>) -> Result<(), NodeError> {
+fn remove_target(
+    t: &Path,
+    table: &rds_mounts::mountinfo::ParsedTable,
+    staged: Option<DevNum>,
+) -> Result<(), NodeError> {
     let md = match std::fs::symlink_metadata(t) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(NodeError::internal(format!("inspecting {}", t.display()), e)),
+        Err(e) => {
+            return Err(NodeError::internal(
+                format!("inspecting {}", t.display()),
+                e,
+            ))
+        }
     };
     if md.is_dir() {
-        return rds_hostops::mount::remove_target_dir(t, table).map(|_| ()).map_err(|e| match e {
-            rds_hostops::mount::RemoveError::Remove { source, .. } if source.raw_os_error() == Some(libc::ENOTEMPTY) => {
-                NodeError::FailedPrecondition(format!("{} is not empty after unmounting; leaving its content alone", t.display()))
-            }
-            other => NodeError::FailedPrecondition(other.to_string()),
-        });
+        return rds_hostops::mount::remove_target_dir(t, table)
+            .map(|_| ())
+            .map_err(|e| match e {
+                rds_hostops::mount::RemoveError::Remove { source, .. }
+                    if source.raw_os_error() == Some(libc::ENOTEMPTY) =>
+                {
+                    NodeError::FailedPrecondition(format!(
+                        "{} is not empty after unmounting; leaving its content alone",
+                        t.display()
+                    ))
+                }
+                other => NodeError::FailedPrecondition(other.to_string()),
+            });
     }
     if md.file_type().is_block_device() {
         let dev = DevNum::from_dev_t(md.rdev());
@@ -250,13 +329,18 @@ fn remove_target(t: &Path, table: &rds_mounts::mountinfo::ParsedTable, staged: O
                 t.display()
             )));
         }
-        return std::fs::remove_file(t).map_err(|e| NodeError::internal(format!("removing {}", t.display()), e));
+        return std::fs::remove_file(t)
+            .map_err(|e| NodeError::internal(format!("removing {}", t.display()), e));
     }
     if md.is_file() && md.len() == 0 {
-        return std::fs::remove_file(t).map_err(|e| NodeError::internal(format!("removing {}", t.display()), e));
+        return std::fs::remove_file(t)
+            .map_err(|e| NodeError::internal(format!("removing {}", t.display()), e));
     }
     if !exists(t) {
         return Ok(());
     }
-    Err(NodeError::FailedPrecondition(format!("{} is not ours to remove (not empty, not our device node)", t.display())))
+    Err(NodeError::FailedPrecondition(format!(
+        "{} is not ours to remove (not empty, not our device node)",
+        t.display()
+    )))
 }

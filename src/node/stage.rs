@@ -22,12 +22,15 @@ pub(crate) fn fs_kind(t: FsType) -> FsKind {
 impl NodeService {
     #[tracing::instrument(skip_all, fields(volume.id = %args.volume_id, nqn = %args.target.nqn))]
     pub async fn stage(&self, args: StageArgs) -> Result<(), NodeError> {
-        let _guard = self.guards.try_acquire(args.volume_id.as_str(), "NodeStageVolume")?;
+        let _guard = self
+            .guards
+            .try_acquire(args.volume_id.as_str(), "NodeStageVolume")?;
         self.check_managed(&args.target.nqn)?;
         let view = self.mount_view().await?;
 
         if let Some(rec) = self.volumes.get(&args.volume_id) {
-            if rec.access.is_block() != args.access.is_block() || rec.target.nqn != args.target.nqn {
+            if rec.access.is_block() != args.access.is_block() || rec.target.nqn != args.target.nqn
+            {
                 return Err(NodeError::AlreadyExists(format!(
                     "volume {} is already staged with a different capability or NQN",
                     args.volume_id
@@ -35,7 +38,11 @@ impl NodeService {
             }
             if rec.staging_path != args.staging_path {
                 if let Some(id) = rec.device.identity() {
-                    if !rec.access.is_block() && view.top(rec.staging_path.as_path()).is_some_and(|m| m.dev == id.dev) {
+                    if !rec.access.is_block()
+                        && view
+                            .top(rec.staging_path.as_path())
+                            .is_some_and(|m| m.dev == id.dev)
+                    {
                         return Err(NodeError::FailedPrecondition(format!(
                             "volume {} is already staged at {}; unstage it before staging at {}",
                             args.volume_id, rec.staging_path, args.staging_path
@@ -96,8 +103,15 @@ impl NodeService {
             access: args.access.clone(),
             read_only: args.read_only,
             device: DeviceRecord::new(&ns.name, ns.identity, ns.nsid),
-            publishes: self.volumes.get(&args.volume_id).map(|r| r.publishes).unwrap_or_default(),
-            staged_at: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            publishes: self
+                .volumes
+                .get(&args.volume_id)
+                .map(|r| r.publishes)
+                .unwrap_or_default(),
+            staged_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
         };
         if let Err(e) = self.volumes.save(rec.clone()) {
             // Nothing half-done: without its record a staged volume could not be recovered.
@@ -112,10 +126,18 @@ impl NodeService {
     }
 
     /// Prove the device readable; format only when it is proven empty.
-    async fn prepare_filesystem(&self, dev_path: &std::path::Path, fs: FsType) -> Result<(), NodeError> {
+    async fn prepare_filesystem(
+        &self,
+        dev_path: &std::path::Path,
+        fs: FsType,
+    ) -> Result<(), NodeError> {
         let p = dev_path.to_owned();
         let content = self
-            .blocking("probing device content", self.cfg.deadlines.probe, move || rds_hostops::probe::probe_content(&p))
+            .blocking(
+                "probing device content",
+                self.cfg.deadlines.probe,
+                move || rds_hostops::probe::probe_content(&p),
+            )
             .await?
             .map_err(|e| NodeError::Unavailable(format!("{e}; refusing to format or mount it")))?;
         match content {
@@ -144,14 +166,31 @@ impl NodeService {
         }
     }
 
-    async fn mount_staging(&self, args: &StageArgs, dev_path: &std::path::Path, fs: FsType, flags: &[String]) -> Result<(), NodeError> {
+    async fn mount_staging(
+        &self,
+        args: &StageArgs,
+        dev_path: &std::path::Path,
+        fs: FsType,
+        flags: &[String],
+    ) -> Result<(), NodeError> {
         let (ms, data) = super::options::fs_mount_options(flags, args.read_only);
         let (src, dst) = (dev_path.to_owned(), args.staging_path.as_path().to_owned());
-        self.blocking("mounting the staging path", self.cfg.deadlines.mount, move || {
-            std::fs::create_dir_all(&dst).map_err(|e| NodeError::internal(format!("creating {}", dst.display()), e))?;
-            rds_hostops::mount::mount_fs(&src, &dst, fs.as_str(), ms, (!data.is_empty()).then_some(data.as_str()))
+        self.blocking(
+            "mounting the staging path",
+            self.cfg.deadlines.mount,
+            move || {
+                std::fs::create_dir_all(&dst)
+                    .map_err(|e| NodeError::internal(format!("creating {}", dst.display()), e))?;
+                rds_hostops::mount::mount_fs(
+                    &src,
+                    &dst,
+                    fs.as_str(),
+                    ms,
+                    (!data.is_empty()).then_some(data.as_str()),
+                )
                 .map_err(|e| NodeError::internal("mounting the staging path", e))
-        })
+            },
+        )
         .await?
     }
 
@@ -159,13 +198,23 @@ impl NodeService {
     pub(crate) async fn unmount_path(&self, path: &AbsPath) -> Result<(), NodeError> {
         let p = path.as_path().to_owned();
         let roots = self.cfg.roots.clone();
-        let policy = UnmountPolicy { wait: self.cfg.deadlines.unmount_wait, allow_lazy_when_unused: true };
+        let policy = UnmountPolicy {
+            wait: self.cfg.deadlines.unmount_wait,
+            allow_lazy_when_unused: true,
+        };
         let deadline = self.cfg.deadlines.unmount_wait + self.cfg.deadlines.mount;
-        match self.blocking("unmounting", deadline, move || rds_hostops::mount::unmount(&p, policy, &roots)).await? {
+        match self
+            .blocking("unmounting", deadline, move || {
+                rds_hostops::mount::unmount(&p, policy, &roots)
+            })
+            .await?
+        {
             Ok(_) | Err(UnmountError::NotMounted { .. }) => Ok(()),
-            Err(e @ (UnmountError::InUse { .. } | UnmountError::UsageUnknown { .. } | UnmountError::Busy { .. })) => {
-                Err(NodeError::FailedPrecondition(e.to_string()))
-            }
+            Err(
+                e @ (UnmountError::InUse { .. }
+                | UnmountError::UsageUnknown { .. }
+                | UnmountError::Busy { .. }),
+            ) => Err(NodeError::FailedPrecondition(e.to_string())),
             Err(e) => Err(NodeError::internal(format!("unmounting {path}"), e)),
         }
     }
@@ -183,16 +232,21 @@ impl NodeService {
             }
             self.check_managed(&rec.target.nqn)?;
         }
-        let current = rec.as_ref().and_then(|r| self.devices.resolve(&r.target.nqn));
+        let current = rec
+            .as_ref()
+            .and_then(|r| self.devices.resolve(&r.target.nqn));
         let ours = |dev: DevNum| {
-            rec.as_ref().is_some_and(|r| r.device.identity().is_some_and(|i| i.dev == dev))
+            rec.as_ref()
+                .is_some_and(|r| r.device.identity().is_some_and(|i| i.dev == dev))
                 || current.as_ref().is_some_and(|c| c.identity.dev == dev)
         };
 
         // Peel every layer we placed at the staging path (normally one).
         for _ in 0..crate::defaults::MAX_UNMOUNT_LAYERS {
             let view = self.mount_view().await?;
-            let Some(top) = view.top(staging.as_path()) else { break };
+            let Some(top) = view.top(staging.as_path()) else {
+                break;
+            };
             if !ours(top.dev) {
                 return Err(NodeError::FailedPrecondition(format!(
                     "{staging} holds a mount of device {} that this plugin did not stage for volume {id}; leaving it",
@@ -210,7 +264,8 @@ impl NodeService {
         }
 
         if let Some(rec) = rec {
-            self.disconnect_if_unused(&rec, current.as_ref(), &view).await?;
+            self.disconnect_if_unused(&rec, current.as_ref(), &view)
+                .await?;
             self.volumes.remove(&id)?;
             self.observer.unstaged(&id);
             tracing::info!("volume unstaged");
@@ -232,14 +287,23 @@ impl NodeService {
             tracing::info!("another staged volume uses this subsystem: staying connected");
             return Ok(());
         }
-        let devs = rec.device.identity().map(|i| i.dev).into_iter().chain(current.map(|c| c.identity.dev));
+        let devs = rec
+            .device
+            .identity()
+            .map(|i| i.dev)
+            .into_iter()
+            .chain(current.map(|c| c.identity.dev));
         for dev in devs {
             let users = view.mounts_of(dev);
             if !users.is_empty() {
                 return Err(NodeError::FailedPrecondition(format!(
                     "device {dev} of volume {} is still mounted at {}; not disconnecting",
                     rec.volume_id,
-                    users.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                    users
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )));
             }
         }
@@ -251,10 +315,14 @@ impl NodeService {
 /// left from an earlier incarnation must never be formatted or mounted.
 fn check_device_node(path: &std::path::Path, expected: DevNum) -> Result<(), NodeError> {
     use std::os::unix::fs::MetadataExt;
-    let md = std::fs::metadata(path)
-        .map_err(|e| NodeError::Unavailable(format!("device node {} is not usable: {e}", path.display())))?;
+    let md = std::fs::metadata(path).map_err(|e| {
+        NodeError::Unavailable(format!("device node {} is not usable: {e}", path.display()))
+    })?;
     if !md.file_type().is_block_device() {
-        return Err(NodeError::FailedPrecondition(format!("{} is not a block device", path.display())));
+        return Err(NodeError::FailedPrecondition(format!(
+            "{} is not a block device",
+            path.display()
+        )));
     }
     let actual = DevNum::from_dev_t(md.rdev());
     if actual != expected {

@@ -12,7 +12,9 @@ use crate::validate::{AbsPath, Access, VolumeId};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Usage {
     Filesystem(rds_hostops::statfs::VolumeStats),
-    Block { bytes: u64 },
+    Block {
+        bytes: u64,
+    },
     /// Not measured: the volume is known to be dead, or the measurement timed out.
     Unmeasured,
 }
@@ -26,13 +28,15 @@ pub struct StatsReply {
 impl NodeService {
     /// The record of the volume at `path` (its staging path or one of its publish targets).
     fn record_at(&self, id: &VolumeId, path: &AbsPath) -> Result<VolumeRecord, NodeError> {
-        let rec = self
-            .volumes
-            .get(id)
-            .ok_or_else(|| NodeError::NotFound(format!("volume {id} is not staged on this node")))?;
-        let known = rec.staging_path == *path || rec.publishes.iter().any(|p| p.target == path.as_path());
+        let rec = self.volumes.get(id).ok_or_else(|| {
+            NodeError::NotFound(format!("volume {id} is not staged on this node"))
+        })?;
+        let known =
+            rec.staging_path == *path || rec.publishes.iter().any(|p| p.target == path.as_path());
         if !known {
-            return Err(NodeError::NotFound(format!("{path} is not a staging path or publish target of volume {id}")));
+            return Err(NodeError::NotFound(format!(
+                "{path} is not a staging path or publish target of volume {id}"
+            )));
         }
         Ok(rec)
     }
@@ -43,29 +47,37 @@ impl NodeService {
         let condition = self.observer.condition(&id, path.as_path());
         if condition.dead {
             // Never statvfs a filesystem the monitor knows is dead: it can hang.
-            return Ok(StatsReply { usage: Usage::Unmeasured, condition });
+            return Ok(StatsReply {
+                usage: Usage::Unmeasured,
+                condition,
+            });
         }
         let p = path.as_path().to_owned();
         let dev = self.block_path(&rec);
         let block = rec.access.is_block();
         // Off the runtime, with a deadline: a dead filesystem can hang statvfs.
-        let measured = rds_hostops::deadline::run_blocking("statvfs", self.cfg.deadlines.stats, move || {
-            if std::fs::symlink_metadata(&p).is_err() {
-                return Ok(None);
-            }
-            if block {
-                rds_hostops::statfs::block_size(&dev).map(|bytes| Some(Usage::Block { bytes }))
-            } else {
-                rds_hostops::statfs::volume_stats(&p).map(|s| Some(Usage::Filesystem(s)))
-            }
-        })
-        .await;
+        let measured =
+            rds_hostops::deadline::run_blocking("statvfs", self.cfg.deadlines.stats, move || {
+                if std::fs::symlink_metadata(&p).is_err() {
+                    return Ok(None);
+                }
+                if block {
+                    rds_hostops::statfs::block_size(&dev).map(|bytes| Some(Usage::Block { bytes }))
+                } else {
+                    rds_hostops::statfs::volume_stats(&p).map(|s| Some(Usage::Filesystem(s)))
+                }
+            })
+            .await;
         match measured {
             Ok(Ok(Some(usage))) => Ok(StatsReply { usage, condition }),
             Ok(Ok(None)) => Err(NodeError::NotFound(format!("{path} does not exist"))),
             Ok(Err(e)) => Ok(StatsReply {
                 usage: Usage::Unmeasured,
-                condition: Condition { abnormal: true, message: format!("cannot measure {path}: {e}"), dead: false },
+                condition: Condition {
+                    abnormal: true,
+                    message: format!("cannot measure {path}: {e}"),
+                    dead: false,
+                },
             }),
             Err(timeout) => Ok(StatsReply {
                 usage: Usage::Unmeasured,
@@ -87,13 +99,20 @@ impl NodeService {
     }
 
     #[tracing::instrument(skip_all, fields(volume.id = %id, path = %path))]
-    pub async fn expand(&self, id: VolumeId, path: AbsPath, required: i64) -> Result<u64, NodeError> {
+    pub async fn expand(
+        &self,
+        id: VolumeId,
+        path: AbsPath,
+        required: i64,
+    ) -> Result<u64, NodeError> {
         let _guard = self.guards.try_acquire(id.as_str(), "NodeExpandVolume")?;
         let rec = self.record_at(&id, &path)?;
         let dev = self.block_path(&rec);
         let dev2 = dev.clone();
         let size = self
-            .blocking("BLKGETSIZE64", self.cfg.deadlines.stats, move || rds_hostops::statfs::block_size(&dev2))
+            .blocking("BLKGETSIZE64", self.cfg.deadlines.stats, move || {
+                rds_hostops::statfs::block_size(&dev2)
+            })
             .await?
             .map_err(|e| NodeError::internal("reading the device size", e))?;
         if required > 0 && (required as u64) > size {
@@ -101,18 +120,24 @@ impl NodeService {
                 "the device is {size} bytes, smaller than the requested {required}; the controller has not grown it yet"
             )));
         }
-        let Access::Mount { fs_type, .. } = rec.access else { return Ok(size) };
+        let Access::Mount { fs_type, .. } = rec.access else {
+            return Ok(size);
+        };
         let kind = super::stage::fs_kind(fs_type);
         let mp = rec.staging_path.as_path().to_owned();
         let deadline = self.cfg.deadlines.resize;
-        self.blocking("resize", deadline + std::time::Duration::from_secs(5), move || {
-            rds_hostops::fstools::resize(kind, &dev, Some(&mp), deadline)
-        })
+        self.blocking(
+            "resize",
+            deadline + std::time::Duration::from_secs(5),
+            move || rds_hostops::fstools::resize(kind, &dev, Some(&mp), deadline),
+        )
         .await?
         .map_err(|e| NodeError::internal("growing the filesystem", e))?;
         let mp = rec.staging_path.as_path().to_owned();
         let st = self
-            .blocking("statvfs", self.cfg.deadlines.stats, move || rds_hostops::statfs::volume_stats(Path::new(&mp)))
+            .blocking("statvfs", self.cfg.deadlines.stats, move || {
+                rds_hostops::statfs::volume_stats(Path::new(&mp))
+            })
             .await?
             .map_err(|e| NodeError::internal("measuring the grown filesystem", e))?;
         tracing::info!(bytes = st.total_bytes, "filesystem grown");

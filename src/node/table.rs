@@ -23,30 +23,53 @@ impl MountView {
             rds_mounts::mountinfo::read_mountinfo(&root, "self")
         })
         .await
-        .map_err(|e| NodeError::DeadlineExceeded(format!("{e}; the mount table may be flooded (mount storm)")))?
+        .map_err(|e| {
+            NodeError::DeadlineExceeded(format!(
+                "{e}; the mount table may be flooded (mount storm)"
+            ))
+        })?
         .map_err(|e| NodeError::internal("reading the mount table", e))?;
         if !table.errors.is_empty() {
             // A table we could not fully parse cannot prove anything is absent.
             return Err(NodeError::internal(
                 "reading the mount table",
-                format!("{} unparsable lines (first: {})", table.errors.len(), table.errors[0]),
+                format!(
+                    "{} unparsable lines (first: {})",
+                    table.errors.len(),
+                    table.errors[0]
+                ),
             ));
         }
-        Ok(Self { table: Arc::new(table) })
+        Ok(Self {
+            table: Arc::new(table),
+        })
     }
 
     /// Mounts stacked at `path`, bottom first.
     pub fn at(&self, path: &Path) -> Vec<&MountInfo> {
-        self.table.entries.iter().filter(|m| m.mount_point == path).collect()
+        self.table
+            .entries
+            .iter()
+            .filter(|m| m.mount_point == path)
+            .collect()
     }
 
     /// The visible (topmost) mount at `path`.
     pub fn top(&self, path: &Path) -> Option<&MountInfo> {
-        self.table.entries.iter().rev().find(|m| m.mount_point == path)
+        self.table
+            .entries
+            .iter()
+            .rev()
+            .find(|m| m.mount_point == path)
     }
 
     /// Mount points of every mount of `dev`.
     pub fn mounts_of(&self, dev: DevNum) -> Vec<PathBuf> {
-        self.table.entries.iter().filter(|m| m.dev == dev).map(|m| m.mount_point.clone()).collect()
+        self.table
+            .entries
+            .iter()
+            .filter(|m| m.dev == dev)
+            .map(|m| m.mount_point.clone())
+            .collect()
     }
 }

@@ -30,7 +30,10 @@ impl Volumes {
                 Err(e) => tracing::error!(error = %e, "skipping an unreadable volume record"),
             }
         }
-        Ok(Self { store, cache: Arc::new(cache) })
+        Ok(Self {
+            store,
+            cache: Arc::new(cache),
+        })
     }
 
     pub fn get(&self, id: &VolumeId) -> Option<VolumeRecord> {
@@ -51,21 +54,25 @@ impl Volumes {
 
     /// Persist first, then publish in memory: the cache never claims what the disk does not.
     pub fn save(&self, rec: VolumeRecord) -> Result<(), NodeError> {
-        self.store
-            .save(&rec)
-            .map_err(|e| NodeError::internal(format!("saving the record of {}", rec.volume_id), e))?;
+        self.store.save(&rec).map_err(|e| {
+            NodeError::internal(format!("saving the record of {}", rec.volume_id), e)
+        })?;
         self.cache.insert(rec.volume_id.clone(), rec);
         Ok(())
     }
 
     pub fn remove(&self, id: &VolumeId) -> Result<(), NodeError> {
-        self.store.remove(id).map_err(|e| NodeError::internal(format!("removing the record of {id}"), e))?;
+        self.store
+            .remove(id)
+            .map_err(|e| NodeError::internal(format!("removing the record of {id}"), e))?;
         self.cache.remove(id);
         Ok(())
     }
 
     /// Another staged volume on the same subsystem (then the controller must stay connected).
     pub fn others_on(&self, id: &VolumeId, nqn: &rds_types::Nqn) -> bool {
-        self.cache.iter().any(|r| r.volume_id != *id && r.target.nqn == *nqn)
+        self.cache
+            .iter()
+            .any(|r| r.volume_id != *id && r.target.nqn == *nqn)
     }
 }
