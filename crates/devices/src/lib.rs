@@ -9,11 +9,11 @@
 //!   tests).
 //! - [`model`] (pure), [`scan`] (sysfs reader), [`source`] (netlink sockets), [`watcher`]
 //!   (the task and its resolver handle).
-pub mod sysfs_tree;
-pub mod uevent;
 pub mod model;
 pub mod scan;
 pub mod source;
+pub mod sysfs_tree;
+pub mod uevent;
 pub mod watcher;
 
 pub use model::{
@@ -21,6 +21,4 @@ pub use model::{
     NvmeRole, Observation, Snapshot,
 };
 pub use source::SourceKind;
-pub use watcher::{
-    spawn, DeviceWatcherHandle, Resolver, WaitError, WatchError, WatcherConfig,
-};
+pub use watcher::{spawn, DeviceWatcherHandle, Resolver, WaitError, WatchError, WatcherConfig};

@@ -194,8 +194,8 @@ pub enum DeviceEvent {
     BlockAdded(BlockInfo),
     /// Same device (same identity), other attributes (size, ...) changed.
     BlockChanged {
-        old: BlockInfo,
-        new: BlockInfo,
+        old: Box<BlockInfo>,
+        new: Box<BlockInfo>,
     },
     BlockRemoved(BlockInfo),
     /// Events were lost (netlink `ENOBUFS`); a resync follows.
@@ -278,8 +278,11 @@ impl Model {
         let mut out = Vec::new();
         let blocks: HashMap<&str, &BlockInfo> =
             snap.blocks.iter().map(|b| (b.name.as_str(), b)).collect();
-        let ctrls: HashMap<&str, &ControllerInfo> =
-            snap.controllers.iter().map(|c| (c.name.as_str(), c)).collect();
+        let ctrls: HashMap<&str, &ControllerInfo> = snap
+            .controllers
+            .iter()
+            .map(|c| (c.name.as_str(), c))
+            .collect();
         let gone_blocks: Vec<String> = self
             .blocks
             .keys()
@@ -375,7 +378,10 @@ impl Model {
                 if *old != b {
                     let old = old.clone();
                     self.blocks.insert(b.name.clone(), b.clone());
-                    out.push(DeviceEvent::BlockChanged { old, new: b });
+                    out.push(DeviceEvent::BlockChanged {
+                        old: Box::new(old),
+                        new: Box::new(b),
+                    });
                 }
                 return;
             }
@@ -457,10 +463,7 @@ impl Model {
                     .flatten()
                     .filter_map(|c| self.controllers.get(c))
                     .min_by_key(|c| c.state.rank());
-                (
-                    best.map(|c| c.name.clone()),
-                    best.map(|c| c.state.clone()),
-                )
+                (best.map(|c| c.name.clone()), best.map(|c| c.state.clone()))
             }
             None => (None, None),
         };

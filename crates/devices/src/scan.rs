@@ -137,11 +137,16 @@ impl SysfsReader {
         let dev = ev
             .and_then(|e| e.dev)
             .or_else(|| attr(&dir, "dev").and_then(|s| s.parse::<DevNum>().ok()))?;
-        let diskseq = ev.and_then(|e| e.diskseq).or_else(|| {
-            attr(&dir, "diskseq")
-                .and_then(|s| s.parse().ok())
-                .map(DiskSeq)
-        });
+        // diskseq only grows, and the kernel bumps it right *after* sending a detach's
+        // `DISK_MEDIA_CHANGE=1` event, so that event carries the old value: the larger of the
+        // event's and sysfs's is the current incarnation.
+        let sysfs_seq = attr(&dir, "diskseq")
+            .and_then(|s| s.parse().ok())
+            .map(DiskSeq);
+        let diskseq = match (ev.and_then(|e| e.diskseq), sysfs_seq) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
         let devtype = ev
             .and_then(|e| e.devtype.clone())
             .or_else(|| uevent_attr(&dir, "DEVTYPE"));

@@ -45,8 +45,11 @@ pub struct Sources {
 impl Sources {
     /// Netlink group bit mask (group 1 = bit 0, group 2 = bit 1).
     pub fn mask(self) -> u32 {
-        (if self.kernel { 1 << (GROUP_KERNEL - 1) } else { 0 })
-            | (if self.udev { 1 << (GROUP_UDEV - 1) } else { 0 })
+        (if self.kernel {
+            1 << (GROUP_KERNEL - 1)
+        } else {
+            0
+        }) | (if self.udev { 1 << (GROUP_UDEV - 1) } else { 0 })
     }
 }
 
@@ -193,11 +196,16 @@ fn recv_one(fd: libc::c_int, buf: &mut [u8]) -> io::Result<Received> {
     let n = n as usize;
     if flags & libc::MSG_TRUNC != 0 {
         warn!(len = n, "uevent longer than the receive buffer dropped");
-        return Ok(Received::Unreadable(format!("message truncated at {n} bytes")));
+        return Ok(Received::Unreadable(format!(
+            "message truncated at {n} bytes"
+        )));
     }
     match uevent::parse(&buf[..n]) {
         Ok(ev) if ev.origin == Origin::Kernel && addr.nl_pid != 0 => {
-            debug!(sender = addr.nl_pid, "kernel-format uevent from user space ignored");
+            debug!(
+                sender = addr.nl_pid,
+                "kernel-format uevent from user space ignored"
+            );
             Ok(Received::Ignored)
         }
         Ok(ev) => Ok(Received::Event(ev)),

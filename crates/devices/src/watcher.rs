@@ -125,7 +125,10 @@ pub fn spawn(
     // Subscribe first...
     let socket = UeventSocket::open(sources, config.rcvbuf).map_err(WatchError::Socket)?;
     if let Ok(effective) = socket.rcvbuf() {
-        debug!(requested = config.rcvbuf, effective, "uevent receive buffer");
+        debug!(
+            requested = config.rcvbuf,
+            effective, "uevent receive buffer"
+        );
     }
     // ...then scan.
     let reader = SysfsReader::new(config.sys_root.clone());
@@ -344,7 +347,26 @@ impl Task {
         }
     }
 
+    /// Discards everything queued on the socket. Called before an overflow resync: every
+    /// queued message predates the scan that follows, and applying one after the scan could
+    /// resurrect a device whose remove event was lost.
+    fn drain(&mut self) -> usize {
+        // Bounded: on a host that never stops sending, stop after a queue's worth.
+        let mut n = 0;
+        while n < 1 << 16 {
+            match self.socket.try_recv() {
+                Ok(Some(_)) => n += 1,
+                _ => break,
+            }
+        }
+        n
+    }
+
     async fn resync(&mut self) -> Result<(), ScanError> {
+        let discarded = self.drain();
+        if discarded > 0 {
+            debug!(discarded, "queued uevents superseded by the resync");
+        }
         let snap = self.reader.scan()?;
         let events = {
             let mut m = self
@@ -355,7 +377,10 @@ impl Task {
             m.reconcile(snap)
         };
         self.shared.generation.send_modify(|g| *g += 1);
-        info!(changes = events.len() - 1, "device model resynced from sysfs");
+        info!(
+            changes = events.len() - 1,
+            "device model resynced from sysfs"
+        );
         self.emit(events).await;
         Ok(())
     }
@@ -385,13 +410,17 @@ fn log_event(ev: &DeviceEvent) {
             nsid,
             name,
             identity,
-        } => info!(%nqn, nsid, dev = %identity.dev, diskseq = ?identity.diskseq.map(|d| d.0), name = %name, "namespace added"),
+        } => {
+            info!(%nqn, nsid, dev = %identity.dev, diskseq = ?identity.diskseq.map(|d| d.0), name = %name, "namespace added")
+        }
         DeviceEvent::NamespaceRemoved {
             nqn,
             nsid,
             name,
             identity,
-        } => info!(%nqn, nsid, dev = %identity.dev, diskseq = ?identity.diskseq.map(|d| d.0), name = %name, "namespace removed"),
+        } => {
+            info!(%nqn, nsid, dev = %identity.dev, diskseq = ?identity.diskseq.map(|d| d.0), name = %name, "namespace removed")
+        }
         DeviceEvent::BlockAdded(b) | DeviceEvent::BlockRemoved(b) => {
             debug!(name = %b.name, dev = %b.identity.dev, diskseq = ?b.identity.diskseq.map(|d| d.0), event = if matches!(ev, DeviceEvent::BlockAdded(_)) { "added" } else { "removed" }, "block device")
         }

@@ -43,7 +43,9 @@ fn scan_reads_non_multipath_layout_and_resolves_the_nqn() {
         "scan replay should announce the namespace: {evs:?}"
     );
     assert_eq!(evs.last(), Some(&DeviceEvent::Resynced));
-    let d = m.resolve(NQN, Some(1)).expect("NQN resolves after the scan");
+    let d = m
+        .resolve(NQN, Some(1))
+        .expect("NQN resolves after the scan");
     assert_eq!(d.name, "nvme0n1");
     assert_eq!(d.controller.as_deref(), Some("nvme0"));
     assert_eq!(d.state, Some(ControllerState::Live));
@@ -60,7 +62,8 @@ fn scan_reads_multipath_heads_and_never_resolves_hidden_paths() {
     let (_d, t, r) = tree();
     t.set_multipath(true).unwrap();
     t.add_subsystem(0, NQN).unwrap();
-    t.add_controller(&ctrl("nvme0", NQN, "connecting", 1)).unwrap();
+    t.add_controller(&ctrl("nvme0", NQN, "connecting", 1))
+        .unwrap();
     t.add_controller(&ctrl("nvme1", NQN, "live", 2)).unwrap();
     t.add_head(0, &ns("nvme0n1", 1, DevNum::new(259, 1), 40))
         .unwrap();
@@ -71,14 +74,19 @@ fn scan_reads_multipath_heads_and_never_resolves_hidden_paths() {
     let mut m = Model::new();
     scan_into(&mut m, &r);
     let d = m.resolve(NQN, None).expect("head resolves");
-    assert_eq!(d.name, "nvme0n1", "the head, not a hidden path, is the device");
+    assert_eq!(
+        d.name, "nvme0n1",
+        "the head, not a hidden path, is the device"
+    );
     assert_eq!(d.identity.dev, DevNum::new(259, 1));
     assert_eq!(
         (d.controller.as_deref(), d.state),
         (Some("nvme1"), Some(ControllerState::Live)),
         "a head reports its best path's controller"
     );
-    let path = m.block_by_name("nvme0c0n1").expect("hidden path is a known block");
+    let path = m
+        .block_by_name("nvme0c0n1")
+        .expect("hidden path is a known block");
     assert!(matches!(
         path.nvme.as_ref().map(|n| &n.role),
         Some(NvmeRole::Path { controller }) if controller == "nvme0"
@@ -204,7 +212,11 @@ fn scan_skips_entries_whose_attributes_vanished() {
     let snap = r.scan().expect("a racing removal is not a scan error");
     let names: Vec<_> = snap.controllers.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["nvme0"]);
-    assert!(snap.blocks.is_empty(), "no complete block device: {:?}", snap.blocks);
+    assert!(
+        snap.blocks.is_empty(),
+        "no complete block device: {:?}",
+        snap.blocks
+    );
 }
 
 #[test]

@@ -208,10 +208,7 @@ fn libudev_message_parses_with_udev_devname() {
 #[test]
 fn libudev_truncated_header_and_bad_magic_are_rejected() {
     let msg = encode_libudev(&libudev_loop_props());
-    assert_eq!(
-        parse(&msg[..20]),
-        Err(ParseError::TruncatedHeader(20))
-    );
+    assert_eq!(parse(&msg[..20]), Err(ParseError::TruncatedHeader(20)));
     let mut bad = msg.clone();
     bad[8] = 0;
     assert!(matches!(parse(&bad), Err(ParseError::BadMagic(_))));
@@ -228,7 +225,10 @@ fn murmur_hash2_matches_the_reference_implementation() {
     // Values of the canonical MurmurHash2(key, len, seed 0), as libudev computes them.
     assert_eq!(murmur_hash2(b""), 0);
     assert_eq!(murmur_hash2(b"block"), murmur_ref(b"block"));
-    assert_eq!(murmur_hash2(b"nvme-subsystem"), murmur_ref(b"nvme-subsystem"));
+    assert_eq!(
+        murmur_hash2(b"nvme-subsystem"),
+        murmur_ref(b"nvme-subsystem")
+    );
 }
 
 /// A literal transcription of Austin Appleby's MurmurHash2 with a pointer-walking loop, as a

@@ -45,6 +45,31 @@ where
     }
 }
 
+/// Either the deadline expired or the operation itself failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Bounded<E: std::error::Error + 'static> {
+    #[error(transparent)]
+    TimedOut(#[from] TimedOut),
+    #[error(transparent)]
+    Failed(E),
+}
+
+/// [`run_blocking`] for a fallible operation, flattening the two error layers:
+/// `bounded("statvfs", d, move || volume_stats(&p)).await?`.
+pub async fn bounded<T, E>(
+    what: &'static str,
+    deadline: Duration,
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, Bounded<E>>
+where
+    T: Send + 'static,
+    E: std::error::Error + Send + 'static,
+{
+    run_blocking(what, deadline, f)
+        .await?
+        .map_err(Bounded::Failed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,6 +78,19 @@ mod tests {
     async fn run_blocking_returns_the_value_of_a_quick_operation() {
         let v = run_blocking("add", Duration::from_secs(30), || 40 + 2).await;
         assert_eq!(v, Ok(42), "a quick closure must return its value");
+    }
+
+    #[tokio::test]
+    async fn bounded_passes_the_operation_error_through() {
+        let r: Result<(), Bounded<std::io::Error>> =
+            bounded("fails", Duration::from_secs(30), || {
+                Err(std::io::Error::other("boom"))
+            })
+            .await;
+        assert!(
+            matches!(r, Err(Bounded::Failed(ref e)) if e.to_string() == "boom"),
+            "got {r:?}"
+        );
     }
 
     #[tokio::test]

@@ -6,6 +6,8 @@
 //! - mounts of the same device in every mount namespace we can see (one `mountinfo` per
 //!   namespace), except the one mount being removed;
 //! - `<sys>/dev/block/<maj:min>/holders` (device-mapper, md, ... stacked on it);
+//! - when no mount point is given (the device should be entirely unused, e.g. before a
+//!   disconnect) and nothing else was found, an `O_EXCL` open of `<dev>/block/<maj:min>`;
 //! - every process's open files (`/proc/<pid>/fd/*`), working directory, root directory and
 //!   file mappings (`/proc/<pid>/maps`), matched by device number via `statx` on the magic
 //!   links (`AT_STATX_DONT_SYNC`, so no network filesystem is asked to revalidate), which is
@@ -58,6 +60,9 @@ pub enum Holder {
     },
     /// A block device stacked on it (sysfs holders entry).
     BlockHolder { name: String },
+    /// Something holds the block device open exclusively (`O_EXCL` gave EBUSY): a filesystem
+    /// mounted in a namespace we cannot see, a stacked device, another tool.
+    ExclusiveClaim,
     /// A process: `what` is `fd N`, `cwd`, `root` or `mapping`.
     Process {
         pid: u32,
@@ -81,6 +86,7 @@ impl fmt::Display for Holder {
                 )
             }
             Holder::BlockHolder { name } => write!(f, "block device {name} stacked on it"),
+            Holder::ExclusiveClaim => f.write_str("an exclusive opener of the block device"),
             Holder::Process { pid, comm, what } => write!(f, "process {pid} ({comm}) {what}"),
         }
     }
@@ -261,15 +267,34 @@ fn block_holders(sys: &Path, dev: DevNum) -> Result<Vec<Holder>, String> {
     }
 }
 
+/// Try an `O_EXCL` open of `<dev>/block/<maj:min>`: EBUSY means someone holds the device
+/// exclusively. No such node (not a block device, or no udev-style links): nothing to learn.
+fn exclusive_claim(dev_root: &Path, dev: DevNum) -> Result<Option<Holder>, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let node = dev_root.join("block").join(dev.to_string());
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_EXCL | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(&node)
+    {
+        Ok(_) => Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(Some(Holder::ExclusiveClaim)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("exclusive open of {}: {e}", node.display())),
+    }
+}
+
 /// Why `/proc` cannot show every process, if it cannot (pure over the inputs).
 fn visibility_problem(proc: &Path) -> Option<String> {
     match std::fs::read_link(proc.join("1/ns/pid")) {
         Ok(ns) if ns.as_os_str() == INIT_PID_NS => {}
-        Ok(ns) => return Some(format!(
+        Ok(ns) => {
+            return Some(format!(
             "{} shows PID namespace {} rather than the host's: processes outside it are invisible",
             proc.display(),
             ns.display()
-        )),
+        ))
+        }
         Err(e) => {
             return Some(format!(
                 "cannot tell which PID namespace {} shows: {e}",
@@ -304,9 +329,10 @@ fn visibility_problem(proc: &Path) -> Option<String> {
 /// Decide whether `dev` is in use (see the module doc). `mount_point`, when given, is the mount
 /// (in our namespace) about to be removed, which does not count. Blocking: it walks `/proc`.
 pub fn in_use(dev: DevNum, mount_point: Option<&Path>, roots: &HostRoots) -> Usage {
+    let resolved = mount_point.map(crate::mount::resolved_path);
     let mut scan = Scan {
         dev,
-        mount_point,
+        mount_point: resolved.as_deref(),
         proc: &roots.proc,
         own_ns: std::fs::read_link(roots.proc.join("self/ns/mnt"))
             .ok()
@@ -349,6 +375,15 @@ pub fn in_use(dev: DevNum, mount_point: Option<&Path>, roots: &HostRoots) -> Usa
             Ok(()) => {}
             Err(e) if is_gone(&e) => {} // the process exited meanwhile
             Err(e) => scan.note_unknown(format!("cannot inspect pid {pid}: {e}")),
+        }
+    }
+    if mount_point.is_none() && scan.holders.is_empty() {
+        // Nothing mounted it and no process has it open: does anything claim it exclusively
+        // (an O_EXCL opener, a filesystem mounted where we cannot see)?
+        match exclusive_claim(&roots.dev, dev) {
+            Ok(Some(h)) => scan.holders.push(h),
+            Ok(None) => {}
+            Err(why) => scan.note_unknown(why),
         }
     }
     let usage = if !scan.holders.is_empty() {

@@ -27,6 +27,6 @@ pub mod probe;
 pub mod signatures;
 pub mod statfs;
 
-pub use deadline::{run_blocking, TimedOut};
+pub use deadline::{bounded, run_blocking, Bounded, TimedOut};
 pub use inuse::{in_use, Holder, HostRoots, Usage};
 pub use probe::{format, probe_content, Content, FormatPermit, FsKind};

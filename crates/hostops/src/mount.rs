@@ -274,12 +274,18 @@ pub fn unmount(
             source,
         }
     })?;
-    let Some(entry) = table.entries.iter().rev().find(|m| m.mount_point == target) else {
+    let resolved = resolved_path(target);
+    let Some(entry) = table
+        .entries
+        .iter()
+        .rev()
+        .find(|m| m.mount_point == resolved || m.mount_point == target)
+    else {
         return Err(UnmountError::NotMounted {
             target: target.to_owned(),
         });
     };
-    let usage = in_use(entry.dev, Some(target), roots);
+    let usage = in_use(entry.dev, Some(&entry.mount_point), roots);
     tracing::warn!(target = %target.display(), dev = %entry.dev, waited = ?waited, usage = ?usage, "unmount stayed busy");
     if !policy.allow_lazy_when_unused {
         return Err(UnmountError::Busy {
@@ -330,6 +336,15 @@ pub enum MountPointError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// `path` with symlinks in its parent resolved, as the mount table spells it; `path` itself when
+/// that fails (the caller then compares the literal path).
+pub(crate) fn resolved_path(path: &Path) -> PathBuf {
+    resolve_parent(path)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| path.to_owned())
 }
 
 /// Resolve symlinks in the parent only, never touching `path` itself (it may be a dead mount).

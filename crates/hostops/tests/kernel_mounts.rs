@@ -5,6 +5,7 @@ rds_testkit::private_namespaces!();
 
 mod common;
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -272,6 +273,42 @@ fn a_process_that_cannot_be_inspected_makes_the_answer_unknown() {
         ),
         "never NotInUse when blind"
     );
+}
+
+#[test]
+fn an_unmounted_device_held_exclusively_is_in_use() {
+    rds_testkit::require_private_namespaces();
+    let lo = Loop::new(16 * MIB);
+    let fake = FakeProc::new(&[]);
+    // A private /dev with the udev-style block/<maj:min> node for our device.
+    let dev_root = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dev_root.path().join("block")).expect("mkdir");
+    rds_hostops::mknod::create_block_node(
+        &dev_root.path().join("block").join(lo.dev().to_string()),
+        lo.dev(),
+        0o600,
+    )
+    .expect("mknod");
+    let roots = HostRoots {
+        dev: dev_root.path().to_owned(),
+        ..fake.roots()
+    };
+    assert_eq!(
+        in_use(lo.dev(), None, &roots),
+        Usage::NotInUse,
+        "nobody holds a fresh loop device"
+    );
+    let hold = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_EXCL)
+        .open(&lo.path)
+        .expect("exclusive open");
+    let usage = in_use(lo.dev(), None, &roots);
+    assert!(
+        matches!(&usage, Usage::InUse(h) if h.contains(&Holder::ExclusiveClaim)),
+        "an exclusive opener must make the device in use, got {usage:?}"
+    );
+    drop(hold);
 }
 
 /// A mount with a submount is busy (EBUSY) although no process uses it.

@@ -170,6 +170,35 @@ fn a_dead_device_is_unreadable_never_empty() {
     );
 }
 
+nix::ioctl_read!(ext4_ioc_shutdown, b'X', 125, u32);
+
+#[test]
+fn a_device_whose_reads_fail_is_unreadable_never_empty() {
+    rds_testkit::require_private_namespaces();
+    // Outer loop with ext4; the inner loop's backing file lives on it. Shutting the outer
+    // filesystem down makes every read of the inner device fail with EIO while its size stays.
+    let outer = Loop::new(128 * MIB);
+    format(&outer.path, FsKind::Ext4, permit_of(&outer.path), MKFS).expect("mkfs outer");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _m = mount_ext4(&outer.path, dir.path());
+    let inner = Loop::on_file(&dir.path().join("inner.img"), 64 * MIB);
+    let root = std::fs::File::open(dir.path()).expect("open outer root");
+    let mut flags: u32 = 2; // EXT4_GOING_FLAGS_NOLOGFLUSH
+                            // SAFETY: the ioctl reads one u32 from `flags`, which outlives the call.
+    unsafe { ext4_ioc_shutdown(std::os::fd::AsRawFd::as_raw_fd(&root), &mut flags) }
+        .expect("EXT4_IOC_SHUTDOWN");
+    assert_eq!(
+        block_size(&inner.path).expect("size"),
+        64 * MIB,
+        "the inner device still claims its size"
+    );
+    let err = probe_content(&inner.path).expect_err("a device failing reads cannot be probed");
+    assert!(
+        matches!(err, ProbeError::Unreadable { .. }),
+        "expected Unreadable, got {err:?}"
+    );
+}
+
 #[test]
 fn a_permit_is_void_once_the_device_died() {
     rds_testkit::require_private_namespaces();
@@ -269,6 +298,24 @@ fn fsck_refuses_a_mounted_device_and_checks_an_unmounted_one() {
 
 /// Offline: online ext4 growth (EXT4_IOC_RESIZE_FS) needs CAP_SYS_RESOURCE, which this test
 /// machine withholds even from root; the node plugin's privileged container has it.
+#[test]
+fn fsck_refuses_a_device_held_exclusively() {
+    rds_testkit::require_private_namespaces();
+    let lo = Loop::new(64 * MIB);
+    format(&lo.path, FsKind::Ext4, permit_of(&lo.path), MKFS).expect("mkfs");
+    let _hold = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_EXCL)
+        .open(&lo.path)
+        .expect("exclusive open");
+    let err =
+        fsck_ext4(&lo.path, &common::table(), FSCK).expect_err("a held device must not be checked");
+    assert!(
+        matches!(err, FsckError::Busy { .. }),
+        "expected Busy, got {err:?}"
+    );
+}
+
 #[test]
 fn resize2fs_grows_an_ext4_after_the_device_grew() {
     rds_testkit::require_private_namespaces();

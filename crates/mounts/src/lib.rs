@@ -17,3 +17,4 @@ pub mod mountinfo;
 pub mod storm;
 pub mod sys;
 pub mod table;
+pub mod watch;

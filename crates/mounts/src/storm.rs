@@ -255,6 +255,58 @@ impl StormDetector {
         out
     }
 
+    /// Re-evaluate every key of a complete snapshot (start-up, resync) for the level signal
+    /// only: a snapshot is not growth. Opens episodes for keys at or over the threshold and
+    /// clears open ones that fell below the hysteresis mark.
+    pub fn resync(&mut self, table: &MountTable, now: Instant) -> Vec<StormSignal> {
+        let mut keys: Vec<StormKey> = table
+            .device_counts()
+            .filter(|(_, n)| *n >= self.config.threshold)
+            .map(|(d, _)| StormKey::Device(d))
+            .chain(
+                table
+                    .mount_point_counts()
+                    .filter(|(_, n)| *n >= self.config.threshold)
+                    .map(|(p, _)| StormKey::MountPoint(p.to_path_buf())),
+            )
+            .collect();
+        keys.extend(self.active.keys().cloned());
+        keys.sort();
+        keys.dedup();
+        let mut out = Vec::new();
+        for key in keys {
+            let count = count_of(table, &key);
+            if let Some(ep) = self.active.get_mut(&key) {
+                ep.peak = ep.peak.max(count);
+                if count < self.config.clear_below {
+                    let peak = ep.peak;
+                    let since = ep.since;
+                    self.active.remove(&key);
+                    self.recent.remove(&key);
+                    out.push(StormSignal::Cleared(StormCleared {
+                        key,
+                        count,
+                        peak,
+                        lasted: now.saturating_duration_since(since),
+                    }));
+                }
+            } else if count >= self.config.threshold {
+                self.active.insert(
+                    key.clone(),
+                    Episode {
+                        since: now,
+                        peak: count,
+                    },
+                );
+                let reason = StormReason::Level {
+                    threshold: self.config.threshold,
+                };
+                out.push(StormSignal::Started(self.report(table, key, count, reason)));
+            }
+        }
+        out
+    }
+
     fn report(
         &self,
         table: &MountTable,

@@ -113,6 +113,11 @@ impl MountTable {
         self.by_id.values()
     }
 
+    /// Every known 64-bit unique id (entries built from statmount), in no particular order.
+    pub fn unique_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.by_unique.keys().copied()
+    }
+
     /// Every mount id, in no particular order.
     pub fn ids(&self) -> impl Iterator<Item = u32> + '_ {
         self.by_id.keys().copied()
@@ -281,7 +286,7 @@ fn classify(
     }
 }
 
-fn assemble(
+pub(crate) fn assemble(
     detached: Vec<MountInfo>,
     mut changed: Vec<MountChange>,
     attached: Vec<MountInfo>,

@@ -23,6 +23,12 @@ pub fn enter_before_main() {
     let _ = ENTERED.set(enter());
 }
 
+/// Enter private mount and network namespaces now. The caller must be single-threaded (the
+/// `demo` calls this before it starts its runtime). Used by [`private_namespaces!`] for tests.
+pub fn enter_private_namespaces() -> Result<(), String> {
+    enter()
+}
+
 fn enter() -> Result<(), String> {
     use nix::mount::{mount, MsFlags};
     use nix::sched::{unshare, CloneFlags};

@@ -46,7 +46,11 @@ impl LoopDev {
             // SAFETY: ioctl with an integer argument on an open loop-control fd.
             let rc = unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_ADD, num as libc::c_ulong) };
             if rc >= 0 {
-                return Ok(Self { num: rc as u32, ctl, dev: None });
+                return Ok(Self {
+                    num: rc as u32,
+                    ctl,
+                    dev: None,
+                });
             }
             let e = io::Error::last_os_error();
             if e.raw_os_error() != Some(libc::EEXIST) {
@@ -99,7 +103,8 @@ impl LoopDev {
         self.detach()?;
         let num = self.num;
         // SAFETY: ioctl with an integer argument on an open loop-control fd.
-        let rc = unsafe { libc::ioctl(self.ctl.as_raw_fd(), LOOP_CTL_REMOVE, num as libc::c_ulong) };
+        let rc =
+            unsafe { libc::ioctl(self.ctl.as_raw_fd(), LOOP_CTL_REMOVE, num as libc::c_ulong) };
         self.num = u32::MAX;
         check(rc, "LOOP_CTL_REMOVE").map(|_| ())
     }
@@ -112,6 +117,12 @@ impl Drop for LoopDev {
         }
         let _ = self.detach();
         // SAFETY: as in `remove`.
-        unsafe { libc::ioctl(self.ctl.as_raw_fd(), LOOP_CTL_REMOVE, self.num as libc::c_ulong) };
+        unsafe {
+            libc::ioctl(
+                self.ctl.as_raw_fd(),
+                LOOP_CTL_REMOVE,
+                self.num as libc::c_ulong,
+            )
+        };
     }
 }

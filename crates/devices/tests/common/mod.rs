@@ -39,3 +39,87 @@ pub fn ns(name: &str, nsid: u32, dev: DevNum, diskseq: u64) -> NamespaceSpec {
         wwid: None,
     }
 }
+
+use std::time::Duration;
+
+use rds_devices::DeviceEvent;
+use tokio::sync::mpsc;
+
+/// Generous deadline for awaited events (never a timing assertion).
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Receives events until one matches `pred`; panics naming `what` after [`DEADLINE`].
+pub async fn expect_event(
+    rx: &mut mpsc::Receiver<DeviceEvent>,
+    what: &str,
+    pred: impl Fn(&DeviceEvent) -> bool,
+) -> DeviceEvent {
+    let fut = async {
+        while let Some(ev) = rx.recv().await {
+            if pred(&ev) {
+                return ev;
+            }
+        }
+        panic!("event stream ended while waiting for {what}");
+    };
+    tokio::time::timeout(DEADLINE, fut)
+        .await
+        .unwrap_or_else(|_| panic!("expected {what} within {DEADLINE:?}"))
+}
+
+/// Skips the start-up replay (everything up to the first `Resynced`).
+pub async fn skip_replay(rx: &mut mpsc::Receiver<DeviceEvent>) {
+    expect_event(rx, "the start-up replay's Resynced", |e| {
+        matches!(e, DeviceEvent::Resynced)
+    })
+    .await;
+}
+
+/// Builds and injects synthetic udev messages with increasing SEQNUMs.
+pub struct Injector {
+    seq: u64,
+}
+
+impl Injector {
+    pub fn new() -> Self {
+        Self { seq: 1000 }
+    }
+
+    pub fn send(&mut self, action: &str, devpath: &str, subsystem: &str, extra: &[(&str, &str)]) {
+        self.seq += 1;
+        let seq = self.seq.to_string();
+        let mut props = vec![
+            ("ACTION", action),
+            ("DEVPATH", devpath),
+            ("SUBSYSTEM", subsystem),
+        ];
+        props.extend_from_slice(extra);
+        props.push(("SEQNUM", &seq));
+        rds_devices::uevent::inject_udev(&rds_devices::uevent::encode_libudev(&props))
+            .expect("injecting a udev message (needs root, private netns)");
+    }
+
+    /// A block `add`/`remove` for a namespace disk at `devpath`.
+    pub fn disk(
+        &mut self,
+        action: &str,
+        devpath: &str,
+        ns: &rds_devices::sysfs_tree::NamespaceSpec,
+    ) {
+        let (ma, mi) = (ns.dev.major.to_string(), ns.dev.minor.to_string());
+        let seq = ns.diskseq.map(|d| d.0.to_string()).unwrap_or_default();
+        let devname = format!("/dev/{}", ns.name);
+        self.send(
+            action,
+            devpath,
+            "block",
+            &[
+                ("MAJOR", &ma),
+                ("MINOR", &mi),
+                ("DEVNAME", &devname),
+                ("DEVTYPE", "disk"),
+                ("DISKSEQ", &seq),
+            ],
+        );
+    }
+}

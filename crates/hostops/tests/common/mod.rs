@@ -51,6 +51,21 @@ impl Loop {
         }
     }
 
+    /// A loop device over a sparse file at `backing` (which the caller's directory owns).
+    pub fn on_file(backing: &Path, size: u64) -> Self {
+        std::fs::File::create(backing)
+            .and_then(|f| f.set_len(size))
+            .expect("create backing file");
+        let path = PathBuf::from(run(Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(backing)));
+        Self {
+            path,
+            backing: backing.to_owned(),
+            _dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
     pub fn dev(&self) -> DevNum {
         DevNum::from_dev_t(std::fs::metadata(&self.path).expect("stat loop").rdev())
     }
