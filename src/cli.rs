@@ -32,6 +32,15 @@ pub enum Command {
     Serve(ServeArgs),
     /// Print the live stream of mount and device events the monitor sees.
     Watch(WatchArgs),
+    /// Run the whole plugin on an emulated fabric in private namespaces (needs root).
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Run one scenario only.
+    #[arg(long)]
+    pub scenario: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -4,6 +4,7 @@ pub mod app;
 pub mod cli;
 pub mod csi;
 pub mod defaults;
+pub mod demo;
 pub mod error;
 pub mod guard;
 pub mod harness;

@@ -7,9 +7,10 @@ use rds_csi_node::cli::{Cli, Command, FabricKind, LogFormat, ServeArgs};
 use rds_csi_node::node::{Deadlines, NodeConfig};
 use rds_types::ManagedPrefix;
 
-fn init_tracing(format: LogFormat) {
+fn init_tracing(format: LogFormat, default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -21,13 +22,26 @@ fn init_tracing(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    // The demo prints its own timeline; its logs only say what went wrong unless RUST_LOG asks.
+    let level = if matches!(cli.command, Command::Demo(_)) {
+        "warn"
+    } else {
+        "info"
+    };
+    init_tracing(cli.log_format, level);
     if let Command::Watch(w) = &cli.command {
         if let Some(ns) = &w.mount_ns {
             if let Err(e) = rds_csi_node::watch::enter_mount_ns(ns) {
                 eprintln!("{e}");
                 return ExitCode::FAILURE;
             }
+        }
+    }
+    if let Command::Demo(_) = &cli.command {
+        // Private mount and network namespaces, entered while single-threaded.
+        if let Err(e) = rds_csi_node::demo::enter_sandbox() {
+            eprintln!("the demo needs root: {e}");
+            return ExitCode::FAILURE;
         }
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -43,6 +57,7 @@ fn main() -> ExitCode {
     let r = match cli.command {
         Command::Serve(args) => rt.block_on(serve(args)),
         Command::Watch(args) => rt.block_on(rds_csi_node::watch::run(args)),
+        Command::Demo(args) => rt.block_on(rds_csi_node::demo::run(args.scenario)),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
