@@ -124,6 +124,25 @@ fn a_read_write_bind_is_writable_but_still_nosuid_nodev() {
 }
 
 #[test]
+fn a_block_device_is_never_bind_mounted() {
+    rds_testkit::require_private_namespaces();
+    let lo = Loop::new(16 * MIB);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = dir.path().join("dev");
+    std::fs::write(&target, b"").expect("target file");
+    let err = bind(&lo.path, &target, BindOptions::default())
+        .expect_err("binding a device node must be refused");
+    assert!(
+        matches!(
+            err,
+            rds_hostops::mount::MountError::BlockDeviceSource { .. }
+        ),
+        "got {err:?}"
+    );
+    assert!(!is_mounted(&target), "nothing was mounted");
+}
+
+#[test]
 fn a_mount_can_be_moved() {
     rds_testkit::require_private_namespaces();
     let dir = tempfile::tempdir().expect("tempdir");
