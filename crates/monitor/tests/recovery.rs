@@ -177,8 +177,10 @@ fn recovery_started_shows_recovering_and_hides_its_own_unmount() {
 
 #[test]
 fn failed_attempts_retry_after_two_then_four_seconds_and_then_give_up() {
-    let mut cfg = MonitorConfig::default();
-    cfg.recovery_attempts = 3;
+    let cfg = MonitorConfig {
+        recovery_attempts: 3,
+        ..MonitorConfig::default()
+    };
     let mut h = H::with(cfg);
     h.add_volume(1);
     h.ev(fs_error(1));
