@@ -73,13 +73,17 @@ impl Hold {
 
 impl FakeApi {
     pub async fn start() -> FakeApi {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1");
         let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(State::default());
         let st = state.clone();
         let server = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let st = st.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| handle(st.clone(), req));
@@ -89,7 +93,11 @@ impl FakeApi {
                 });
             }
         });
-        FakeApi { addr, state, server }
+        FakeApi {
+            addr,
+            state,
+            server,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -217,11 +225,19 @@ fn status(code: u16, reason: &str, message: &str) -> (u16, Value) {
     )
 }
 
-async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    st: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = req.method().to_string();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or_default().to_owned();
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let body: Option<Value> = serde_json::from_slice(&body).ok();
     st.requests.lock().unwrap().push(Recorded {
         method: method.clone(),
@@ -241,7 +257,11 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<
         ("GET", ["api", "v1", "persistentvolumes", name]) => {
             match st.pvs.lock().unwrap().get(*name) {
                 Some(pv) => (200, pv.clone()),
-                None => status(404, "NotFound", &format!("persistentvolumes \"{name}\" not found")),
+                None => status(
+                    404,
+                    "NotFound",
+                    &format!("persistentvolumes \"{name}\" not found"),
+                ),
             }
         }
         ("POST", ["apis", "events.k8s.io", "v1", "namespaces", ns, "events"]) => {
@@ -265,15 +285,31 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<
                 .unwrap()
                 .iter()
                 .filter(|p| p["metadata"]["namespace"] == json!(ns))
-                .filter(|p| node.as_ref().is_none_or(|n| p["spec"]["nodeName"] == json!(n)))
+                .filter(|p| {
+                    node.as_ref()
+                        .is_none_or(|n| p["spec"]["nodeName"] == json!(n))
+                })
                 .cloned()
                 .collect();
-            (200, json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items}))
+            (
+                200,
+                json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items}),
+            )
         }
         ("POST", ["api", "v1", "namespaces", _ns, "pods", pod, "eviction"]) => {
-            let code = st.eviction_codes.lock().unwrap().get(*pod).copied().unwrap_or(201);
+            let code = st
+                .eviction_codes
+                .lock()
+                .unwrap()
+                .get(*pod)
+                .copied()
+                .unwrap_or(201);
             match code {
-                429 => status(429, "TooManyRequests", "Cannot evict pod as it would violate the pod's disruption budget."),
+                429 => status(
+                    429,
+                    "TooManyRequests",
+                    "Cannot evict pod as it would violate the pod's disruption budget.",
+                ),
                 404 => status(404, "NotFound", &format!("pods \"{pod}\" not found")),
                 c => status(c, "", ""),
             }
