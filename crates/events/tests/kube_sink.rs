@@ -164,6 +164,32 @@ async fn a_changed_note_starts_a_new_event_instead_of_hiding_in_the_old_series()
 }
 
 #[tokio::test]
+async fn after_a_failed_series_patch_the_next_repeat_creates_a_fresh_event() {
+    let api = FakeApi::start().await;
+    api.add_pv("pvc-1", "pv-uid", Some(("apps", "data", "claim-uid")));
+    api.fail_next("PATCH", 500, 1);
+    let (sink, task) = KubeSink::spawn(api.client(), KubeSinkConfig::new(NODE));
+
+    sink.post(stale("dead")); // create
+    sink.post(stale("dead")); // patch, fails
+    sink.post(stale("dead")); // must not patch an event that may be gone: create
+    let stats = drain(sink, task).await;
+
+    let methods: Vec<String> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/apis/events.k8s.io/"))
+        .map(|r| r.method)
+        .collect();
+    assert_eq!(
+        methods,
+        ["POST", "PATCH", "POST"],
+        "a failed series patch must make the next occurrence a new event"
+    );
+    assert_eq!((stats.posted, stats.failed), (2, 1));
+}
+
+#[tokio::test]
 async fn pv_without_claim_gets_the_event_itself_in_default() {
     let api = FakeApi::start().await;
     api.add_pv("pvc-1", "pv-uid", None);

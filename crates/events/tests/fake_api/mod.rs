@@ -36,6 +36,8 @@ struct State {
     pods: Mutex<Vec<Value>>,
     eviction_codes: Mutex<HashMap<String, u16>>,
     requests: Mutex<Vec<Recorded>>,
+    /// (method, code, how many more times): injected failures, checked before routing.
+    failures: Mutex<Vec<(String, u16, usize)>>,
     hold: Mutex<Option<(mpsc::UnboundedSender<String>, watch::Receiver<bool>)>>,
 }
 
@@ -155,6 +157,15 @@ impl FakeApi {
             .insert(pod.to_owned(), code);
     }
 
+    /// Makes the next `times` requests with `method` fail with `code`.
+    pub fn fail_next(&self, method: &str, code: u16, times: usize) {
+        self.state
+            .failures
+            .lock()
+            .unwrap()
+            .push((method.to_owned(), code, times));
+    }
+
     pub fn hold(&self) -> Hold {
         let (tx, entered) = mpsc::unbounded_channel();
         let (release, rx) = watch::channel(false);
@@ -252,6 +263,21 @@ async fn handle(
         let _ = release.wait_for(|released| *released).await;
     }
 
+    let injected = {
+        let mut failures = st.failures.lock().unwrap();
+        failures
+            .iter_mut()
+            .find(|(m, _, left)| *m == method && *left > 0)
+            .map(|(_, code, left)| {
+                *left -= 1;
+                *code
+            })
+    };
+    if let Some(code) = injected {
+        let (code, value) = status(code, "InternalError", "injected failure");
+        return Ok(json_response(code, &value));
+    }
+
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let (code, value) = match (method.as_str(), segs.as_slice()) {
         ("GET", ["api", "v1", "persistentvolumes", name]) => {
@@ -316,10 +342,13 @@ async fn handle(
         }
         _ => status(404, "NotFound", "the fake API server does not serve this"),
     };
-    let resp = Response::builder()
+    Ok(json_response(code, &value))
+}
+
+fn json_response(code: u16, value: &Value) -> Response<Full<Bytes>> {
+    Response::builder()
         .status(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(value.to_string())))
-        .expect("response");
-    Ok(resp)
+        .expect("response")
 }
