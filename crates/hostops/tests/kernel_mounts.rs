@@ -442,6 +442,37 @@ fn is_mount_point_through_a_symlinked_parent_is_still_true() {
 }
 
 #[test]
+fn on_a_dead_device_is_mount_point_errs_and_nothing_is_removed() {
+    rds_testkit::require_private_namespaces();
+    let v = Volume::new();
+    std::fs::create_dir(v.mp().join("pods")).expect("mkdir");
+    // Remount so that no directory block is cached, then kill the device under it.
+    unmount(&v.mp(), QUICK, &real_roots()).expect("unmount");
+    rds_hostops::mount::mount_fs(
+        &v.lo.path,
+        &v.mp(),
+        "ext4",
+        nix::mount::MsFlags::empty(),
+        None,
+    )
+    .expect("remount");
+    v.lo.set_capacity(0);
+    let inside = v.mp().join("pods").join("target");
+    let err = is_mount_point(&inside, &table())
+        .expect_err("a path the kernel cannot look up is undecidable, never false");
+    assert!(
+        matches!(
+            err,
+            MountPointError::Stat { .. } | MountPointError::Resolve { .. }
+        ),
+        "expected a stat error, got {err:?}"
+    );
+    let err = remove_target_dir(&inside, &table())
+        .expect_err("an undecidable target must not be removed");
+    assert!(matches!(err, RemoveError::Unproven { .. }), "got {err:?}");
+}
+
+#[test]
 fn is_mount_point_refuses_to_answer_with_an_incomplete_table() {
     rds_testkit::require_private_namespaces();
     let dir = tempfile::tempdir().expect("tempdir");
