@@ -80,8 +80,16 @@ mod tests {
         let t0 = Instant::now();
         let mut c = TtlCache::new(Duration::from_secs(60), 8);
         c.insert("pv", 1, t0);
-        assert_eq!(c.get(&"pv", t0 + Duration::from_secs(59)), Some(&1), "live before ttl");
-        assert_eq!(c.get(&"pv", t0 + Duration::from_secs(60)), None, "expired at ttl");
+        assert_eq!(
+            c.get(&"pv", t0 + Duration::from_secs(59)),
+            Some(&1),
+            "live before ttl"
+        );
+        assert_eq!(
+            c.get(&"pv", t0 + Duration::from_secs(60)),
+            None,
+            "expired at ttl"
+        );
     }
 
     #[test]
@@ -90,7 +98,11 @@ mod tests {
         let mut c = TtlCache::new(Duration::from_secs(60), 8);
         c.insert("pv", 1, t0);
         c.touch(&"pv", t0 + Duration::from_secs(50));
-        assert_eq!(c.get(&"pv", t0 + Duration::from_secs(100)), Some(&1), "touched at 50 s");
+        assert_eq!(
+            c.get(&"pv", t0 + Duration::from_secs(100)),
+            Some(&1),
+            "touched at 50 s"
+        );
     }
 
     #[test]
@@ -102,7 +114,11 @@ mod tests {
         c.insert("b", 2, t0 + s(10));
         c.insert("c", 3, t0 + s(20));
         assert_eq!(c.len(), 2, "capacity must be respected");
-        assert_eq!(c.get(&"a", t0 + s(20)), None, "the oldest entry must go first");
+        assert_eq!(
+            c.get(&"a", t0 + s(20)),
+            None,
+            "the oldest entry must go first"
+        );
         assert_eq!(c.get(&"b", t0 + s(20)), Some(&2));
         assert_eq!(c.get(&"c", t0 + s(20)), Some(&3));
     }

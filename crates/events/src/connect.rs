@@ -271,6 +271,10 @@ mod tests {
             Ok(None) => panic!("a valid kubeconfig must yield a client"),
             Err(e) => panic!("a valid kubeconfig must connect: {e:?}"),
         };
-        assert_eq!(client.default_namespace(), "ns", "context namespace must be used");
+        assert_eq!(
+            client.default_namespace(),
+            "ns",
+            "context namespace must be used"
+        );
     }
 }

@@ -175,7 +175,11 @@ mod tests {
             "reason strings must stay compatible with the Go driver and stable for alerts"
         );
         for r in Reason::ALL {
-            assert_eq!(r.to_string(), r.as_str(), "Display must equal as_str for {r:?}");
+            assert_eq!(
+                r.to_string(),
+                r.as_str(),
+                "Display must equal as_str for {r:?}"
+            );
         }
     }
 
@@ -199,14 +203,28 @@ mod tests {
     fn with_type_overrides_the_default_severity() {
         let ev = VolumeEvent::new("pvc-1", Reason::MountFailure, "Stage", "x")
             .with_type(EventType::Normal);
-        assert_eq!(ev.type_, EventType::Normal, "with_type must override the default");
+        assert_eq!(
+            ev.type_,
+            EventType::Normal,
+            "with_type must override the default"
+        );
     }
 
     #[test]
     fn event_sink_is_object_safe_and_null_sink_accepts_events() {
         let sink: Arc<dyn EventSink> = Arc::new(NullSink);
-        sink.post(VolumeEvent::new("pvc-1", Reason::MountStorm, "Monitor", "n"));
+        sink.post(VolumeEvent::new(
+            "pvc-1",
+            Reason::MountStorm,
+            "Monitor",
+            "n",
+        ));
         let boxed: Box<dyn EventSink> = Box::new(sink.clone());
-        boxed.post(VolumeEvent::new("pvc-1", Reason::MountStorm, "Monitor", "n"));
+        boxed.post(VolumeEvent::new(
+            "pvc-1",
+            Reason::MountStorm,
+            "Monitor",
+            "n",
+        ));
     }
 }

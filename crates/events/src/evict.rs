@@ -155,7 +155,12 @@ pub async fn evict_pods_using_pvc_within(
         let result = tokio::time::timeout(timeout, evict(&pods, pvc_namespace, name)).await;
         match result {
             Ok(Ok(_)) => {
-                tracing::info!(pod = name, namespace = pvc_namespace, pvc = pvc_name, "pod evicted");
+                tracing::info!(
+                    pod = name,
+                    namespace = pvc_namespace,
+                    pvc = pvc_name,
+                    "pod evicted"
+                );
                 outcome.evicted.push(name.to_owned());
             }
             Ok(Err(kube::Error::Api(status))) if status.is_not_found() => {
@@ -253,9 +258,18 @@ mod tests {
             ..Volume::default()
         };
         let p = pod("web-0", "n1", vec![eph]);
-        assert!(pod_uses_claim(&p, "web-0-scratch"), "PVC <pod>-<volume> belongs to the pod");
-        assert!(!pod_uses_claim(&p, "web-0-other"), "another volume name is not this pod's");
-        assert!(!pod_uses_claim(&p, "web-0scratch"), "the separator is required");
+        assert!(
+            pod_uses_claim(&p, "web-0-scratch"),
+            "PVC <pod>-<volume> belongs to the pod"
+        );
+        assert!(
+            !pod_uses_claim(&p, "web-0-other"),
+            "another volume name is not this pod's"
+        );
+        assert!(
+            !pod_uses_claim(&p, "web-0scratch"),
+            "the separator is required"
+        );
     }
 
     #[test]

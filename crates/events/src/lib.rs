@@ -43,6 +43,5 @@ pub use recording::RecordingSink;
 pub use series::SERIES_TTL;
 pub use stats::{SinkStats, StatsSnapshot};
 pub use target::{
-    claim_of, resolve_claim, target_from_pv, ClaimRef, EventTarget,
-    CLUSTER_SCOPED_EVENT_NAMESPACE,
+    claim_of, resolve_claim, target_from_pv, ClaimRef, EventTarget, CLUSTER_SCOPED_EVENT_NAMESPACE,
 };

@@ -32,15 +32,30 @@ mod tests {
 
     #[test]
     fn short_text_is_kept_as_is() {
-        assert_eq!(truncate("fine", 8), "fine", "text within the limit must not change");
-        assert_eq!(truncate("12345678", 8), "12345678", "text at the limit must not change");
+        assert_eq!(
+            truncate("fine", 8),
+            "fine",
+            "text within the limit must not change"
+        );
+        assert_eq!(
+            truncate("12345678", 8),
+            "12345678",
+            "text at the limit must not change"
+        );
     }
 
     #[test]
     fn long_text_is_cut_to_the_limit_with_a_mark() {
         let out = truncate(&"a".repeat(2000), MAX_NOTE);
-        assert_eq!(out.len(), MAX_NOTE, "cut text must be exactly the limit in bytes");
-        assert!(out.ends_with('…'), "cut text must end with the ellipsis mark");
+        assert_eq!(
+            out.len(),
+            MAX_NOTE,
+            "cut text must be exactly the limit in bytes"
+        );
+        assert!(
+            out.ends_with('…'),
+            "cut text must end with the ellipsis mark"
+        );
     }
 
     #[test]
@@ -48,7 +63,11 @@ mod tests {
         // 'é' is two bytes: any odd budget falls inside one.
         for max in 4..40 {
             let out = truncate(&"é".repeat(50), max);
-            assert!(out.len() <= max, "{max}: result {} bytes over the limit", out.len());
+            assert!(
+                out.len() <= max,
+                "{max}: result {} bytes over the limit",
+                out.len()
+            );
             assert!(out.ends_with('…'), "{max}: cut must be marked");
         }
     }

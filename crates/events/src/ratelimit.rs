@@ -53,14 +53,26 @@ mod tests {
         let t0 = Instant::now();
         let mut l = LogLimiter::new(Duration::from_secs(30));
         assert_eq!(l.allow(t0), Some(0), "the first line must be logged");
-        assert_eq!(l.allow(t0 + Duration::from_secs(1)), None, "1 s later: suppressed");
-        assert_eq!(l.allow(t0 + Duration::from_secs(29)), None, "29 s later: suppressed");
+        assert_eq!(
+            l.allow(t0 + Duration::from_secs(1)),
+            None,
+            "1 s later: suppressed"
+        );
+        assert_eq!(
+            l.allow(t0 + Duration::from_secs(29)),
+            None,
+            "29 s later: suppressed"
+        );
         assert_eq!(
             l.allow(t0 + Duration::from_secs(30)),
             Some(2),
             "after the interval a line is logged and reports the 2 suppressed ones"
         );
-        assert_eq!(l.allow(t0 + Duration::from_secs(31)), None, "the window restarts");
+        assert_eq!(
+            l.allow(t0 + Duration::from_secs(31)),
+            None,
+            "the window restarts"
+        );
     }
 
     #[test]

@@ -85,12 +85,29 @@ mod tests {
     #[test]
     fn recording_sink_keeps_events_in_order_and_take_empties_it() {
         let sink = RecordingSink::new();
-        sink.post(VolumeEvent::new("pvc-a", Reason::MountFailure, "Stage", "1"));
-        sink.post(VolumeEvent::new("pvc-b", Reason::MountStorm, "Monitor", "2"));
+        sink.post(VolumeEvent::new(
+            "pvc-a",
+            Reason::MountFailure,
+            "Stage",
+            "1",
+        ));
+        sink.post(VolumeEvent::new(
+            "pvc-b",
+            Reason::MountStorm,
+            "Monitor",
+            "2",
+        ));
         let ids: Vec<String> = sink.events().into_iter().map(|e| e.volume_id).collect();
-        assert_eq!(ids, ["pvc-a", "pvc-b"], "events must be kept in posting order");
+        assert_eq!(
+            ids,
+            ["pvc-a", "pvc-b"],
+            "events must be kept in posting order"
+        );
         assert_eq!(sink.take().len(), 2, "take must return everything recorded");
-        assert!(sink.events().is_empty(), "take must leave the recorder empty");
+        assert!(
+            sink.events().is_empty(),
+            "take must leave the recorder empty"
+        );
     }
 
     #[tokio::test]
@@ -98,11 +115,23 @@ mod tests {
         let sink = Arc::new(RecordingSink::new());
         let poster = sink.clone();
         let task = tokio::spawn(async move {
-            poster.post(VolumeEvent::new("pvc-x", Reason::MountFailure, "Stage", "other"));
-            poster.post(VolumeEvent::new("pvc-y", Reason::RecoveryFailed, "Recover", "it"));
+            poster.post(VolumeEvent::new(
+                "pvc-x",
+                Reason::MountFailure,
+                "Stage",
+                "other",
+            ));
+            poster.post(VolumeEvent::new(
+                "pvc-y",
+                Reason::RecoveryFailed,
+                "Recover",
+                "it",
+            ));
         });
         let got = sink
-            .wait_for(Duration::from_secs(30), |e| e.reason == Reason::RecoveryFailed)
+            .wait_for(Duration::from_secs(30), |e| {
+                e.reason == Reason::RecoveryFailed
+            })
             .await;
         task.await.expect("poster task");
         assert_eq!(
@@ -115,10 +144,20 @@ mod tests {
     #[tokio::test]
     async fn wait_for_gives_up_at_the_deadline_when_nothing_matches() {
         let sink = RecordingSink::new();
-        sink.post(VolumeEvent::new("pvc-x", Reason::MountFailure, "Stage", "n"));
+        sink.post(VolumeEvent::new(
+            "pvc-x",
+            Reason::MountFailure,
+            "Stage",
+            "n",
+        ));
         let got = sink
-            .wait_for(Duration::from_millis(20), |e| e.reason == Reason::MountStorm)
+            .wait_for(Duration::from_millis(20), |e| {
+                e.reason == Reason::MountStorm
+            })
             .await;
-        assert_eq!(got, None, "no MountStorm was posted, wait_for must return None");
+        assert_eq!(
+            got, None,
+            "no MountStorm was posted, wait_for must return None"
+        );
     }
 }

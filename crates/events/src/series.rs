@@ -111,7 +111,11 @@ mod tests {
         let k = key(Reason::StaleMountDetected);
         let first = b.publisher_for(&k, "dead", t0, &mk);
         let again = b.publisher_for(&k, "dead", t0 + Duration::from_secs(1), &mk);
-        assert_eq!((first, again), (1, 1), "an identical repeat must reuse publisher 1");
+        assert_eq!(
+            (first, again),
+            (1, 1),
+            "an identical repeat must reuse publisher 1"
+        );
     }
 
     #[test]
@@ -126,7 +130,11 @@ mod tests {
             2,
             "a new note must not be folded into the old series"
         );
-        assert_eq!(b.publisher_for(&k, "attempt 3: EIO", t0, &mk), 2, "then it repeats");
+        assert_eq!(
+            b.publisher_for(&k, "attempt 3: EIO", t0, &mk),
+            2,
+            "then it repeats"
+        );
     }
 
     #[test]
@@ -146,7 +154,11 @@ mod tests {
         let mut b = SeriesBook::new(16);
         let k = key(Reason::MountStorm);
         b.publisher_for(&k, "n", t0, &mk);
-        assert_eq!(b.publisher_for(&k, "n", t0 + SERIES_TTL, &mk), 2, "expired: new series");
+        assert_eq!(
+            b.publisher_for(&k, "n", t0 + SERIES_TTL, &mk),
+            2,
+            "expired: new series"
+        );
     }
 
     #[test]
@@ -157,6 +169,10 @@ mod tests {
         let k = key(Reason::MountStorm);
         b.publisher_for(&k, "n", t0, &mk);
         b.forget(&k);
-        assert_eq!(b.publisher_for(&k, "n", t0, &mk), 2, "after forget: new series");
+        assert_eq!(
+            b.publisher_for(&k, "n", t0, &mk),
+            2,
+            "after forget: new series"
+        );
     }
 }

@@ -98,12 +98,17 @@ pub fn target_from_pv(pv_name: &str, pv: &PersistentVolume) -> EventTarget {
 
 /// Reads the PV `pv_name` (needs `get` on `persistentvolumes`).
 pub async fn fetch_pv(client: &Client, pv_name: &str) -> Result<PersistentVolume, kube::Error> {
-    Api::<PersistentVolume>::all(client.clone()).get(pv_name).await
+    Api::<PersistentVolume>::all(client.clone())
+        .get(pv_name)
+        .await
 }
 
 /// The claim bound to the PV `pv_name`, or `None` when the PV has no claim. Callers deciding on
 /// eviction use it to go from a CSI volume ID to the PVC.
-pub async fn resolve_claim(client: &Client, pv_name: &str) -> Result<Option<ClaimRef>, kube::Error> {
+pub async fn resolve_claim(
+    client: &Client,
+    pv_name: &str,
+) -> Result<Option<ClaimRef>, kube::Error> {
     Ok(claim_of(&fetch_pv(client, pv_name).await?))
 }
 
@@ -138,20 +143,39 @@ mod tests {
     #[test]
     fn bound_pv_targets_its_claim_in_the_claims_namespace_with_the_claims_uid() {
         let t = target_from_pv("pvc-1", &pv(Some(("apps", "data", Some("claim-uid")))));
-        assert_eq!(t.event_namespace(), "apps", "event must live in the claim's namespace");
+        assert_eq!(
+            t.event_namespace(),
+            "apps",
+            "event must live in the claim's namespace"
+        );
         let r = t.object_ref();
         assert_eq!(r.kind.as_deref(), Some("PersistentVolumeClaim"));
         assert_eq!(r.api_version.as_deref(), Some("v1"));
-        assert_eq!(r.namespace.as_deref(), Some("apps"), "regarding.namespace must match");
+        assert_eq!(
+            r.namespace.as_deref(),
+            Some("apps"),
+            "regarding.namespace must match"
+        );
         assert_eq!(r.name.as_deref(), Some("data"));
-        assert_eq!(r.uid.as_deref(), Some("claim-uid"), "kubectl describe filters on uid");
-        assert_eq!(r.resource_version, None, "a resourceVersion would split event series");
+        assert_eq!(
+            r.uid.as_deref(),
+            Some("claim-uid"),
+            "kubectl describe filters on uid"
+        );
+        assert_eq!(
+            r.resource_version, None,
+            "a resourceVersion would split event series"
+        );
     }
 
     #[test]
     fn pv_without_claim_targets_itself_cluster_scoped_in_default() {
         let t = target_from_pv("pvc-1", &pv(None));
-        assert_eq!(t.event_namespace(), "default", "cluster-scoped objects' events go to default");
+        assert_eq!(
+            t.event_namespace(),
+            "default",
+            "cluster-scoped objects' events go to default"
+        );
         let r = t.object_ref();
         assert_eq!(r.kind.as_deref(), Some("PersistentVolume"));
         assert_eq!(r.namespace, None, "a PV reference must carry no namespace");
@@ -161,7 +185,11 @@ mod tests {
 
     #[test]
     fn claim_ref_with_an_empty_namespace_is_not_a_claim() {
-        assert_eq!(claim_of(&pv(Some(("", "data", None)))), None, "empty namespace");
+        assert_eq!(
+            claim_of(&pv(Some(("", "data", None)))),
+            None,
+            "empty namespace"
+        );
         assert_eq!(claim_of(&pv(Some(("apps", "", None)))), None, "empty name");
     }
 }

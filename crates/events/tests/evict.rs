@@ -29,7 +29,10 @@ async fn evicts_exactly_the_pods_on_this_node_using_the_pvc() {
         .expect("eviction should succeed against the fake API server");
 
     assert_eq!(outcome.evicted, ["on-node-using", "on-node-two-claims"]);
-    assert!(outcome.refused.is_empty() && outcome.already_gone.is_empty(), "{outcome:?}");
+    assert!(
+        outcome.refused.is_empty() && outcome.already_gone.is_empty(),
+        "{outcome:?}"
+    );
     assert_eq!(
         evicted_pod_names(&api),
         [
@@ -41,7 +44,9 @@ async fn evicts_exactly_the_pods_on_this_node_using_the_pvc() {
     let list = api.requests_matching("GET", "/api/v1/namespaces/apps/pods");
     assert_eq!(list.len(), 1);
     assert!(
-        list[0].query.contains("fieldSelector=spec.nodeName%3Dnode-a"),
+        list[0]
+            .query
+            .contains("fieldSelector=spec.nodeName%3Dnode-a"),
         "the list must be filtered by node server-side: {}",
         list[0].query
     );
@@ -101,7 +106,10 @@ async fn no_pod_using_the_pvc_means_no_eviction() {
         .await
         .expect("listing works");
     assert!(outcome.evicted.is_empty(), "{outcome:?}");
-    assert!(evicted_pod_names(&api).is_empty(), "no eviction may be sent");
+    assert!(
+        evicted_pod_names(&api).is_empty(),
+        "no eviction may be sent"
+    );
 }
 
 #[tokio::test]

@@ -43,18 +43,29 @@ async fn event_lands_on_the_pvc_in_the_pvcs_namespace() {
     let stats = drain(sink, task).await;
 
     let creates = api.requests_matching("POST", "/apis/events.k8s.io/v1/namespaces/");
-    assert_eq!(creates.len(), 1, "one event create expected, got {:?}", api.requests());
+    assert_eq!(
+        creates.len(),
+        1,
+        "one event create expected, got {:?}",
+        api.requests()
+    );
     assert_eq!(
         creates[0].path, "/apis/events.k8s.io/v1/namespaces/apps/events",
         "the event must be created in the PVC's namespace"
     );
     let ev = body(&creates[0]);
     let regarding = &ev["regarding"];
-    assert_eq!(regarding["kind"], "PersistentVolumeClaim", "regarding: {regarding}");
+    assert_eq!(
+        regarding["kind"], "PersistentVolumeClaim",
+        "regarding: {regarding}"
+    );
     assert_eq!(regarding["apiVersion"], "v1", "regarding: {regarding}");
     assert_eq!(regarding["namespace"], "apps", "regarding: {regarding}");
     assert_eq!(regarding["name"], "data", "regarding: {regarding}");
-    assert_eq!(regarding["uid"], "claim-uid", "kubectl describe needs the uid: {regarding}");
+    assert_eq!(
+        regarding["uid"], "claim-uid",
+        "kubectl describe needs the uid: {regarding}"
+    );
     assert_eq!(ev["metadata"]["namespace"], "apps", "event: {ev}");
     assert_eq!(ev["reason"], "StaleMountDetected");
     assert_eq!(ev["note"], "device 259:3 replaced by 259:5");
@@ -62,12 +73,21 @@ async fn event_lands_on_the_pvc_in_the_pvcs_namespace() {
     assert_eq!(ev["action"], "Monitor");
     assert_eq!(ev["reportingController"], "rds.csi.srvlab.io");
     assert_eq!(ev["reportingInstance"], NODE);
-    assert_eq!(ev["related"]["kind"], "Node", "the node is the related object: {ev}");
+    assert_eq!(
+        ev["related"]["kind"], "Node",
+        "the node is the related object: {ev}"
+    );
     assert_eq!(ev["related"]["name"], NODE);
-    assert!(ev["eventTime"].is_string(), "events.k8s.io requires eventTime: {ev}");
+    assert!(
+        ev["eventTime"].is_string(),
+        "events.k8s.io requires eventTime: {ev}"
+    );
     assert_eq!(
         stats,
-        StatsSnapshot { posted: 1, ..StatsSnapshot::default() },
+        StatsSnapshot {
+            posted: 1,
+            ..StatsSnapshot::default()
+        },
         "one posted, nothing dropped or failed"
     );
 }
@@ -108,7 +128,8 @@ async fn repeated_identical_events_are_patched_into_one_series() {
         "the last patch must count 3 occurrences"
     );
     assert_eq!(
-        api.requests_matching("GET", "/api/v1/persistentvolumes/").len(),
+        api.requests_matching("GET", "/api/v1/persistentvolumes/")
+            .len(),
         1,
         "the PV -> PVC resolution must be cached"
     );
@@ -143,16 +164,52 @@ async fn a_changed_note_starts_a_new_event_instead_of_hiding_in_the_old_series()
 }
 
 #[tokio::test]
+async fn after_a_failed_series_patch_the_next_repeat_creates_a_fresh_event() {
+    let api = FakeApi::start().await;
+    api.add_pv("pvc-1", "pv-uid", Some(("apps", "data", "claim-uid")));
+    api.fail_next("PATCH", 500, 1);
+    let (sink, task) = KubeSink::spawn(api.client(), KubeSinkConfig::new(NODE));
+
+    sink.post(stale("dead")); // create
+    sink.post(stale("dead")); // patch, fails
+    sink.post(stale("dead")); // must not patch an event that may be gone: create
+    let stats = drain(sink, task).await;
+
+    let methods: Vec<String> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/apis/events.k8s.io/"))
+        .map(|r| r.method)
+        .collect();
+    assert_eq!(
+        methods,
+        ["POST", "PATCH", "POST"],
+        "a failed series patch must make the next occurrence a new event"
+    );
+    assert_eq!((stats.posted, stats.failed), (2, 1));
+}
+
+#[tokio::test]
 async fn pv_without_claim_gets_the_event_itself_in_default() {
     let api = FakeApi::start().await;
     api.add_pv("pvc-1", "pv-uid", None);
     let (sink, task) = KubeSink::spawn(api.client(), KubeSinkConfig::new(NODE));
 
-    sink.post(VolumeEvent::new("pvc-1", Reason::ConnectionRecovery, "Connect", "back"));
+    sink.post(VolumeEvent::new(
+        "pvc-1",
+        Reason::ConnectionRecovery,
+        "Connect",
+        "back",
+    ));
     let stats = drain(sink, task).await;
 
     let creates = api.requests_matching("POST", "/apis/events.k8s.io/");
-    assert_eq!(creates.len(), 1, "one create expected: {:?}", api.requests());
+    assert_eq!(
+        creates.len(),
+        1,
+        "one create expected: {:?}",
+        api.requests()
+    );
     assert_eq!(
         creates[0].path, "/apis/events.k8s.io/v1/namespaces/default/events",
         "events about cluster-scoped objects go to the default namespace"
@@ -174,11 +231,21 @@ async fn unknown_pv_still_reports_on_the_pv_name() {
     let api = FakeApi::start().await;
     let (sink, task) = KubeSink::spawn(api.client(), KubeSinkConfig::new(NODE));
 
-    sink.post(VolumeEvent::new("pvc-gone", Reason::MountFailure, "Stage", "x"));
+    sink.post(VolumeEvent::new(
+        "pvc-gone",
+        Reason::MountFailure,
+        "Stage",
+        "x",
+    ));
     let stats = drain(sink, task).await;
 
     let creates = api.requests_matching("POST", "/apis/events.k8s.io/v1/namespaces/default/events");
-    assert_eq!(creates.len(), 1, "the event must still be posted: {:?}", api.requests());
+    assert_eq!(
+        creates.len(),
+        1,
+        "the event must still be posted: {:?}",
+        api.requests()
+    );
     assert_eq!(body(&creates[0])["regarding"]["name"], "pvc-gone");
     assert_eq!((stats.posted, stats.unresolved), (1, 1));
 }
@@ -209,7 +276,12 @@ async fn api_server_down_counts_failures_and_never_blocks_posting() {
 
     assert_eq!(
         stats,
-        StatsSnapshot { posted: 0, dropped: 0, failed: 5, unresolved: 5 },
+        StatsSnapshot {
+            posted: 0,
+            dropped: 0,
+            failed: 5,
+            unresolved: 5
+        },
         "every event must fail (and be attached to the PV, the PV being unreadable)"
     );
 }
@@ -246,12 +318,19 @@ async fn full_queue_drops_and_counts_without_blocking() {
 
     sink.post(stale("in flight"));
     let first = hold.next_entered().await;
-    assert_eq!(first, "GET /api/v1/persistentvolumes/pvc-1", "the task is busy with event 1");
+    assert_eq!(
+        first, "GET /api/v1/persistentvolumes/pvc-1",
+        "the task is busy with event 1"
+    );
     sink.post(stale("queued 1"));
     sink.post(stale("queued 2"));
     assert_eq!(stats.dropped(), 0, "two events fit in a queue of 2");
     sink.post(stale("one too many"));
-    assert_eq!(stats.dropped(), 1, "the event beyond the queue must be dropped at once");
+    assert_eq!(
+        stats.dropped(),
+        1,
+        "the event beyond the queue must be dropped at once"
+    );
 
     hold.release();
     let snap = drain(sink, task).await;
@@ -269,7 +348,11 @@ async fn posting_after_the_task_is_gone_is_counted_as_dropped() {
     task.abort();
     let _ = task.await;
     sink.post(stale("late"));
-    assert_eq!(sink.stats().dropped(), 1, "a post to a stopped sink must be counted dropped");
+    assert_eq!(
+        sink.stats().dropped(),
+        1,
+        "a post to a stopped sink must be counted dropped"
+    );
 }
 
 #[tokio::test]

@@ -9,18 +9,17 @@
 //! - [`loopdev`]: the loop-device ioctls the emulation is built on.
 
 pub mod api;
+pub mod emulated;
+pub mod kernel;
 pub mod loopdev;
 pub mod sysfs;
 
 pub use api::{
-    ConnectOutcome, ConnectRequest, ControllerInfo, ControllerState, Fabric, FabricError, Transport,
+    is_deleting, ConnectOutcome, ConnectRequest, ControllerInfo, ControllerState, Fabric,
+    FabricError, Transport,
 };
-pub mod kernel;
-
-pub use kernel::KernelFabric;
-pub mod emulated;
-
 pub use emulated::{EmulatedConfig, EmulatedFabric};
+pub use kernel::KernelFabric;
 
 /// Both fabrics are usable as `Arc<dyn Fabric>` shared across threads.
 #[allow(dead_code)]

@@ -226,6 +226,7 @@ impl LoopControl {
             .custom_flags(libc::O_CLOEXEC)
             .open(backing)
             .map_err(|e| LoopError::io("open backing file", backing, e))?;
+        let mut missing: Option<u32> = None;
         for attempt in 1..=ATTACH_ATTEMPTS {
             let n = self.get_free()?;
             let path = self.device_path(n);
@@ -236,8 +237,14 @@ impl LoopControl {
                 .open(&path)
             {
                 Ok(f) => f,
-                // Removed or not yet created by someone else between GET_FREE and open.
+                // The same free number without a node twice: the device root has no node for
+                // it (a static /dev), not a race. Say so instead of spinning.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) && missing == Some(n) => {
+                    return Err(LoopError::io("open", &path, e));
+                }
+                // Removed by someone else between GET_FREE and open.
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENXIO)) => {
+                    missing = Some(n);
                     tracing::debug!(loop_dev = %path.display(), attempt, error = %e, "free loop device vanished, retrying");
                     continue;
                 }

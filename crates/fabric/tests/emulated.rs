@@ -34,13 +34,13 @@ fn fixture_with(multipath: bool, inject_uevents: bool) -> Fixture {
     let sys = dir.path().join("sys");
     let dev = dir.path().join("dev");
     let fabric = EmulatedFabric::new(EmulatedConfig {
-        sys_root: sys.clone(),
-        dev_root: dev.clone(),
-        backing_dir: dir.path().join("targets"),
         multipath,
         inject_uevents,
-        managed: ManagedPrefix::parse(PREFIX).unwrap(),
-        loops: LoopControl::new("/dev", "/sys"),
+        ..EmulatedConfig::under(
+            dir.path(),
+            ManagedPrefix::parse(PREFIX).unwrap(),
+            LoopControl::new("/dev", "/sys"),
+        )
     })
     .expect("emulated fabric");
     Fixture {

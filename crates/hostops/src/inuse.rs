@@ -25,6 +25,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use rds_mounts::mountinfo::MountInfo;
 use rds_types::DevNum;
 
 /// Roots of the host's pseudo filesystems: values, so tests and containers can point elsewhere.
@@ -142,11 +143,25 @@ pub fn maps_devices(maps: &str) -> impl Iterator<Item = DevNum> + '_ {
     maps.lines().filter_map(maps_line_dev)
 }
 
+/// True when `other` (in another mount namespace) is a propagation copy of `removed`: same
+/// device, same root, same mount point and the same shared peer group. Unmounting `removed`
+/// propagates to it, so it is not a separate user of the device. (A bind of the volume elsewhere
+/// may share the peer group but has another mount point, so it still counts.)
+pub fn is_propagated_copy(removed: &MountInfo, other: &MountInfo) -> bool {
+    removed.dev == other.dev
+        && removed.root == other.root
+        && removed.mount_point == other.mount_point
+        && removed.shared_group().is_some()
+        && removed.shared_group() == other.shared_group()
+}
+
 struct Scan<'a> {
     dev: DevNum,
     mount_point: Option<&'a Path>,
     proc: &'a Path,
     own_ns: Option<String>,
+    /// The mount being removed, once found in our own table.
+    removed: Option<MountInfo>,
     seen_ns: HashSet<String>,
     holders: Vec<Holder>,
     unknown: Option<String>,
@@ -183,9 +198,12 @@ impl Scan<'_> {
             // Exclude the one mount being removed: the topmost at that mount point.
             if let Some(mp) = self.mount_point {
                 if let Some(pos) = mine.iter().rposition(|m| m.mount_point == mp) {
-                    mine.remove(pos);
+                    self.removed = Some(mine.remove(pos).clone());
                 }
             }
+        } else if let Some(removed) = &self.removed {
+            // Its propagated copies in other namespaces go away with it.
+            mine.retain(|m| !is_propagated_copy(removed, m));
         }
         for m in mine {
             self.holders.push(Holder::Mount {
@@ -334,6 +352,7 @@ pub fn in_use(dev: DevNum, mount_point: Option<&Path>, roots: &HostRoots) -> Usa
         dev,
         mount_point: resolved.as_deref(),
         proc: &roots.proc,
+        removed: None,
         own_ns: std::fs::read_link(roots.proc.join("self/ns/mnt"))
             .ok()
             .map(|p| p.to_string_lossy().into_owned()),
@@ -407,6 +426,36 @@ mod tests {
             "7f00-7f01 r--p 00000000 fd:01 1234 /usr/lib/x.so\n7f02-7f03 rw-p 00000000 00:00 0 \n";
         let devs: Vec<_> = maps_devices(maps).collect();
         assert_eq!(devs, vec![DevNum::new(0xfd, 1), DevNum::new(0, 0)]);
+    }
+
+    fn entry(line: &str) -> MountInfo {
+        let t = rds_mounts::mountinfo::parse_table(format!("{line}\n").as_bytes());
+        assert!(t.errors.is_empty(), "{:?}", t.errors);
+        t.entries[0].clone()
+    }
+
+    #[test]
+    fn a_peer_at_the_same_place_is_a_propagated_copy_but_a_bind_elsewhere_is_not() {
+        let ours = entry(
+            "100 30 7:3 / /var/lib/kubelet/plugins/s/globalmount rw shared:5 - ext4 /dev/loop3 rw",
+        );
+        let copy = entry(
+            "200 40 7:3 / /var/lib/kubelet/plugins/s/globalmount rw shared:5 - ext4 /dev/loop3 rw",
+        );
+        let bind = entry(
+            "201 40 7:3 / /var/lib/kubelet/pods/p/volumes/v/mount rw shared:5 - ext4 /dev/loop3 rw",
+        );
+        let private =
+            entry("202 40 7:3 / /var/lib/kubelet/plugins/s/globalmount rw - ext4 /dev/loop3 rw");
+        assert!(is_propagated_copy(&ours, &copy));
+        assert!(
+            !is_propagated_copy(&ours, &bind),
+            "a bind elsewhere is a separate user"
+        );
+        assert!(
+            !is_propagated_copy(&ours, &private),
+            "a private mount does not go away with ours"
+        );
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub enum MountError {
         #[source]
         errno: Errno,
     },
+    #[error("{from} is a block device node: raw block volumes are published with mknod, never bind-mounted")]
+    BlockDeviceSource { from: PathBuf },
     #[error("restricting the bind mount at {target} failed (undo: {undo:?})")]
     RestrictBind {
         target: PathBuf,
@@ -105,7 +107,17 @@ impl Default for BindOptions {
 /// Bind-mount `src` on `target` (non-recursive), then apply read-only / nosuid,nodev with a
 /// `MS_REMOUNT|MS_BIND` (the kernel ignores those flags on the initial bind). If the
 /// restricting remount fails, the new bind is unmounted again and the error returned.
+///
+/// A block device node is refused as a source (incident 1: bind-mounting nodes from devtmpfs
+/// under Bidirectional propagation caused a mount storm): publish raw block volumes with
+/// [`crate::mknod::create_block_node`].
 pub fn bind(src: &Path, target: &Path, opts: BindOptions) -> Result<(), MountError> {
+    use std::os::unix::fs::FileTypeExt;
+    if std::fs::metadata(src).is_ok_and(|m| m.file_type().is_block_device()) {
+        return Err(MountError::BlockDeviceSource {
+            from: src.to_owned(),
+        });
+    }
     nix::mount::mount(
         Some(src),
         target,

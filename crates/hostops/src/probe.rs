@@ -305,19 +305,27 @@ pub fn probe_content(device: &Path) -> Result<Content, ProbeError> {
 pub fn probe_content_with(device: &Path, cfg: &ProbeConfig) -> Result<Content, ProbeError> {
     let (identity, scan) = read_windows(device)?;
     let blkid = run_blkid(device, cfg)?;
-    // The device must not have changed under us while blkid ran.
+    // The device must still be the same one after blkid ran; and an "empty" verdict needs
+    // the bytes to still be blank (a live filesystem's changing superblock does not matter:
+    // it is not empty either way).
     let (again, again_scan) = read_windows(device)?;
-    if again != identity || again_scan != scan {
+    if again != identity {
         return Err(ProbeError::Changed {
             device: device.to_owned(),
         });
     }
-    let content = decide(&scan, &blkid).unwrap_or_else(|| {
-        Content::Empty(FormatPermit {
+    let content = match decide(&scan, &blkid) {
+        Some(content) => content,
+        None if again_scan == Scan::default() => Content::Empty(FormatPermit {
             device: device.to_owned(),
             identity,
-        })
-    });
+        }),
+        None => {
+            return Err(ProbeError::Changed {
+                device: device.to_owned(),
+            })
+        }
+    };
     tracing::info!(device = %device.display(), dev = ?identity.rdev, diskseq = ?identity.diskseq,
         content = ?content, blkid = ?blkid, "probed device content");
     Ok(content)

@@ -124,6 +124,25 @@ fn a_read_write_bind_is_writable_but_still_nosuid_nodev() {
 }
 
 #[test]
+fn a_block_device_is_never_bind_mounted() {
+    rds_testkit::require_private_namespaces();
+    let lo = Loop::new(16 * MIB);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = dir.path().join("dev");
+    std::fs::write(&target, b"").expect("target file");
+    let err = bind(&lo.path, &target, BindOptions::default())
+        .expect_err("binding a device node must be refused");
+    assert!(
+        matches!(
+            err,
+            rds_hostops::mount::MountError::BlockDeviceSource { .. }
+        ),
+        "got {err:?}"
+    );
+    assert!(!is_mounted(&target), "nothing was mounted");
+}
+
+#[test]
 fn a_mount_can_be_moved() {
     rds_testkit::require_private_namespaces();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -420,6 +439,37 @@ fn is_mount_point_through_a_symlinked_parent_is_still_true() {
     let link = v.dir.path().join("link");
     std::os::unix::fs::symlink(v.dir.path(), &link).expect("symlink");
     assert!(is_mount_point(&link.join("mnt"), &table()).expect("decidable"));
+}
+
+#[test]
+fn on_a_dead_device_is_mount_point_errs_and_nothing_is_removed() {
+    rds_testkit::require_private_namespaces();
+    let v = Volume::new();
+    std::fs::create_dir(v.mp().join("pods")).expect("mkdir");
+    // Remount so that no directory block is cached, then kill the device under it.
+    unmount(&v.mp(), QUICK, &real_roots()).expect("unmount");
+    rds_hostops::mount::mount_fs(
+        &v.lo.path,
+        &v.mp(),
+        "ext4",
+        nix::mount::MsFlags::empty(),
+        None,
+    )
+    .expect("remount");
+    v.lo.set_capacity(0);
+    let inside = v.mp().join("pods").join("target");
+    let err = is_mount_point(&inside, &table())
+        .expect_err("a path the kernel cannot look up is undecidable, never false");
+    assert!(
+        matches!(
+            err,
+            MountPointError::Stat { .. } | MountPointError::Resolve { .. }
+        ),
+        "expected a stat error, got {err:?}"
+    );
+    let err = remove_target_dir(&inside, &table())
+        .expect_err("an undecidable target must not be removed");
+    assert!(matches!(err, RemoveError::Unproven { .. }), "got {err:?}");
 }
 
 #[test]

@@ -85,6 +85,20 @@ fn an_ext4_device_probes_as_that_filesystem() {
 }
 
 #[test]
+fn a_mounted_ext4_in_use_probes_as_that_filesystem() {
+    rds_testkit::require_private_namespaces();
+    let lo = Loop::new(64 * MIB);
+    format(&lo.path, FsKind::Ext4, permit_of(&lo.path), MKFS).expect("mkfs");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _m = mount_ext4(&lo.path, dir.path());
+    std::fs::write(dir.path().join("f"), vec![3u8; 1 << 20]).expect("write");
+    match probe_content(&lo.path).expect("probe of a mounted filesystem") {
+        Content::Filesystem { fs_type, .. } => assert_eq!(fs_type, "ext4"),
+        other => panic!("expected Filesystem ext4, got {other:?}"),
+    }
+}
+
+#[test]
 fn an_xfs_device_probes_as_that_filesystem() {
     rds_testkit::require_private_namespaces();
     let lo = Loop::new(512 * MIB);

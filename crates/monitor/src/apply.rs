@@ -567,7 +567,13 @@ impl Monitor {
             v.mount = new_mount;
             v.mount_tracked = present;
             v.fs_failure = None;
-            v.recovery = None;
+            // Keep watching: the success holds only once the new mount is seen healthy.
+            v.recovery = v.recovery.take().map(|c| RecoveryCycle {
+                phase: Phase::Verifying {
+                    attempt: c.attempt(),
+                },
+                reason: c.reason,
+            });
             for r in &republished {
                 if let Some(p) = v.publishes.get_mut(&r.target) {
                     p.mount = r.mount;

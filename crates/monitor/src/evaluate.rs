@@ -39,6 +39,8 @@ pub(crate) struct Assessment<'f> {
     pub recoverable: Option<RecoveryReason>,
     /// Recovery can act now: the namespace is present, a path is up, no storm.
     pub gate_open: bool,
+    /// The staging mount is in the table (always true for raw block).
+    pub mount_confirmed: bool,
 }
 
 impl Assessment<'_> {
@@ -108,6 +110,7 @@ pub(crate) fn assess<'f>(
         && link == Link::Fine
         && storm.is_none();
     Assessment {
+        mount_confirmed: vol.mount.is_none() || staging.is_some(),
         storm,
         resolution,
         gone_since,
@@ -236,7 +239,7 @@ pub(crate) fn verdict(
                 Phase::Exhausted { attempts, error } => message.push_str(&format!(
                     "; automatic recovery gave up after {attempts} attempt(s): {error}"
                 )),
-                Phase::Running { .. } => {}
+                Phase::Running { .. } | Phase::Verifying { .. } => {}
             }
         }
     }

@@ -168,9 +168,25 @@ impl Monitor {
             vol.recovery.as_ref(),
             a.recoverable.as_ref(),
             a.gate_open,
+            a.mount_confirmed,
             now,
             &self.config,
         );
+        if let (Some(attempts), Some(c)) = (step.gave_up, &step.cycle) {
+            out.push(Action::Metric(MetricEvent::Recovery {
+                result: crate::action::RecoveryResult::Exhausted,
+            }));
+            out.push(Action::PostEvent {
+                volume_id: id.clone(),
+                reason: EventReason::RecoveryFailed,
+                type_: EventType::Warning,
+                message: format!(
+                    "recovery of the staging mount ({}) gave up after {attempts} attempt(s): {}",
+                    crate::evaluate::describe_reason(&c.reason),
+                    recovery::RELAPSE
+                ),
+            });
+        }
         if let Some(at) = step.timer {
             if self.timers.schedule(at, TimerKey::Recovery(id.clone())) {
                 out.push(Action::ScheduleTick { at });

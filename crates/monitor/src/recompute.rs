@@ -171,6 +171,7 @@ pub fn check(m: &Monitor) -> Vec<Divergence> {
             v.recovery.as_ref(),
             a.recoverable.as_ref(),
             a.gate_open,
+            a.mount_confirmed,
             m.now,
             &m.config,
         );

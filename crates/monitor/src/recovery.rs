@@ -5,6 +5,12 @@
 //! backoff, and stops after `recovery_attempts` (or a final failure). A different fault (another
 //! reason, or the device replaced again) starts a new cycle; the fault clearing ends it. An
 //! attempt in flight is never touched: the executor's answer ends it.
+//!
+//! A reported success is not trusted blindly: the cycle stays `Verifying` until the new
+//! staging mount is seen healthy. If the same fault is back first, the success counts as a
+//! failed attempt. This stops a remount loop where the "recovered" mount is the same dead
+//! superblock (mounting a device whose superblock running pods still hold returns that
+//! superblock, `emergency_ro` and all).
 
 use crate::action::RecoveryReason;
 use crate::config::MonitorConfig;
@@ -18,6 +24,8 @@ pub(crate) enum Phase {
     Requested { attempt: u32 },
     /// The executor reported `RecoveryStarted`.
     Running { attempt: u32 },
+    /// The executor reported success for `attempt`; waiting to see the new mount healthy.
+    Verifying { attempt: u32 },
     /// No more attempts for this fault.
     Exhausted { attempts: u32, error: String },
 }
@@ -31,6 +39,17 @@ pub(crate) struct RecoveryCycle {
 impl RecoveryCycle {
     pub fn in_flight(&self) -> bool {
         matches!(self.phase, Phase::Requested { .. } | Phase::Running { .. })
+    }
+
+    /// The attempt this cycle is at (the count so far when exhausted).
+    pub fn attempt(&self) -> u32 {
+        match self.phase {
+            Phase::Waiting { attempt, .. }
+            | Phase::Requested { attempt }
+            | Phase::Running { attempt }
+            | Phase::Verifying { attempt } => attempt,
+            Phase::Exhausted { attempts, .. } => attempts,
+        }
     }
 
     pub fn running_attempt(&self) -> Option<u32> {
@@ -65,21 +84,57 @@ pub(crate) struct Step {
     pub recover: Option<(RecoveryReason, u32)>,
     /// Ask for a tick then.
     pub timer: Option<Timestamp>,
+    /// The cycle just ran out of attempts because the fault kept coming back after
+    /// reported successes (a failure reported by the executor is handled by its event).
+    pub gave_up: Option<u32>,
 }
 
-/// Advances the cycle given the current fault (`recoverable`) and whether acting is possible
-/// now (`gate_open`: the device is present and usable, no storm). Idempotent at a fixpoint:
-/// stepping the result again with the same inputs changes nothing.
+/// The message recorded when successes do not hold.
+pub(crate) const RELAPSE: &str = "the fault came back after each reported recovery (a filesystem still held by running pods cannot be mounted afresh: the kernel hands back the same dead superblock until those pods are recreated)";
+
+/// Advances the cycle given the current fault (`recoverable`), whether acting is possible
+/// now (`gate_open`: the device is present and usable, no storm) and whether the staging
+/// mount is confirmed present (`confirmed`, always true for raw block). Idempotent at a
+/// fixpoint: stepping the result again with the same inputs changes nothing.
 pub(crate) fn step(
     cycle: Option<&RecoveryCycle>,
     recoverable: Option<&RecoveryReason>,
     gate_open: bool,
+    confirmed: bool,
     now: Timestamp,
     cfg: &MonitorConfig,
 ) -> Step {
     let mut timer = None;
+    let mut gave_up = None;
     let mut next = match (cycle, recoverable) {
         (Some(c), _) if c.in_flight() => Some(c.clone()),
+        (Some(c), r) if matches!(c.phase, Phase::Verifying { .. }) => {
+            let Phase::Verifying { attempt } = c.phase else {
+                unreachable!("matched above")
+            };
+            match r {
+                None if confirmed => None,
+                None => Some(c.clone()),
+                Some(r) if *r == c.reason && attempt >= cfg.max_attempts() => {
+                    gave_up = Some(attempt);
+                    Some(RecoveryCycle {
+                        reason: c.reason.clone(),
+                        phase: Phase::Exhausted {
+                            attempts: attempt,
+                            error: RELAPSE.to_owned(),
+                        },
+                    })
+                }
+                Some(r) => {
+                    let n = if *r == c.reason { attempt + 1 } else { 1 };
+                    let next = RecoveryCycle::waiting(r.clone(), n, now, cfg);
+                    if let Phase::Waiting { not_before, .. } = next.phase {
+                        timer = (not_before > now).then_some(not_before);
+                    }
+                    Some(next)
+                }
+            }
+        }
         (_, None) => None,
         (Some(c), Some(r)) if c.reason == *r => Some(c.clone()),
         (_, Some(r)) => {
@@ -109,6 +164,7 @@ pub(crate) fn step(
         cycle: next,
         recover,
         timer,
+        gave_up,
     }
 }
 
@@ -126,6 +182,7 @@ mod tests {
         let s = step(
             None,
             Some(&RecoveryReason::MountMissing),
+            true,
             true,
             Timestamp(0),
             &cfg(),
@@ -145,6 +202,7 @@ mod tests {
             Some(&c),
             Some(&RecoveryReason::MountMissing),
             true,
+            true,
             t,
             &cfg(),
         );
@@ -152,6 +210,7 @@ mod tests {
         let again = step(
             s.cycle.as_ref(),
             Some(&RecoveryReason::MountMissing),
+            true,
             true,
             t,
             &cfg(),
@@ -171,6 +230,7 @@ mod tests {
             Some(&c),
             Some(&RecoveryReason::FilesystemFailed),
             false,
+            true,
             t,
             &cfg(),
         );
@@ -181,13 +241,16 @@ mod tests {
     #[test]
     fn a_cleared_fault_ends_a_waiting_cycle_but_not_one_in_flight() {
         let w = RecoveryCycle::waiting(RecoveryReason::MountMissing, 1, Timestamp(0), &cfg());
-        assert_eq!(step(Some(&w), None, true, Timestamp(0), &cfg()).cycle, None);
+        assert_eq!(
+            step(Some(&w), None, true, true, Timestamp(0), &cfg()).cycle,
+            None
+        );
         let r = RecoveryCycle {
             reason: RecoveryReason::MountMissing,
             phase: Phase::Running { attempt: 1 },
         };
         assert_eq!(
-            step(Some(&r), None, true, Timestamp(0), &cfg()).cycle,
+            step(Some(&r), None, true, true, Timestamp(0), &cfg()).cycle,
             Some(r),
             "only the executor's answer ends an attempt in flight"
         );
@@ -206,6 +269,7 @@ mod tests {
             Some(&e),
             Some(&RecoveryReason::FilesystemFailed),
             true,
+            true,
             Timestamp(0),
             &cfg(),
         );
@@ -216,9 +280,57 @@ mod tests {
             Some(&e),
             Some(&RecoveryReason::MountMissing),
             true,
+            true,
             Timestamp(0),
             &cfg(),
         );
         assert_eq!(same.cycle, Some(e), "the same fault stays exhausted");
+    }
+
+    fn verifying(attempt: u32) -> RecoveryCycle {
+        RecoveryCycle {
+            reason: RecoveryReason::FilesystemFailed,
+            phase: Phase::Verifying { attempt },
+        }
+    }
+
+    #[test]
+    fn a_success_is_kept_under_watch_until_the_new_mount_is_seen() {
+        let v = verifying(1);
+        let s = step(Some(&v), None, true, false, Timestamp(0), &cfg());
+        assert_eq!(s.cycle, Some(v.clone()), "not confirmed yet: keep watching");
+        let s = step(Some(&v), None, true, true, Timestamp(0), &cfg());
+        assert_eq!(s.cycle, None, "confirmed healthy: the cycle ends");
+    }
+
+    #[test]
+    fn a_fault_back_after_a_success_counts_as_a_failed_attempt() {
+        let r = RecoveryReason::FilesystemFailed;
+        let s = step(
+            Some(&verifying(1)),
+            Some(&r),
+            true,
+            true,
+            Timestamp(0),
+            &cfg(),
+        );
+        let c = s.cycle.expect("cycle");
+        assert!(
+            matches!(c.phase, Phase::Waiting { attempt: 2, .. }),
+            "attempt 2 next, got {c:?}"
+        );
+        let s = step(
+            Some(&verifying(3)),
+            Some(&r),
+            true,
+            true,
+            Timestamp(0),
+            &cfg(),
+        );
+        assert_eq!(s.gave_up, Some(3), "three relapses exhaust the cycle");
+        assert!(matches!(
+            s.cycle.map(|c| c.phase),
+            Some(Phase::Exhausted { attempts: 3, .. })
+        ));
     }
 }

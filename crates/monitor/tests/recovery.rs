@@ -177,8 +177,10 @@ fn recovery_started_shows_recovering_and_hides_its_own_unmount() {
 
 #[test]
 fn failed_attempts_retry_after_two_then_four_seconds_and_then_give_up() {
-    let mut cfg = MonitorConfig::default();
-    cfg.recovery_attempts = 3;
+    let cfg = MonitorConfig {
+        recovery_attempts: 3,
+        ..MonitorConfig::default()
+    };
     let mut h = H::with(cfg);
     h.add_volume(1);
     h.ev(fs_error(1));
@@ -443,4 +445,57 @@ fn a_new_staging_mount_reported_after_the_success_is_not_missing() {
         staging(1),
     )));
     assert_eq!(h.kind(1), ConditionKind::Healthy);
+}
+
+fn dead_staging_mount(id: u64) -> MountFacts {
+    let mut m = mount(id, DevNum::new(259, 1), staging(1));
+    m.read_only = true;
+    m.super_options = "ro,emergency_ro".into();
+    m
+}
+
+#[test]
+fn a_recovery_that_hands_back_the_same_dead_filesystem_is_not_retried_forever() {
+    let mut h = H::with_volume(1);
+    h.add_publish(1, 1);
+    h.ev(MonitorEvent::MountChanged(dead_staging_mount(
+        staging_mount_id(1),
+    )));
+    let mut asked = vec![];
+    for round in 0..6u64 {
+        let out = h.tick_after(Duration::from_secs(8));
+        for (_, _, attempt) in recovers(&out) {
+            asked.push(attempt);
+            h.ev(started(attempt));
+            // The kernel returns the superblock the pod still holds: still emergency_ro.
+            let id = 600 + round;
+            h.ev(MonitorEvent::MountAttached(dead_staging_mount(id)));
+            h.ev(succeeded(1, 7, id));
+        }
+    }
+    assert_eq!(asked, vec![1, 2, 3], "three attempts, then no remount loop");
+    assert_eq!(h.kind(1), ConditionKind::FilesystemFailed);
+    assert!(h.message(1).contains("gave up"), "{}", h.message(1));
+}
+
+#[test]
+fn a_success_confirmed_by_a_healthy_mount_resets_the_attempt_budget() {
+    let mut h = H::with_volume(1);
+    h.ev(fs_error(1));
+    h.tick_after(Duration::from_secs(1));
+    h.ev(started(1));
+    h.ev(MonitorEvent::MountAttached(mount(
+        601,
+        DevNum::new(259, 1),
+        staging(1),
+    )));
+    h.ev(succeeded(1, 7, 601));
+    assert_eq!(h.kind(1), ConditionKind::Healthy);
+    h.after(Duration::from_secs(60), fs_error(1));
+    let out = h.tick_after(Duration::from_secs(1));
+    assert_eq!(
+        recovers(&out),
+        vec![(vid(1), RecoveryReason::FilesystemFailed, 1)],
+        "a new fault after a confirmed recovery starts at attempt 1"
+    );
 }

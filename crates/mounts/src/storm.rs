@@ -4,7 +4,7 @@
 //! needs (the Go driver's incident: bind mounts of `/dev` cascading through Bidirectional
 //! propagation into thousands of entries and a soft-locked node). Two signals:
 //! * **level**: the key's count reaches [`StormConfig::threshold`] (default 100);
-//! * **growth**: [`StormConfig::growth_count`] new mounts of one key inside
+//! * **growth**: [`StormConfig::growth_count`] net new mounts of one key inside
 //!   [`StormConfig::growth_window`], which fires before the level does in a fast cascade.
 //!
 //! Each episode is reported once ([`StormSignal::Started`]) with the top offenders and a
@@ -174,14 +174,23 @@ impl StormDetector {
                 StormKey::MountPoint(m.mount_point.clone()),
             ];
             for k in keys {
-                if matches!(c, MountChange::Attached(_)) {
-                    self.recent.entry(k.clone()).or_default().push_back(now);
+                match c {
+                    MountChange::Attached(_) => {
+                        self.recent.entry(k.clone()).or_default().push_back(now);
+                    }
+                    // Growth is net: a key losing mounts is not growing.
+                    MountChange::Detached(_) => self.shrink(&k),
+                    MountChange::Changed { .. } => {}
                 }
                 touched.push(k);
             }
-            if let MountChange::Changed { old, .. } = c {
-                // A move leaves the old mount point with one fewer.
-                touched.push(StormKey::MountPoint(old.mount_point.clone()));
+            if let MountChange::Changed { old, new } = c {
+                if old.mount_point != new.mount_point {
+                    // A move leaves the old mount point with one fewer.
+                    let k = StormKey::MountPoint(old.mount_point.clone());
+                    self.shrink(&k);
+                    touched.push(k);
+                }
                 touched.push(StormKey::Device(old.dev));
             }
         }
@@ -253,6 +262,15 @@ impl StormDetector {
             }
         }
         out
+    }
+
+    fn shrink(&mut self, key: &StormKey) {
+        if let Some(times) = self.recent.get_mut(key) {
+            times.pop_back();
+            if times.is_empty() {
+                self.recent.remove(key);
+            }
+        }
     }
 
     /// Re-evaluate every key of a complete snapshot (start-up, resync) for the level signal

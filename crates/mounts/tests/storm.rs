@@ -171,3 +171,27 @@ fn stacked_mounts_on_one_point_are_a_mount_point_storm() {
         "{signals:?}"
     );
 }
+
+#[test]
+fn a_growth_episode_clears_when_its_mounts_go_away_within_the_window() {
+    let mut det = StormDetector::new(StormConfig::default());
+    let mut t = MountTable::new();
+    let t0 = Instant::now();
+    let step = Duration::from_millis(10);
+    attach(&mut det, &mut t, 10..160, t0, step);
+    let mut cleared = vec![];
+    for (i, id) in (10..160).enumerate() {
+        let m = t.remove(id).expect("present");
+        cleared.extend(det.observe(
+            &t,
+            &[MountChange::Detached(m)],
+            t0 + Duration::from_secs(2) + step * i as u32,
+        ));
+    }
+    assert!(
+        cleared
+            .iter()
+            .any(|s| matches!(s, StormSignal::Cleared(c) if c.key == StormKey::Device(DEV))),
+        "net growth is back to zero and the count to 0: the episode must clear, got {cleared:?}"
+    );
+}

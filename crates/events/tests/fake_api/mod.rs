@@ -36,6 +36,8 @@ struct State {
     pods: Mutex<Vec<Value>>,
     eviction_codes: Mutex<HashMap<String, u16>>,
     requests: Mutex<Vec<Recorded>>,
+    /// (method, code, how many more times): injected failures, checked before routing.
+    failures: Mutex<Vec<(String, u16, usize)>>,
     hold: Mutex<Option<(mpsc::UnboundedSender<String>, watch::Receiver<bool>)>>,
 }
 
@@ -73,13 +75,17 @@ impl Hold {
 
 impl FakeApi {
     pub async fn start() -> FakeApi {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1");
         let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(State::default());
         let st = state.clone();
         let server = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let st = st.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| handle(st.clone(), req));
@@ -89,7 +95,11 @@ impl FakeApi {
                 });
             }
         });
-        FakeApi { addr, state, server }
+        FakeApi {
+            addr,
+            state,
+            server,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -145,6 +155,15 @@ impl FakeApi {
             .lock()
             .unwrap()
             .insert(pod.to_owned(), code);
+    }
+
+    /// Makes the next `times` requests with `method` fail with `code`.
+    pub fn fail_next(&self, method: &str, code: u16, times: usize) {
+        self.state
+            .failures
+            .lock()
+            .unwrap()
+            .push((method.to_owned(), code, times));
     }
 
     pub fn hold(&self) -> Hold {
@@ -217,11 +236,19 @@ fn status(code: u16, reason: &str, message: &str) -> (u16, Value) {
     )
 }
 
-async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    st: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = req.method().to_string();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or_default().to_owned();
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let body: Option<Value> = serde_json::from_slice(&body).ok();
     st.requests.lock().unwrap().push(Recorded {
         method: method.clone(),
@@ -236,12 +263,31 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<
         let _ = release.wait_for(|released| *released).await;
     }
 
+    let injected = {
+        let mut failures = st.failures.lock().unwrap();
+        failures
+            .iter_mut()
+            .find(|(m, _, left)| *m == method && *left > 0)
+            .map(|(_, code, left)| {
+                *left -= 1;
+                *code
+            })
+    };
+    if let Some(code) = injected {
+        let (code, value) = status(code, "InternalError", "injected failure");
+        return Ok(json_response(code, &value));
+    }
+
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let (code, value) = match (method.as_str(), segs.as_slice()) {
         ("GET", ["api", "v1", "persistentvolumes", name]) => {
             match st.pvs.lock().unwrap().get(*name) {
                 Some(pv) => (200, pv.clone()),
-                None => status(404, "NotFound", &format!("persistentvolumes \"{name}\" not found")),
+                None => status(
+                    404,
+                    "NotFound",
+                    &format!("persistentvolumes \"{name}\" not found"),
+                ),
             }
         }
         ("POST", ["apis", "events.k8s.io", "v1", "namespaces", ns, "events"]) => {
@@ -265,25 +311,44 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<
                 .unwrap()
                 .iter()
                 .filter(|p| p["metadata"]["namespace"] == json!(ns))
-                .filter(|p| node.as_ref().is_none_or(|n| p["spec"]["nodeName"] == json!(n)))
+                .filter(|p| {
+                    node.as_ref()
+                        .is_none_or(|n| p["spec"]["nodeName"] == json!(n))
+                })
                 .cloned()
                 .collect();
-            (200, json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items}))
+            (
+                200,
+                json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items}),
+            )
         }
         ("POST", ["api", "v1", "namespaces", _ns, "pods", pod, "eviction"]) => {
-            let code = st.eviction_codes.lock().unwrap().get(*pod).copied().unwrap_or(201);
+            let code = st
+                .eviction_codes
+                .lock()
+                .unwrap()
+                .get(*pod)
+                .copied()
+                .unwrap_or(201);
             match code {
-                429 => status(429, "TooManyRequests", "Cannot evict pod as it would violate the pod's disruption budget."),
+                429 => status(
+                    429,
+                    "TooManyRequests",
+                    "Cannot evict pod as it would violate the pod's disruption budget.",
+                ),
                 404 => status(404, "NotFound", &format!("pods \"{pod}\" not found")),
                 c => status(c, "", ""),
             }
         }
         _ => status(404, "NotFound", "the fake API server does not serve this"),
     };
-    let resp = Response::builder()
+    Ok(json_response(code, &value))
+}
+
+fn json_response(code: u16, value: &Value) -> Response<Full<Bytes>> {
+    Response::builder()
         .status(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(value.to_string())))
-        .expect("response");
-    Ok(resp)
+        .expect("response")
 }

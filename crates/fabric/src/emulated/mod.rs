@@ -67,6 +67,23 @@ pub struct EmulatedConfig {
     pub loops: LoopControl,
 }
 
+impl EmulatedConfig {
+    /// The usual layout under one directory: `<base>/sys`, `<base>/dev`, `<base>/targets`,
+    /// without multipath and without uevent injection (turn it on inside a private network
+    /// namespace, or on a node where the plugin is meant to see the emulated events).
+    pub fn under(base: &Path, managed: ManagedPrefix, loops: LoopControl) -> Self {
+        Self {
+            sys_root: base.join("sys"),
+            dev_root: base.join("dev"),
+            backing_dir: base.join("targets"),
+            multipath: false,
+            inject_uevents: false,
+            managed,
+            loops,
+        }
+    }
+}
+
 /// One live connection to a target.
 #[derive(Debug)]
 struct Connection {
