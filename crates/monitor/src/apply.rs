@@ -63,8 +63,11 @@ impl Monitor {
                 }
             }
             MonitorEvent::VolumeUnpublished { volume_id, target } => {
-                self.unpublish(&volume_id, &target, out);
-                aff.one(&volume_id);
+                if self.unpublish(&volume_id, &target, out) {
+                    aff.one(&volume_id);
+                } else {
+                    ignored(out, kind, IgnoreReason::UnknownVolume);
+                }
             }
             MonitorEvent::MountAttached(m) | MonitorEvent::MountChanged(m) => {
                 self.saw_mount(m.id, &mut aff);
@@ -341,7 +344,20 @@ impl Monitor {
         true
     }
 
-    fn unpublish(&mut self, id: &VolumeId, target: &std::path::Path, out: &mut Vec<Action>) {
+    /// Returns false when the volume or the publish is unknown.
+    fn unpublish(
+        &mut self,
+        id: &VolumeId,
+        target: &std::path::Path,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        let known = self
+            .volumes
+            .get(id)
+            .is_some_and(|v| v.publishes.contains_key(target));
+        if !known {
+            return false;
+        }
         let mut removed = None;
         self.reindexed(id, |v| removed = v.publishes.remove(target));
         if let Some(p) = removed {
@@ -352,6 +368,7 @@ impl Monitor {
                 new: None,
             });
         }
+        true
     }
 
     // ---- mounts ----
