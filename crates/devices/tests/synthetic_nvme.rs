@@ -251,3 +251,40 @@ async fn wait_for_namespace_times_out_when_nothing_appears() {
         })
     );
 }
+
+#[tokio::test]
+async fn connecting_state_without_a_uevent_is_found_by_the_state_recheck() {
+    rds_testkit::require_private_namespaces();
+    let sys = tempfile::tempdir().unwrap();
+    let run = tempfile::tempdir().unwrap();
+    let tree = NvmeTree::new(sys.path());
+    tree.add_subsystem(0, NQN).unwrap();
+    tree.add_controller(&ctrl("nvme0", NQN, "live", 1)).unwrap();
+    // Kernel group only, so no synthetic event of another test can reach this watcher.
+    let cfg = WatcherConfig::new(sys.path(), run.path())
+        .with_sources(SourceKind::Kernel)
+        .with_state_poll(Some(std::time::Duration::from_millis(10)));
+    let (h, mut rx) = spawn(cfg).unwrap();
+    skip_replay(&mut rx).await;
+    // The kernel sends no uevent when a fabrics controller starts reconnecting.
+    tree.set_controller_state("nvme0", "connecting").unwrap();
+    expect_event(
+        &mut rx,
+        "ControllerState live -> connecting from the re-check",
+        |e| {
+            matches!(
+                e,
+                DeviceEvent::ControllerState {
+                    old: ControllerState::Live,
+                    new: ControllerState::Connecting,
+                    ..
+                }
+            )
+        },
+    )
+    .await;
+    assert_eq!(
+        h.controller("nvme0").map(|c| c.state),
+        Some(ControllerState::Connecting)
+    );
+}
