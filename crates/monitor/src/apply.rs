@@ -2,7 +2,7 @@
 //! have changed. No conditions are decided here (that is `evaluate.rs`), except for the
 //! executor's feedback, which drives the recovery cycle directly.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 
 use rds_types::{BlockIdentity, Nqn};
@@ -262,7 +262,7 @@ impl Monitor {
                 mount_tracked: tracked,
                 fs_failure: None,
                 recovery: None,
-                publishes: HashMap::new(),
+                publishes: BTreeMap::new(),
                 condition: None,
                 history: VecDeque::new(),
             };
@@ -541,7 +541,6 @@ impl Monitor {
         republished: Vec<PublishedMount>,
         out: &mut Vec<Action>,
     ) {
-        let now = self.now;
         let present = new_mount.is_some_and(|k| self.facts.mount(&k).is_some());
         let bind_present: BTreeMap<PathBuf, bool> = republished
             .iter()
@@ -574,7 +573,6 @@ impl Monitor {
                             kind,
                             old_device: v.device,
                             new_device,
-                            at: now,
                         });
                     }
                     stale_targets.push(p.target.clone());

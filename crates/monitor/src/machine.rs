@@ -248,7 +248,7 @@ impl Monitor {
         }
     }
 
-    // ---- queries, all O(1) ----
+    // ---- queries: a hash lookup (plus a lookup among a volume's few publishes) ----
 
     /// The condition of a staged volume.
     pub fn condition(&self, volume_id: &VolumeId) -> Option<&VolumeCondition> {
