@@ -673,3 +673,23 @@ fn an_unpublish_of_an_unknown_target_is_ignored_with_a_metric() {
         }]
     );
 }
+
+#[test]
+fn a_namespace_readded_in_the_event_that_passes_the_deadline_does_not_flap_through_gone() {
+    let mut h = H::with_volume(1);
+    h.ev(MonitorEvent::NamespaceRemoved {
+        nqn: nqn(1),
+        nsid: 1,
+        identity: ident(1, 7),
+    });
+    let out = h.after(
+        DEFAULT_GONE_GRACE,
+        MonitorEvent::NamespaceAdded(ns(1, 1, 8)),
+    );
+    assert!(
+        !out.iter().any(|a| matches!(a,
+            Action::ConditionChanged { new: Some(c), .. } if c.kind == ConditionKind::DeviceGone)),
+        "the re-add wins over the deadline it races with: {out:?}"
+    );
+    assert_eq!(h.kind(1), ConditionKind::DeviceReplaced);
+}
