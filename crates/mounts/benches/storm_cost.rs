@@ -42,13 +42,17 @@ fn mount_many(fx: &Fixture, round: usize, n: usize) -> (std::path::PathBuf, Dura
 fn bench_storm(c: &mut Criterion) {
     let rt = runtime();
     let fx = Fixture::new();
-    let mut round = 0usize;
+    // Each round mounts under a fresh holder directory.
+    let round = std::cell::Cell::new(0usize);
+    let next_round = || {
+        round.set(round.get() + 1);
+        round.get()
+    };
     let mut g = c.benchmark_group("storm_watcher_cpu");
     g.sample_size(10).sampling_mode(SamplingMode::Flat);
     for n in [1_000usize, 5_000, 10_000] {
         // Baseline: the mount loop alone.
-        let (holder, base_cpu) = mount_many(&fx, round, n);
-        round += 1;
+        let (holder, base_cpu) = mount_many(&fx, next_round(), n);
         umount2(&holder, MntFlags::MNT_DETACH).expect("lazy umount");
         eprintln!("baseline: mounting {n} binds without a watcher costs {base_cpu:?} CPU");
         for strategy in STRATEGIES {
@@ -59,8 +63,7 @@ fn bench_storm(c: &mut Criterion) {
                         let (h, mut rx) = rt.block_on(start(strategy));
                         let before = h.table().device_count(fx.dev);
                         let t0 = cpu();
-                        let (holder, _) = mount_many(&fx, round, n);
-                        round += 1;
+                        let (holder, _) = mount_many(&fx, next_round(), n);
                         rt.block_on(async {
                             while h.table().device_count(fx.dev) < before + n {
                                 wait_for(&mut rx, |_| true).await;
