@@ -2,7 +2,8 @@
 //!
 //! No syscalls, no clocks, no async runtime: [`Monitor::on_event`] takes a [`MonitorEvent`]
 //! and the current [`Timestamp`] and returns [`Action`]s for the executor. Conditions are
-//! queried in O(1) with [`Monitor::condition`] and [`Monitor::publish_condition`].
+//! queried without I/O or scanning (a hash lookup) with [`Monitor::condition`] and
+//! [`Monitor::publish_condition`].
 //!
 //! ```
 //! use rds_monitor::*;
@@ -60,6 +61,13 @@
 //! the missing mount that usually accompany it, and tells the executor what to mount; a dead
 //! filesystem does not heal when the controller reconnects (so it beats
 //! `ControllerReconnecting`); a reconnecting controller is transient and may heal by itself.
+//!
+//! # Publish conditions
+//! Each publish (one pod's target) has its own condition, what `NodeGetVolumeStats` on that
+//! target reports. In order: the pod holds a filesystem a recovery replaced (stale, see
+//! below) > its own bind mount left the table without an unpublish (`MountMissing`, with its
+//! own `MountFailure` event) > the volume's condition, inherited > its bind mount alone
+//! turned read-only although published read-write (`FilesystemFailed`) > `Healthy`.
 //!
 //! # Transitions
 //! ```text
