@@ -761,3 +761,45 @@ impl Engine {
         self.emit(MountEvent::Error(msg)).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_read_past_its_deadline_reports_a_flooded_table_and_still_completes() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let engine = Engine {
+            tx,
+            shared: Arc::default(),
+            storm: StormDetector::new(StormConfig::default()),
+            read_timeout: Duration::from_millis(1),
+            proc_root: PathBuf::from("/proc"),
+        };
+        // The read cannot finish before the test has seen the warning: no timing involved.
+        let (release, blocked) = std::sync::mpsc::channel::<()>();
+        let job = tokio::spawn(async move {
+            let r = engine
+                .bounded("mountinfo read", move || {
+                    let _ = blocked.recv();
+                    Ok(42)
+                })
+                .await;
+            matches!(r, Ok(Ok(42)))
+        });
+        match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
+            Ok(Some(MountEvent::Error(msg))) => assert!(
+                msg.starts_with(
+                    "mountinfo read exceeded 1ms; the mount table may be flooded: 0 entries"
+                ),
+                "unexpected message: {msg}"
+            ),
+            other => panic!("expected an Error event about the deadline, got {other:?}"),
+        }
+        release.send(()).expect("release the read");
+        assert!(
+            job.await.expect("join"),
+            "the late read must still deliver its result"
+        );
+    }
+}
