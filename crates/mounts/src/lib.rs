@@ -21,7 +21,7 @@
 //!     error, never a silently cut entry. Super options are kept as printed (escaped) so that
 //!     an escaped `,` inside a value cannot split it.
 //! * [`table`] — [`MountTable`](table::MountTable), the snapshot shared by the monitor and the
-//!   CSI handlers: `get(id)`, `get_by_unique(u64)`, `at_mount_point(path)`, `top_at(path)`,
+//!   CSI handlers (`MountTable::read(proc_root, "self")` for a one-off read): `get(id)`, `get_by_unique(u64)`, `at_mount_point(path)`, `top_at(path)`,
 //!   `on_device(dev)`, `device_count(dev)` and `mount_point_count(path)` (O(1), maintained on
 //!   every `insert`/`remove`), `diff(&old, &new) -> Vec<MountChange>` (detaches children
 //!   first, attaches parents first), `apply(&change)`.
