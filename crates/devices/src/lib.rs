@@ -12,6 +12,7 @@
 pub mod model;
 pub mod scan;
 pub mod source;
+pub mod synthetic;
 pub mod sysfs_tree;
 pub mod uevent;
 pub mod watcher;

@@ -128,6 +128,13 @@ impl SysfsReader {
         })
     }
 
+    /// Reads controller `name` through its class link (`<sys>/class/nvme/<name>`).
+    pub fn controller_by_name(&self, name: &str) -> Option<ControllerInfo> {
+        let link = self.sys.join("class/nvme").join(name);
+        let target = fs::read_link(link).ok()?;
+        self.controller(name, &normalize_link("/class/nvme", &target))
+    }
+
     /// Reads block device `name` at `devpath`. `ev` supplies what the uevent already says
     /// (number, diskseq, devname), which wins over sysfs and lets a block device be known even
     /// when its sysfs directory is not under this root (a loop device seen by an emulated-root

@@ -2,9 +2,11 @@
 //! udev group (2), or both.
 //!
 //! Why our own socket for the udev group rather than the `udev` crate's `MonitorBuilder`:
-//! libudev binds group 2 only when `/run/udev/control` exists or `/dev` is devtmpfs (neither
-//! holds in a container without udevd, where the emulated fabric injects on group 2), and it
-//! swallows `ENOBUFS`, so lost events would go unnoticed. A raw socket (created with
+//! libudev binds group 2 only when `/run/udev/control` exists or `/dev` is devtmpfs (a
+//! container with a tmpfs `/dev` and no udevd would silently get nothing), it swallows
+//! `ENOBUFS` (lost events would go unnoticed: the overflow test needs exactly that signal on
+//! group 2, where the emulated fabric injects), and it would make libudev a run-time
+//! dependency. A raw socket (created with
 //! `netlink-sys`, driven by tokio's `AsyncFd`) receives both groups with one parser, reports
 //! overflow, and needs no libudev at run time. Sending to these groups needs CAP_NET_ADMIN
 //! (the kernel refuses unprivileged senders), and kernel-format messages are only accepted

@@ -17,13 +17,17 @@ use rds_types::{DevNum, Nqn};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
-use crate::model::{BlockInfo, ControllerInfo, DeviceEvent, Model, NamespaceDevice, Snapshot};
+use crate::model::{
+    BlockInfo, ControllerInfo, DeviceEvent, Model, NamespaceDevice, Observation, Snapshot,
+};
 use crate::scan::{ScanError, SysfsReader, SUBSYSTEMS};
 use crate::source::{Received, SourceKind, Sources, UeventSocket};
 use crate::uevent::{Action, Origin, Uevent};
 
 /// Default receive buffer: 8 MiB holds bursts of thousands of uevents.
 pub const DEFAULT_RCVBUF: usize = 8 << 20;
+/// Default period of the controller state re-check (see [`WatcherConfig::state_poll`]).
+pub const DEFAULT_STATE_POLL: Duration = Duration::from_secs(1);
 /// Default capacity of the event channel.
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 4096;
 
@@ -37,6 +41,11 @@ pub struct WatcherConfig {
     /// Socket receive buffer in bytes.
     pub rcvbuf: usize,
     pub channel_capacity: usize,
+    /// Period of a re-read of every known controller's `state` attribute. The kernel sends
+    /// no uevent when a fabrics controller starts resetting or reconnecting (only
+    /// `NVME_EVENT=connected` once it is live again), so `connecting` is only observable by
+    /// reading the attribute. `None` disables the re-check (events and resyncs only).
+    pub state_poll: Option<Duration>,
 }
 
 impl WatcherConfig {
@@ -47,7 +56,13 @@ impl WatcherConfig {
             sources: SourceKind::Auto,
             rcvbuf: DEFAULT_RCVBUF,
             channel_capacity: DEFAULT_CHANNEL_CAPACITY,
+            state_poll: Some(DEFAULT_STATE_POLL),
         }
+    }
+
+    pub fn with_state_poll(mut self, period: Option<Duration>) -> Self {
+        self.state_poll = period;
+        self
     }
 
     pub fn with_sources(mut self, sources: SourceKind) -> Self {
@@ -149,6 +164,7 @@ pub fn spawn(
         socket,
         tx,
         resync_rx,
+        state_poll: config.state_poll,
     };
     tokio::spawn(task.run(replay));
     Ok((DeviceWatcherHandle { shared, resync_tx }, rx))
@@ -273,14 +289,21 @@ struct Task {
     socket: UeventSocket,
     tx: mpsc::Sender<DeviceEvent>,
     resync_rx: mpsc::Receiver<ResyncReply>,
+    state_poll: Option<Duration>,
 }
 
 impl Task {
     async fn run(mut self, replay: Vec<DeviceEvent>) {
         self.emit(replay).await;
+        let mut poll = self.state_poll.map(|p| {
+            let mut i = tokio::time::interval(p.max(Duration::from_millis(1)));
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        });
         loop {
             tokio::select! {
                 biased;
+                _ = tick(&mut poll) => self.recheck_states().await,
                 req = self.resync_rx.recv() => match req {
                     Some(reply) => {
                         let res = self.resync().await;
@@ -347,6 +370,37 @@ impl Task {
         }
     }
 
+    /// Re-reads the state of every known controller (a few tiny sysfs reads).
+    async fn recheck_states(&mut self) {
+        let names: Vec<String> = {
+            let m = self
+                .shared
+                .model
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            m.controllers().map(|c| c.name.clone()).collect()
+        };
+        let fresh: Vec<_> = names
+            .iter()
+            .filter_map(|n| self.reader.controller_by_name(n))
+            .collect();
+        let events: Vec<DeviceEvent> = {
+            let mut m = self
+                .shared
+                .model
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            fresh
+                .into_iter()
+                .flat_map(|c| m.apply(Observation::ControllerUp(c)))
+                .collect()
+        };
+        if !events.is_empty() {
+            self.shared.generation.send_modify(|g| *g += 1);
+            self.emit(events).await;
+        }
+    }
+
     /// Discards everything queued on the socket. Called before an overflow resync: every
     /// queued message predates the scan that follows, and applying one after the scan could
     /// resurrect a device whose remove event was lost.
@@ -391,6 +445,16 @@ impl Task {
             // A dropped receiver is fine: the model still serves the resolver.
             let _ = self.tx.send(ev).await;
         }
+    }
+}
+
+/// Next tick of the optional interval; never completes when there is none.
+async fn tick(poll: &mut Option<tokio::time::Interval>) {
+    match poll {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

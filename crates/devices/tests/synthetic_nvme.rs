@@ -7,7 +7,9 @@ rds_testkit::private_namespaces!();
 mod common;
 
 use common::{ctrl, expect_event, ns, skip_replay, Injector, DEADLINE, NQN};
-use rds_devices::sysfs_tree::{controller_devpath, subsystem_devpath, NvmeTree};
+use rds_devices::synthetic::Announcer;
+use rds_devices::sysfs_tree::{subsystem_devpath, NvmeTree};
+use rds_devices::uevent::Action;
 use rds_devices::{spawn, ControllerState, DeviceEvent, SourceKind, WaitError, WatcherConfig};
 use rds_types::{DevNum, DiskSeq, Nqn};
 
@@ -192,21 +194,20 @@ async fn multipath_head_resolves_and_follows_path_state() {
     let (h, mut rx) =
         spawn(WatcherConfig::new(sys.path(), run.path()).with_sources(SourceKind::Udev)).unwrap();
     skip_replay(&mut rx).await;
-    let mut inj = Injector::new();
-    inj.send(
-        "add",
-        &tree.add_subsystem(3, NQN).unwrap(),
-        "nvme-subsystem",
-        &[],
-    );
-    let c = tree.add_controller(&ctrl("nvme4", NQN, "live", 7)).unwrap();
-    inj.send("add", &c, "nvme", &[]);
+    // The crate's own announcer, as the emulated fabric uses it.
+    let ann = Announcer::new().unwrap();
+    tree.add_subsystem(3, NQN).unwrap();
+    ann.subsystem(Action::Add, 3).unwrap();
+    let mut c4 = ctrl("nvme4", NQN, "live", 7);
+    tree.add_controller(&c4).unwrap();
+    ann.controller(Action::Add, &c4).unwrap();
     let path = ns("nvme4c4n1", 1, DevNum::new(259, 8), 90);
-    inj.disk("add", &tree.add_path("nvme4", &path).unwrap(), &path);
+    ann.disk(Action::Add, &tree.add_path("nvme4", &path).unwrap(), &path)
+        .unwrap();
     let head = ns("nvme3n1", 1, DevNum::new(259, 9), 91);
     let hp = tree.add_head(3, &head).unwrap();
     assert_eq!(hp, format!("{}/nvme3n1", subsystem_devpath("nvme-subsys3")));
-    inj.disk("add", &hp, &head);
+    ann.disk(Action::Add, &hp, &head).unwrap();
     let nqn = Nqn::parse(NQN).unwrap();
     let d = h.wait_for_namespace(&nqn, 1, DEADLINE).await.unwrap();
     assert_eq!(
@@ -215,7 +216,8 @@ async fn multipath_head_resolves_and_follows_path_state() {
     );
     assert_eq!(d.controller.as_deref(), Some("nvme4"));
     tree.set_controller_state("nvme4", "connecting").unwrap();
-    inj.send("change", &controller_devpath("nvme4"), "nvme", &[]);
+    c4.state = "connecting".into();
+    ann.controller(Action::Change, &c4).unwrap();
     expect_event(&mut rx, "ControllerState to connecting", |e| {
         matches!(
             e,
@@ -249,5 +251,42 @@ async fn wait_for_namespace_times_out_when_nothing_appears() {
             nsid: 1,
             waited: wait
         })
+    );
+}
+
+#[tokio::test]
+async fn connecting_state_without_a_uevent_is_found_by_the_state_recheck() {
+    rds_testkit::require_private_namespaces();
+    let sys = tempfile::tempdir().unwrap();
+    let run = tempfile::tempdir().unwrap();
+    let tree = NvmeTree::new(sys.path());
+    tree.add_subsystem(0, NQN).unwrap();
+    tree.add_controller(&ctrl("nvme0", NQN, "live", 1)).unwrap();
+    // Kernel group only, so no synthetic event of another test can reach this watcher.
+    let cfg = WatcherConfig::new(sys.path(), run.path())
+        .with_sources(SourceKind::Kernel)
+        .with_state_poll(Some(std::time::Duration::from_millis(10)));
+    let (h, mut rx) = spawn(cfg).unwrap();
+    skip_replay(&mut rx).await;
+    // The kernel sends no uevent when a fabrics controller starts reconnecting.
+    tree.set_controller_state("nvme0", "connecting").unwrap();
+    expect_event(
+        &mut rx,
+        "ControllerState live -> connecting from the re-check",
+        |e| {
+            matches!(
+                e,
+                DeviceEvent::ControllerState {
+                    old: ControllerState::Live,
+                    new: ControllerState::Connecting,
+                    ..
+                }
+            )
+        },
+    )
+    .await;
+    assert_eq!(
+        h.controller("nvme0").map(|c| c.state),
+        Some(ControllerState::Connecting)
     );
 }

@@ -13,6 +13,10 @@
 //!   links (`AT_STATX_DONT_SYNC`, so no network filesystem is asked to revalidate), which is
 //!   right across mount namespaces where path strings are not.
 //!
+//! Not covered: per-thread working directories of threads that unshared their fs context
+//! (`/proc/<pid>/task/<tid>/cwd`), which is rare; the umount's own EBUSY still protects them
+//! from a plain unmount, and they would only matter to the lazy-detach decision.
+//!
 //! Honesty: any holder found means [`Usage::InUse`]. Otherwise [`Usage::NotInUse`] is only
 //! returned when every process could be inspected; if `/proc` hides processes (`hidepid`,
 //! `subset=pid`), is not the initial PID namespace's (no host PID visibility), or any process

@@ -246,7 +246,10 @@ pub enum UnmountError {
     },
 }
 
-/// Unmount `target` (blocking; wrap it in [`crate::deadline::run_blocking`]). See the module doc.
+/// Unmount the topmost mount at `target` (blocking; wrap it in [`crate::deadline::run_blocking`]).
+/// With stacked mounts at one path, call it until [`UnmountError::NotMounted`] or check
+/// [`is_mount_point`] again. `UMOUNT_NOFOLLOW` keeps a symlink swapped in at `target` from
+/// redirecting the unmount. See the module doc for the escalation rule.
 pub fn unmount(
     target: &Path,
     policy: UnmountPolicy,

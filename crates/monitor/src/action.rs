@@ -92,7 +92,7 @@ pub enum RecoveryResult {
 /// Why an event changed nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IgnoreReason {
-    /// The event names a volume that is not staged.
+    /// The event names a volume that is not staged (or a publish that does not exist).
     UnknownVolume,
     /// Executor feedback for no recovery the machine asked for (or another attempt).
     UnexpectedFeedback,

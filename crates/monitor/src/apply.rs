@@ -2,7 +2,7 @@
 //! have changed. No conditions are decided here (that is `evaluate.rs`), except for the
 //! executor's feedback, which drives the recovery cycle directly.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 
 use rds_types::{BlockIdentity, Nqn};
@@ -63,8 +63,11 @@ impl Monitor {
                 }
             }
             MonitorEvent::VolumeUnpublished { volume_id, target } => {
-                self.unpublish(&volume_id, &target, out);
-                aff.one(&volume_id);
+                if self.unpublish(&volume_id, &target, out) {
+                    aff.one(&volume_id);
+                } else {
+                    ignored(out, kind, IgnoreReason::UnknownVolume);
+                }
             }
             MonitorEvent::MountAttached(m) | MonitorEvent::MountChanged(m) => {
                 self.saw_mount(m.id, &mut aff);
@@ -259,7 +262,7 @@ impl Monitor {
                 mount_tracked: tracked,
                 fs_failure: None,
                 recovery: None,
-                publishes: HashMap::new(),
+                publishes: BTreeMap::new(),
                 condition: None,
                 history: VecDeque::new(),
             };
@@ -341,7 +344,20 @@ impl Monitor {
         true
     }
 
-    fn unpublish(&mut self, id: &VolumeId, target: &std::path::Path, out: &mut Vec<Action>) {
+    /// Returns false when the volume or the publish is unknown.
+    fn unpublish(
+        &mut self,
+        id: &VolumeId,
+        target: &std::path::Path,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        let known = self
+            .volumes
+            .get(id)
+            .is_some_and(|v| v.publishes.contains_key(target));
+        if !known {
+            return false;
+        }
         let mut removed = None;
         self.reindexed(id, |v| removed = v.publishes.remove(target));
         if let Some(p) = removed {
@@ -352,6 +368,7 @@ impl Monitor {
                 new: None,
             });
         }
+        true
     }
 
     // ---- mounts ----
@@ -524,7 +541,6 @@ impl Monitor {
         republished: Vec<PublishedMount>,
         out: &mut Vec<Action>,
     ) {
-        let now = self.now;
         let present = new_mount.is_some_and(|k| self.facts.mount(&k).is_some());
         let bind_present: BTreeMap<PathBuf, bool> = republished
             .iter()
@@ -557,7 +573,6 @@ impl Monitor {
                             kind,
                             old_device: v.device,
                             new_device,
-                            at: now,
                         });
                     }
                     stale_targets.push(p.target.clone());

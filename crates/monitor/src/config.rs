@@ -59,3 +59,29 @@ impl MonitorConfig {
         self.recovery_attempts.max(1)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_backoff_is_one_two_four_seconds_and_the_last_repeats() {
+        let c = MonitorConfig {
+            recovery_attempts: 5,
+            ..MonitorConfig::default()
+        };
+        let got: Vec<u64> = (1..=5).map(|a| c.backoff_before(a).as_secs()).collect();
+        assert_eq!(got, vec![1, 2, 4, 4, 4]);
+    }
+
+    #[test]
+    fn an_empty_backoff_means_no_delay_and_attempts_are_at_least_one() {
+        let c = MonitorConfig {
+            recovery_backoff: vec![],
+            recovery_attempts: 0,
+            ..MonitorConfig::default()
+        };
+        assert_eq!(c.backoff_before(1), Duration::ZERO);
+        assert_eq!(c.max_attempts(), 1);
+    }
+}

@@ -146,11 +146,11 @@ pub(crate) fn verdict(
                 s.count, s.message
             ),
         )
-    } else if let Some(at) = a.gone_since {
+    } else if a.gone_since.is_some() {
         (
             ConditionKind::DeviceGone,
             format!(
-                "the namespace of {} was removed at {at} and nothing replaced it within {:?}; \
+                "the namespace of {} was removed and nothing replaced it within {:?}; \
                  every read and write through the mount on {} fails until the target is \
                  reachable again",
                 vol.nqn, cfg.gone_grace, vol.device
@@ -225,11 +225,8 @@ pub(crate) fn verdict(
     if kind.is_abnormal() && kind != ConditionKind::Recovering {
         if let Some(c) = &vol.recovery {
             match &c.phase {
-                Phase::Waiting {
-                    attempt,
-                    not_before,
-                } => message.push_str(&format!(
-                    "; recovery attempt {attempt} of {} due at {not_before}",
+                Phase::Waiting { attempt, .. } => message.push_str(&format!(
+                    "; recovery attempt {attempt} of {} pending",
                     cfg.max_attempts()
                 )),
                 Phase::Requested { attempt } => message.push_str(&format!(
@@ -277,11 +274,11 @@ pub(crate) fn publish_verdict(
         return PublishVerdict {
             kind: s.kind,
             message: format!(
-                "the volume was recovered at {} onto {}, but the pod using {target} was \
+                "the volume was recovered onto {}, but the pod using {target} was \
                  running before: it still holds the dead filesystem of {}. No remount can reach \
                  into a running container; recreate the pod. This stays abnormal until this \
                  target is unpublished.",
-                s.at, s.new_device, s.old_device
+                s.new_device, s.old_device
             ),
             own: false,
         };

@@ -202,6 +202,9 @@ pub enum MonitorEvent {
     },
 
     // ---- filesystems, from fanotify FAN_FS_ERROR ----
+    /// `count` errors (last `errno`) on the superblock of `dev`. Sticky until the volume is
+    /// recovered or restaged. See the crate docs on keeping errors of a superseded superblock
+    /// with the same `major:minor` out.
     FsError {
         dev: DevNum,
         errno: i32,
@@ -403,5 +406,34 @@ impl MonitorEvent {
             } => format!("recovery attempt {attempt} of {volume_id} failed: {error}"),
             Self::Tick => "deadline reached".to_owned(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(ro: bool, opts: &str) -> MountFacts {
+        MountFacts {
+            id: 1,
+            dev: DevNum::new(259, 0),
+            mount_point: "/x".into(),
+            fs_type: "ext4".into(),
+            read_only: ro,
+            super_options: opts.into(),
+        }
+    }
+
+    #[test]
+    fn super_option_flags_match_whole_options_only() {
+        assert_eq!(
+            m(false, "ro,emergency_ro").dead_flag(),
+            Some("emergency_ro")
+        );
+        assert_eq!(m(false, "rw,shutdown").dead_flag(), Some("shutdown"));
+        assert_eq!(m(false, "rw,errors=remount-ro").dead_flag(), None);
+        assert!(!m(false, "rw,errors=remount-ro").effectively_read_only());
+        assert!(m(false, "ro,errors=remount-ro").effectively_read_only());
+        assert!(m(true, "rw").effectively_read_only(), "per-mount ro counts");
     }
 }

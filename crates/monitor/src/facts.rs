@@ -152,6 +152,8 @@ impl Facts {
 
     pub fn add_namespace(&mut self, ns: NamespaceFacts) {
         self.clear_removal(&ns.nqn, ns.nsid);
+        // The record kept for a volume staged without an nsid (see `ANY_NSID`).
+        self.clear_removal(&ns.nqn, 0);
         self.namespaces
             .entry(ns.nqn.clone())
             .or_default()

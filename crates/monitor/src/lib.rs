@@ -2,7 +2,34 @@
 //!
 //! No syscalls, no clocks, no async runtime: [`Monitor::on_event`] takes a [`MonitorEvent`]
 //! and the current [`Timestamp`] and returns [`Action`]s for the executor. Conditions are
-//! queried in O(1) with [`Monitor::condition`] and [`Monitor::publish_condition`].
+//! queried without I/O or scanning (a hash lookup) with [`Monitor::condition`] and
+//! [`Monitor::publish_condition`].
+//!
+//! ```
+//! use rds_monitor::*;
+//! use rds_types::{BlockIdentity, DevNum, DiskSeq, Nqn};
+//!
+//! let mut m = Monitor::new(MonitorConfig::default());
+//! let nqn = Nqn::parse("nqn.2000-02.com.mikrotik:pvc-1").unwrap();
+//! let dev = |seq| BlockIdentity { dev: DevNum::new(259, 1), diskseq: Some(DiskSeq(seq)) };
+//! let t = |s| Timestamp::from_duration(std::time::Duration::from_secs(s));
+//! let id = VolumeId::new("pvc-1");
+//! m.on_event(MonitorEvent::VolumeStaged {
+//!     volume_id: id.clone(), nqn: nqn.clone(), nsid: Some(1),
+//!     staging_path: "/staging/pvc-1".into(),
+//!     mount: Some(MountKey { id: 42, dev: DevNum::new(259, 1) }),
+//!     device: dev(7), fs_type: Some("ext4".into()), read_only: false, adopted: false,
+//! }, t(1));
+//! // The namespace comes back under the same number with a new diskseq.
+//! let actions = m.on_event(MonitorEvent::NamespaceAdded(NamespaceFacts {
+//!     nqn, nsid: 1, name: "nvme1n1".into(), identity: dev(8),
+//! }), t(2));
+//! assert_eq!(m.condition(&id).unwrap().kind, ConditionKind::DeviceReplaced);
+//! assert!(actions.iter().any(|a| matches!(a, Action::ScheduleTick { .. })));
+//! // One second later the tick asks for the recovery.
+//! let actions = m.on_event(MonitorEvent::Tick, t(3));
+//! assert!(actions.iter().any(|a| matches!(a, Action::Recover { attempt: 1, .. })));
+//! ```
 //!
 //! # Facts, not conclusions
 //! The machine accumulates facts (the mount table by unique mount id, NVMe namespaces by NQN
@@ -34,6 +61,13 @@
 //! the missing mount that usually accompany it, and tells the executor what to mount; a dead
 //! filesystem does not heal when the controller reconnects (so it beats
 //! `ControllerReconnecting`); a reconnecting controller is transient and may heal by itself.
+//!
+//! # Publish conditions
+//! Each publish (one pod's target) has its own condition, what `NodeGetVolumeStats` on that
+//! target reports. In order: the pod holds a filesystem a recovery replaced (stale, see
+//! below) > its own bind mount left the table without an unpublish (`MountMissing`, with its
+//! own `MountFailure` event) > the volume's condition, inherited > its bind mount alone
+//! turned read-only although published read-write (`FilesystemFailed`) > `Healthy`.
 //!
 //! # Transitions
 //! ```text
@@ -71,6 +105,12 @@
 //!   is asked for `DeviceReplaced`, `FilesystemFailed` and `MountMissing` only while the
 //!   namespace is present, a path is live and there is no storm.
 //!
+//! - **Reported successes are verified**: after `RecoverySucceeded` the cycle watches until
+//!   the new staging mount is seen in the table without a fault. If the same fault is back
+//!   first (mounting a device whose superblock running pods still hold returns that same dead
+//!   superblock), the success counts as a failed attempt, so the attempt budget bounds the
+//!   remounts instead of looping.
+//!
 //! Timers are never slept on: the machine returns [`Action::ScheduleTick`] and expects a
 //! [`MonitorEvent::Tick`]; any later event also fires due deadlines, so a late tick is harmless.
 //!
@@ -83,12 +123,29 @@
 //! `evict_pods_on_stale` an [`Action::EvictPods`] asks for them to be deleted. A staging mount
 //! that merely vanished left the pods' binds intact, so its recovery strands nobody.
 //!
+//! # Contract with the executor and the integration layer
+//! - Answer every [`Action::Recover`] with `RecoveryStarted` and then `RecoverySucceeded` or
+//!   `RecoveryFailed` for the same attempt; until then the volume gets no other `Recover`.
+//!   Take the per-volume guard first and drop a `Recover` for a volume that was unstaged
+//!   meanwhile (a deadline can fire just before the unstage event is processed).
+//! - Report the new staging mount in `RecoverySucceeded` and, if the targets were re-bound,
+//!   their new bind mounts in `republished`.
+//! - `FsError` carries only a device number. A pod still holding the old superblock of a
+//!   replaced device with the *same* `major:minor` can produce errors that look like the new
+//!   mount's; use one fanotify group per staged superblock and drop it on recovery/unstage so
+//!   errors from a superseded superblock never reach the machine.
+//! - Deliver [`MonitorEvent::Tick`] at or after each [`Action::ScheduleTick`] (or just sleep
+//!   until [`Monitor::next_deadline`]).
+//!
 //! # Re-adoption after a restart
 //! The integration layer replays `VolumeStaged { adopted: true }` (and `VolumePublished`) for
 //! each persisted record plus a `MountResync` and a `DeviceResync`, in any order. Each
 //! volume's condition follows from that one pass: a record on 259:1 diskseq 7 with the scan
 //! showing the NQN at 259:4 is `DeviceReplaced`; a staging mount absent from the scan is
-//! `MountMissing`; a namespace absent from the scan starts the gone-grace.
+//! `MountMissing`; a namespace absent from the scan starts the gone-grace. Not recovered by a
+//! restart: stale marks of pods stranded by an earlier recovery, recovery cycles in progress
+//! and `FsError`s seen before the restart (the kernel's `emergency_ro`/`shutdown` flags are
+//! still visible in the mount resync).
 
 mod action;
 mod apply;

@@ -87,7 +87,6 @@ impl Monitor {
     ) -> Vec<Action> {
         self.now = self.now.max(now);
         let mut out = Vec::new();
-        self.fire_timers(&mut out);
         // Summaries cost an allocation: skip them for the common case of a mount that is
         // none of ours.
         let detail = if self.concerns_us(&event) {
@@ -113,6 +112,9 @@ impl Monitor {
                 self.reconcile(&id, &cause, &mut out);
             }
         }
+        // Deadlines after the event: an event processed late (a namespace re-added just as
+        // its grace ran out) wins over the deadline rather than flapping through it.
+        self.fire_timers(&mut out);
         out
     }
 
@@ -248,7 +250,7 @@ impl Monitor {
         }
     }
 
-    // ---- queries, all O(1) ----
+    // ---- queries: a hash lookup (plus a lookup among a volume's few publishes) ----
 
     /// The condition of a staged volume.
     pub fn condition(&self, volume_id: &VolumeId) -> Option<&VolumeCondition> {

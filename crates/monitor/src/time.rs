@@ -43,3 +43,22 @@ impl fmt::Display for Timestamp {
         write!(f, "t+{}.{:03}s", d.as_secs(), d.subsec_millis())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_saturate_instead_of_wrapping() {
+        let end = Timestamp(u64::MAX - 1);
+        assert_eq!(
+            end.saturating_add(Duration::from_secs(1)),
+            Timestamp(u64::MAX)
+        );
+        assert_eq!(Timestamp(5).saturating_since(Timestamp(9)), Duration::ZERO);
+        assert_eq!(
+            Timestamp::from_duration(Duration::from_millis(1500)).to_string(),
+            "t+1.500s"
+        );
+    }
+}

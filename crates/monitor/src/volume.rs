@@ -1,7 +1,7 @@
 //! Per-volume state: the record made at stage time, what has been observed about it since,
 //! its publishes and its current condition.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 
 use rds_types::{BlockIdentity, DevNum, Nqn};
@@ -9,7 +9,6 @@ use rds_types::{BlockIdentity, DevNum, Nqn};
 use crate::condition::{ConditionKind, Transition, VolumeCondition};
 use crate::ids::{MountKey, VolumeId};
 use crate::recovery::RecoveryCycle;
-use crate::time::Timestamp;
 
 /// A `FAN_FS_ERROR` seen on the volume's device since it was (re)mounted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +35,8 @@ pub(crate) struct Volume {
     pub mount_tracked: bool,
     pub fs_failure: Option<FsFailure>,
     pub recovery: Option<RecoveryCycle>,
-    pub publishes: HashMap<PathBuf, Publish>,
+    /// Ordered so actions come out in a stable order; a volume has a handful of publishes.
+    pub publishes: BTreeMap<PathBuf, Publish>,
     /// `None` only between creation and the first evaluation.
     pub condition: Option<VolumeCondition>,
     pub history: VecDeque<Transition>,
@@ -58,7 +58,6 @@ pub(crate) struct StaleMark {
     pub kind: ConditionKind,
     pub old_device: BlockIdentity,
     pub new_device: BlockIdentity,
-    pub at: Timestamp,
 }
 
 #[derive(Debug, Clone)]
@@ -78,7 +77,7 @@ pub(crate) struct Publish {
 /// so one volume can hold the same key twice.
 #[derive(Debug, Clone)]
 pub(crate) struct Index<K: std::hash::Hash + Eq> {
-    map: HashMap<K, std::collections::BTreeMap<VolumeId, u32>>,
+    map: HashMap<K, BTreeMap<VolumeId, u32>>,
 }
 
 impl<K: std::hash::Hash + Eq> Default for Index<K> {

@@ -1,7 +1,8 @@
 //! Property: whatever the sequence of events (including nonsense: feedback for recoveries
 //! never asked for, removals of unknown namespaces, mounts shared between volumes), the
 //! incrementally maintained conditions equal a recomputation from the current facts, the
-//! recovery cycles are at their fixpoint and every pending deadline has a tick.
+//! recovery cycles are at their fixpoint, every pending deadline has a tick in the future, and
+//! a volume never has two `Recover`s out without an answer in between.
 
 mod common;
 
@@ -201,9 +202,20 @@ proptest! {
     ) {
         let mut m = Monitor::new(MonitorConfig::default());
         let mut now = Timestamp::from_duration(Duration::from_secs(100));
+        // Volumes with a Recover out and no answer (or restage/unstage) since.
+        let mut outstanding: std::collections::BTreeSet<VolumeId> = Default::default();
         for (i, (step, ev)) in events.into_iter().enumerate() {
             now = now.saturating_add(step);
             let shown = format!("{ev:?}");
+            match &ev {
+                MonitorEvent::RecoveryFailed { volume_id, .. }
+                | MonitorEvent::RecoverySucceeded { volume_id, .. }
+                | MonitorEvent::VolumeStaged { volume_id, .. }
+                | MonitorEvent::VolumeUnstaged { volume_id } => {
+                    outstanding.remove(volume_id);
+                }
+                _ => {}
+            }
             let out = m.on_event(ev, now);
             let bad = rds_monitor::recompute::check(&m);
             prop_assert!(
@@ -212,6 +224,13 @@ proptest! {
                 bad.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("; ")
             );
             for a in &out {
+                if let Action::Recover { volume_id, .. } = a {
+                    prop_assert!(
+                        outstanding.insert(volume_id.clone()),
+                        "after event #{i} {shown}: a second Recover for {volume_id} while one \
+                         is unanswered"
+                    );
+                }
                 if let Action::ScheduleTick { at } = a {
                     prop_assert!(*at > now, "a tick must be in the future: {at} <= {now}");
                 }

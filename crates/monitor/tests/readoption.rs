@@ -156,3 +156,23 @@ fn re_adopting_many_volumes_decides_each_in_one_pass() {
     assert_eq!(h.kind(2), ConditionKind::DeviceReplaced);
     assert_eq!(h.kind(3), ConditionKind::MountMissing);
 }
+
+#[test]
+fn an_adopted_publish_whose_bind_is_absent_from_the_resync_is_mount_missing() {
+    let mut h = H::new();
+    h.ev(staged(1, 7, true));
+    h.ev(MonitorEvent::VolumePublished {
+        volume_id: vid(1),
+        target: target(1, 1),
+        mount: Some(MountKey {
+            id: bind_id(1, 1),
+            dev: DevNum::new(259, 1),
+        }),
+        read_only: false,
+        adopted: true,
+    });
+    h.ev(mounts_with_staging(1));
+    h.ev(devices(vec![ns(1, 1, 7)]));
+    assert_eq!(h.kind(1), ConditionKind::Healthy);
+    assert_eq!(h.publish_kind(1, 1), Some(ConditionKind::MountMissing));
+}

@@ -641,3 +641,55 @@ fn controller_states_parse_from_sysfs_text() {
     );
     assert!(ControllerState::from_sysfs("connecting").is_reconnecting());
 }
+
+#[test]
+fn the_transition_history_is_bounded() {
+    let mut h = H::with(MonitorConfig {
+        history_len: 4,
+        ..MonitorConfig::default()
+    });
+    h.add_volume(1);
+    for _ in 0..10 {
+        h.after(ms(10), ctrl(1, "nvme1", ControllerState::Connecting));
+        h.after(ms(10), ctrl(1, "nvme1", ControllerState::Live));
+    }
+    let t: Vec<&Transition> = h.m.transitions(&vid(1)).collect();
+    assert_eq!(t.len(), 4, "only the last 4 transitions are kept");
+    assert_eq!(t[3].to, ConditionKind::Healthy, "the newest is last");
+}
+
+#[test]
+fn an_unpublish_of_an_unknown_target_is_ignored_with_a_metric() {
+    let mut h = H::with_volume(1);
+    let out = h.ev(MonitorEvent::VolumeUnpublished {
+        volume_id: vid(1),
+        target: target(1, 9),
+    });
+    assert_eq!(
+        metrics(&out),
+        vec![MetricEvent::Ignored {
+            event: EventKind::VolumeUnpublished,
+            reason: IgnoreReason::UnknownVolume
+        }]
+    );
+}
+
+#[test]
+fn a_namespace_readded_in_the_event_that_passes_the_deadline_does_not_flap_through_gone() {
+    let mut h = H::with_volume(1);
+    h.ev(MonitorEvent::NamespaceRemoved {
+        nqn: nqn(1),
+        nsid: 1,
+        identity: ident(1, 7),
+    });
+    let out = h.after(
+        DEFAULT_GONE_GRACE,
+        MonitorEvent::NamespaceAdded(ns(1, 1, 8)),
+    );
+    assert!(
+        !out.iter().any(|a| matches!(a,
+            Action::ConditionChanged { new: Some(c), .. } if c.kind == ConditionKind::DeviceGone)),
+        "the re-add wins over the deadline it races with: {out:?}"
+    );
+    assert_eq!(h.kind(1), ConditionKind::DeviceReplaced);
+}

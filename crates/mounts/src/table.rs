@@ -49,6 +49,16 @@ impl MountTable {
         Self::default()
     }
 
+    /// Read and index `<proc_root>/<pid>/mountinfo` (pid is usually `"self"`). Lines that
+    /// did not parse are returned beside the table, never silently dropped.
+    pub fn read(
+        proc_root: &Path,
+        pid: &str,
+    ) -> std::io::Result<(MountTable, Vec<crate::mountinfo::ParseError>)> {
+        let parsed = crate::mountinfo::read_mountinfo(proc_root, pid)?;
+        Ok((parsed.entries.into_iter().collect(), parsed.errors))
+    }
+
     /// Number of mounts.
     pub fn len(&self) -> usize {
         self.by_id.len()

@@ -44,3 +44,26 @@ fn read_mountinfo_sees_a_fresh_tmpfs_with_an_awkward_name() {
     assert!(m.mount_flag("nosuid"));
     assert_eq!(m.super_option("size").as_deref(), Some("1024k"));
 }
+
+#[test]
+fn mount_table_read_indexes_the_live_table() {
+    rds_testkit::require_private_namespaces();
+    let dir = tempfile::tempdir().expect("temp dir");
+    mount(
+        Some("indexed"),
+        dir.path(),
+        Some("tmpfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .expect("mount tmpfs");
+    let _guard = Unmount(dir.path().to_path_buf());
+    let dev = rds_types::DevNum::from_dev_t(std::os::unix::fs::MetadataExt::dev(
+        &std::fs::metadata(dir.path()).unwrap(),
+    ));
+    let (table, errors) =
+        rds_mounts::table::MountTable::read(Path::new("/proc"), "self").expect("read");
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(table.device_count(dev), 1, "one mount of the fresh tmpfs");
+    assert_eq!(table.top_at(dir.path()).map(|m| m.dev), Some(dev));
+}
