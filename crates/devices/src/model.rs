@@ -203,6 +203,11 @@ pub enum DeviceEvent {
     /// The model was reconciled with a full scan; the events before this one brought it up
     /// to date.
     Resynced,
+    /// The receiver fell behind and `missed` events were dropped (the model itself is
+    /// complete and current): rebuild derived state from the handle's `snapshot()`.
+    Lagged {
+        missed: u64,
+    },
 }
 
 /// One fact learnt from a uevent (plus sysfs), ready for [`Model::apply`].

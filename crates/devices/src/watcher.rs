@@ -165,6 +165,7 @@ pub fn spawn(
         tx,
         resync_rx,
         state_poll: config.state_poll,
+        lagged: 0,
     };
     tokio::spawn(task.run(replay));
     Ok((DeviceWatcherHandle { shared, resync_tx }, rx))
@@ -290,20 +291,30 @@ struct Task {
     tx: mpsc::Sender<DeviceEvent>,
     resync_rx: mpsc::Receiver<ResyncReply>,
     state_poll: Option<Duration>,
+    /// Events dropped because the receiver was full, not yet reported.
+    lagged: u64,
 }
 
 impl Task {
     async fn run(mut self, replay: Vec<DeviceEvent>) {
-        self.emit(replay).await;
+        self.emit(replay);
         let mut poll = self.state_poll.map(|p| {
             let mut i = tokio::time::interval(p.max(Duration::from_millis(1)));
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             i
         });
         loop {
+            // While events are owed a `Lagged` marker, wait for room in the channel too.
+            let lag_tx = (self.lagged > 0).then(|| self.tx.clone());
             tokio::select! {
                 biased;
                 _ = tick(&mut poll) => self.recheck_states().await,
+                permit = reserve(&lag_tx) => {
+                    if let Some(p) = permit {
+                        p.send(DeviceEvent::Lagged { missed: self.lagged });
+                    }
+                    self.lagged = 0;
+                }
                 req = self.resync_rx.recv() => match req {
                     Some(reply) => {
                         let res = self.resync().await;
@@ -316,7 +327,7 @@ impl Task {
                     Ok(Received::Event(ev)) => self.on_uevent(ev).await,
                     Ok(Received::Overflow) => {
                         warn!("uevent queue overflowed (ENOBUFS): events lost, resyncing from sysfs");
-                        self.emit(vec![DeviceEvent::Overflow]).await;
+                        self.emit(vec![DeviceEvent::Overflow]);
                         if let Err(e) = self.resync().await {
                             error!(error = %e, "resync after overflow failed");
                         }
@@ -366,7 +377,7 @@ impl Task {
         };
         if !events.is_empty() {
             self.shared.generation.send_modify(|g| *g += 1);
-            self.emit(events).await;
+            self.emit(events);
         }
     }
 
@@ -397,7 +408,7 @@ impl Task {
         };
         if !events.is_empty() {
             self.shared.generation.send_modify(|g| *g += 1);
-            self.emit(events).await;
+            self.emit(events);
         }
     }
 
@@ -435,16 +446,50 @@ impl Task {
             changes = events.len() - 1,
             "device model resynced from sysfs"
         );
-        self.emit(events).await;
+        self.emit(events);
         Ok(())
     }
 
-    async fn emit(&self, events: Vec<DeviceEvent>) {
+    /// Queues events without ever waiting: a slow or absent reader must not stall the model
+    /// (the resolver answers CSI calls from it). When the channel is full, events are dropped
+    /// and counted; a [`DeviceEvent::Lagged`] marker goes out as soon as there is room.
+    fn emit(&mut self, events: Vec<DeviceEvent>) {
         for ev in events {
             log_event(&ev);
-            // A dropped receiver is fine: the model still serves the resolver.
-            let _ = self.tx.send(ev).await;
+            if self.lagged > 0 {
+                match self.tx.try_send(DeviceEvent::Lagged {
+                    missed: self.lagged,
+                }) {
+                    Ok(()) => self.lagged = 0,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        self.lagged += 1;
+                        continue;
+                    }
+                    // Nobody listens: the model still serves the resolver.
+                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                }
+            }
+            match self.tx.try_send(ev) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    if self.lagged == 0 {
+                        warn!(
+                            "device event receiver is behind; dropping events until it catches up"
+                        );
+                    }
+                    self.lagged += 1;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            }
         }
+    }
+}
+
+/// A slot in the event channel when `tx` is given; never completes otherwise.
+async fn reserve(tx: &Option<mpsc::Sender<DeviceEvent>>) -> Option<mpsc::Permit<'_, DeviceEvent>> {
+    match tx {
+        Some(tx) => tx.reserve().await.ok(),
+        None => std::future::pending().await,
     }
 }
 
@@ -491,6 +536,6 @@ fn log_event(ev: &DeviceEvent) {
         DeviceEvent::BlockChanged { new, .. } => {
             debug!(name = %new.name, dev = %new.identity.dev, "block device changed")
         }
-        DeviceEvent::Overflow | DeviceEvent::Resynced => {}
+        DeviceEvent::Overflow | DeviceEvent::Resynced | DeviceEvent::Lagged { .. } => {}
     }
 }

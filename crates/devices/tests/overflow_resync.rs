@@ -121,3 +121,40 @@ async fn forced_resync_reports_differences_then_resynced() {
     expect_event(&mut rx, "Resynced", |e| matches!(e, DeviceEvent::Resynced)).await;
     assert!(h.controller("nvme9").is_some());
 }
+
+#[tokio::test]
+async fn a_reader_that_falls_behind_never_stalls_the_model_and_is_told_what_it_missed() {
+    rds_testkit::require_private_namespaces();
+    let sys = tempfile::tempdir().unwrap();
+    let run = tempfile::tempdir().unwrap();
+    let tree = NvmeTree::new(sys.path());
+    tree.add_subsystem(0, NQN).unwrap();
+    for i in 0..5u32 {
+        tree.add_controller(&ctrl(&format!("nvme{i}"), NQN, "live", i as u16 + 1))
+            .unwrap();
+    }
+    let mut cfg = WatcherConfig::new(sys.path(), run.path()).with_sources(SourceKind::Kernel);
+    cfg.channel_capacity = 2;
+    let (h, mut rx) = spawn(cfg).unwrap();
+    // Nobody reads yet: the replay alone overfills the channel. The model must still move.
+    tree.add_controller(&ctrl("nvme7", NQN, "live", 8)).unwrap();
+    tokio::time::timeout(common::DEADLINE, h.resync())
+        .await
+        .expect("a full event channel must not block the watcher")
+        .unwrap();
+    assert!(
+        h.controller("nvme7").is_some(),
+        "model updated by the resync"
+    );
+    let mut missed = None;
+    while let Ok(Some(ev)) = tokio::time::timeout(common::DEADLINE, rx.recv()).await {
+        if let DeviceEvent::Lagged { missed: n } = ev {
+            missed = Some(n);
+            break;
+        }
+    }
+    assert!(
+        matches!(missed, Some(n) if n > 0),
+        "the reader should be told it missed events, got {missed:?}"
+    );
+}
