@@ -157,8 +157,16 @@ impl SysfsReader {
         let devtype = ev
             .and_then(|e| e.devtype.clone())
             .or_else(|| uevent_attr(&dir, "DEVTYPE"));
+        // The kernel's DEVNAME is relative to the dev root; udev's is the node's full path
+        // (`/dev/nvme0n1`). Both become the relative form.
         let devname = ev
-            .and_then(|e| e.devname.clone())
+            .and_then(|e| e.devname.as_deref())
+            .map(|d| {
+                d.strip_prefix("/dev/")
+                    .unwrap_or(d)
+                    .trim_start_matches('/')
+                    .to_owned()
+            })
             .unwrap_or_else(|| name.to_owned());
         Some(BlockInfo {
             name: name.to_owned(),

@@ -60,6 +60,10 @@ async fn connect_reconnect_story_keeps_model_and_resolver_right() {
     assert_eq!(got.identity.dev, DevNum::new(259, 3));
     assert_eq!(got.identity.diskseq, Some(DiskSeq(41)));
     assert_eq!(got.controller.as_deref(), Some("nvme0"));
+    assert_eq!(
+        got.dev_path_name, "nvme0n1",
+        "udev's absolute DEVNAME becomes a name relative to the dev root"
+    );
     expect_event(
         &mut rx,
         "NamespaceAdded nvme0n1",
