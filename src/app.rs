@@ -11,7 +11,7 @@ use crate::csi::{identity_server::IdentityServer, node_server::NodeServer};
 use crate::guard::VolumeGuards;
 use crate::identity::{IdentityService, Readiness};
 use crate::node::grpc::{NoRpcObserver, NodeGrpc, RpcObserver};
-use crate::node::{NamespaceSource, NoObserver, NodeConfig, NodeService, VolumeObserver, Volumes};
+use crate::node::{NamespaceSource, NodeConfig, NodeService, VolumeObserver, Volumes};
 
 /// Everything `serve` needs, already validated.
 pub struct AppConfig {
@@ -20,6 +20,17 @@ pub struct AppConfig {
     pub state_dir: PathBuf,
     pub node: NodeConfig,
     pub devices: rds_devices::WatcherConfig,
+    pub mounts: rds_mounts::watch::WatcherConfig,
+    pub monitor: rds_monitor::MonitorConfig,
+    pub events: EventsMode,
+}
+
+/// Where Kubernetes Events go.
+pub enum EventsMode {
+    /// In-cluster config or a kubeconfig when one exists; disabled (one log line) otherwise.
+    Kube { kubeconfig: Option<PathBuf> },
+    /// A given sink (tests and the demo record what would be posted).
+    Sink(Arc<dyn rds_events::EventSink>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +41,10 @@ pub enum AppError {
     State(#[from] crate::record::RecordError),
     #[error("starting the device watcher")]
     Devices(#[from] rds_devices::WatchError),
+    #[error("starting the mount watcher")]
+    Mounts(#[from] rds_mounts::watch::WatchError),
+    #[error("connecting to Kubernetes for Events")]
+    Events(#[from] rds_events::ConnectError),
     #[error("gRPC server")]
     Grpc(#[from] tonic::transport::Error),
 }
@@ -38,6 +53,8 @@ pub enum AppError {
 pub struct Running {
     pub service: NodeService,
     pub devices: rds_devices::DeviceWatcherHandle,
+    pub mounts: Arc<rds_mounts::watch::WatcherHandle>,
+    pub monitor: crate::monitor::MonitorHandle,
     pub readiness: Readiness,
 }
 
@@ -50,27 +67,54 @@ pub async fn run(
     started: impl FnOnce(Running) + Send,
 ) -> Result<(), AppError> {
     let mut tasks = JoinSet::new();
-    let (devices, mut device_events) = rds_devices::spawn(cfg.devices.clone())?;
-    // Until the monitor consumes them, keep the device stream drained so the watcher never
-    // blocks on a full channel.
-    tasks.spawn(async move {
-        while device_events.recv().await.is_some() {}
-        Ok::<(), AppError>(())
-    });
+    // Subscribe to the kernel first (both watchers scan after subscribing), then adopt.
+    let (devices, device_events) = rds_devices::spawn(cfg.devices.clone())?;
+    let (mounts, mount_events) = rds_mounts::watch::spawn(cfg.mounts.clone())?;
+    let mounts = Arc::new(mounts);
+    tracing::info!(strategy = ?mounts.strategy(), "mount watcher running");
     let volumes = Volumes::open(&cfg.state_dir)?;
-    let observer: Arc<dyn VolumeObserver> = Arc::new(NoObserver);
-    let rpcs: Arc<dyn RpcObserver> = Arc::new(NoRpcObserver);
+    let events: Arc<dyn rds_events::EventSink> = match &cfg.events {
+        EventsMode::Sink(s) => s.clone(),
+        EventsMode::Kube { kubeconfig } => {
+            let ev = rds_events::start(
+                kubeconfig.clone(),
+                rds_events::KubeSinkConfig::new(cfg.node.node_id.clone()),
+            )
+            .await?;
+            ev.sink
+        }
+    };
+    let readiness = Readiness::default();
     let guards = VolumeGuards::default();
     let source: Arc<dyn NamespaceSource> = Arc::new(devices.clone());
+    let (monitor, monitor_task) = crate::monitor::spawn(crate::monitor::MonitorParts {
+        config: cfg.monitor.clone(),
+        mounts: mounts.clone(),
+        mount_events,
+        devices: devices.clone(),
+        device_events,
+        fs_errors: None,
+        records: volumes.all(),
+        events,
+        recovery: None,
+        metrics: None,
+        readiness: readiness.clone(),
+    });
+    tasks.spawn(async move {
+        monitor_task.await;
+        Ok::<(), AppError>(())
+    });
+    let observer: Arc<dyn VolumeObserver> = Arc::new(monitor.clone());
+    let rpcs: Arc<dyn RpcObserver> = Arc::new(NoRpcObserver);
     let service = NodeService::new(cfg.node.clone(), volumes, fabric, source, observer, guards);
-    let readiness = Readiness::default();
-    readiness.set_ready();
 
     let listener = crate::server::bind(&cfg.endpoint)?;
     tracing::info!(endpoint = %cfg.endpoint.display(), driver = %cfg.driver_name, node = %cfg.node.node_id, "CSI server listening");
     started(Running {
         service: service.clone(),
         devices: devices.clone(),
+        mounts: mounts.clone(),
+        monitor: monitor.clone(),
         readiness: readiness.clone(),
     });
 
@@ -103,7 +147,7 @@ pub async fn run(
             if let Ok(Err(e)) = r {
                 tracing::warn!(error = %e, "task ended with an error during shutdown");
             }
-            // The device drain task never ends by itself: stop once the server is done.
+            // The monitor never ends by itself: stop once the server is done.
             if tasks.len() <= 1 {
                 break;
             }

@@ -29,7 +29,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the CSI Identity and Node services (what the DaemonSet runs).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print the live stream of mount and device events the monitor sees.
     Watch(WatchArgs),
     /// Run the whole plugin on an emulated fabric in private namespaces (needs root).
@@ -122,6 +122,46 @@ pub struct ServeArgs {
     /// Bound on one read of the mount table.
     #[arg(long, env = "MOUNTINFO_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
     pub mountinfo_timeout: Duration,
+    /// How the mount table is watched: fanotify mount events (6.15+), POLLPRI + listmount/statmount
+    /// (6.8+), POLLPRI + full re-read; auto picks the best the kernel allows.
+    #[arg(long, env = "MOUNT_STRATEGY", value_enum, default_value_t = MountStrategy::Auto)]
+    pub mount_strategy: MountStrategy,
+    /// Mounts of one device or at one path from which a mount storm is flagged.
+    #[arg(long, env = "STORM_THRESHOLD", default_value_t = 100)]
+    pub storm_threshold: usize,
+    /// How long a removed namespace may take to come back (a reconnect) before the volume is
+    /// reported as device gone.
+    #[arg(long, env = "GONE_GRACE", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub gone_grace: Duration,
+    /// Recovery attempts before giving up (backoff 1s, 2s, 4s, ...).
+    #[arg(long, env = "RECOVERY_ATTEMPTS", default_value_t = 3)]
+    pub recovery_attempts: u32,
+    /// Delete the pods on this node that hold a dead filesystem so their controllers recreate
+    /// them on the healed volume (off by default).
+    #[arg(long, env = "EVICT_PODS_ON_STALE", default_value_t = false)]
+    pub evict_pods_on_stale: bool,
+    /// Kubeconfig for posting Events (default: in-cluster config, then $KUBECONFIG).
+    #[arg(long, env = "KUBECONFIG_PATH")]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MountStrategy {
+    Auto,
+    Fanotify,
+    Liststat,
+    Reread,
+}
+
+impl From<MountStrategy> for rds_mounts::watch::Strategy {
+    fn from(s: MountStrategy) -> Self {
+        match s {
+            MountStrategy::Auto => Self::Auto,
+            MountStrategy::Fanotify => Self::Fanotify,
+            MountStrategy::Liststat => Self::ListStat,
+            MountStrategy::Reread => Self::Reread,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -23,6 +23,8 @@ use crate::node::{Deadlines, NodeConfig};
 pub const MANAGED_PREFIX: &str = "nqn.2000-02.com.mikrotik:pvc-";
 pub const DRIVER: &str = "rds.csi.srvlab.io";
 pub const NODE_ID: &str = "node-under-test";
+/// The harness's grace before a removed namespace is called gone (production: 10 s).
+pub const GONE_GRACE: Duration = Duration::from_secs(1);
 
 /// The NQN the existing controller derives for a volume.
 pub fn nqn_for(volume_id: &str) -> Nqn {
@@ -36,6 +38,8 @@ pub fn nqn_for(volume_id: &str) -> Nqn {
 /// One plugin instance: its directories, its emulated fabric, its server task.
 pub struct Plugin {
     pub root: PathBuf,
+    /// The Kubernetes Events the plugin would have posted.
+    pub events: Arc<rds_events::RecordingSink>,
     pub fabric: Arc<EmulatedFabric>,
     pub socket: PathBuf,
     pub running: Running,
@@ -87,6 +91,17 @@ impl Plugin {
         root: &Path,
         fabric: Option<Arc<EmulatedFabric>>,
     ) -> Result<Self, HarnessError> {
+        Self::start_with(root, fabric, None).await
+    }
+
+    /// Like [`Plugin::start`], posting Kubernetes Events to `sink` instead of recording them.
+    pub async fn start_with(
+        root: &Path,
+        fabric: Option<Arc<EmulatedFabric>>,
+        sink: Option<Arc<dyn rds_events::EventSink>>,
+    ) -> Result<Self, HarnessError> {
+        let events = Arc::new(rds_events::RecordingSink::new());
+        let sink: Arc<dyn rds_events::EventSink> = sink.unwrap_or_else(|| events.clone());
         let l = Layout::under(root);
         for d in [&l.sys, &l.dev, &l.backing, &l.state, &l.kubelet] {
             std::fs::create_dir_all(d)?;
@@ -128,6 +143,12 @@ impl Plugin {
             },
             devices: rds_devices::WatcherConfig::new(l.sys.clone(), root.join("run"))
                 .with_sources(rds_devices::SourceKind::Both),
+            mounts: rds_mounts::watch::WatcherConfig::new("/proc"),
+            monitor: rds_monitor::MonitorConfig {
+                gone_grace: GONE_GRACE,
+                ..rds_monitor::MonitorConfig::default()
+            },
+            events: crate::app::EventsMode::Sink(sink),
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (started_tx, started_rx) = tokio::sync::oneshot::channel::<Running>();
@@ -143,7 +164,11 @@ impl Plugin {
             },
         ));
         let running = match started_rx.await {
-            Ok(r) => r,
+            Ok(r) => {
+                // Serve only a plugin that has reconciled with the kernel (what Probe reports).
+                r.readiness.wait().await;
+                r
+            }
             Err(_) => {
                 let why = match task.await {
                     Ok(Err(e)) => e.to_string(),
@@ -155,6 +180,7 @@ impl Plugin {
         };
         Ok(Self {
             root: root.to_owned(),
+            events,
             fabric,
             socket: l.socket,
             running,

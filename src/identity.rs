@@ -1,6 +1,5 @@
 //! CSI Identity service: name, version, capabilities, readiness.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
@@ -9,15 +8,26 @@ use crate::csi;
 
 /// Readiness shared with the monitor: Probe reports ready only once the first reconcile of
 /// the node's volumes against the kernel's state is done.
-#[derive(Debug, Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+#[derive(Debug, Clone)]
+pub struct Readiness(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::watch::channel(false).0))
+    }
+}
 
 impl Readiness {
     pub fn set_ready(&self) {
-        self.0.store(true, Ordering::Release);
+        self.0.send_replace(true);
     }
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        *self.0.borrow()
+    }
+    /// Resolves once ready (woken by the monitor's first reconcile, not by polling).
+    pub async fn wait(&self) {
+        let mut rx = self.0.subscribe();
+        let _ = rx.wait_for(|r| *r).await;
     }
 }
 

@@ -9,6 +9,7 @@ pub mod error;
 pub mod guard;
 pub mod harness;
 pub mod identity;
+pub mod monitor;
 pub mod node;
 pub mod record;
 pub mod server;

@@ -55,7 +55,7 @@ fn main() -> ExitCode {
         }
     };
     let r = match cli.command {
-        Command::Serve(args) => rt.block_on(serve(args)),
+        Command::Serve(args) => rt.block_on(serve(*args)),
         Command::Watch(args) => rt.block_on(rds_csi_node::watch::run(args)),
         Command::Demo(args) => rt.block_on(rds_csi_node::demo::run(args.scenario)),
     };
@@ -123,6 +123,26 @@ async fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error + Send + Sy
         },
         devices: rds_devices::WatcherConfig::new(a.sys_root.clone(), a.run_root.clone())
             .with_sources(a.uevent_source.into()),
+        mounts: {
+            let mut m = rds_mounts::watch::WatcherConfig::new(a.proc_root.clone());
+            m.strategy = a.mount_strategy.into();
+            m.read_timeout = a.mountinfo_timeout;
+            m.storm.threshold = a.storm_threshold;
+            m.storm.clear_below = m
+                .storm
+                .clear_below
+                .min(a.storm_threshold.saturating_sub(1).max(1));
+            m
+        },
+        monitor: rds_monitor::MonitorConfig {
+            gone_grace: a.gone_grace,
+            recovery_attempts: a.recovery_attempts,
+            evict_pods_on_stale: a.evict_pods_on_stale,
+            ..rds_monitor::MonitorConfig::default()
+        },
+        events: rds_csi_node::app::EventsMode::Kube {
+            kubeconfig: a.kubeconfig.clone(),
+        },
     };
     app::run(cfg, fabric, rds_csi_node::server::shutdown_signal(), |_| {}).await?;
     Ok(())

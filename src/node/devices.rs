@@ -55,8 +55,14 @@ impl NamespaceSource for rds_devices::DeviceWatcherHandle {
 }
 
 fn from_watcher(d: rds_devices::NamespaceDevice) -> NsDevice {
+    // The node is `<dev-root>/<kernel name>`: names and DEVNAME from udev may carry the
+    // sender's dev root, so keep only the last component.
+    let name = std::path::Path::new(&d.name)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or(d.name);
     NsDevice {
-        name: d.dev_path_name,
+        name,
         nsid: Some(d.nsid),
         identity: d.identity,
     }

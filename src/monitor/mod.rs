@@ -1,0 +1,616 @@
+//! The monitor task: the one owner of the state machine. It takes the mount watcher's, the
+//! device watcher's and the node service's events, feeds [`rds_monitor::Monitor`], and carries
+//! out its actions: conditions published for NodeGetVolumeStats (O(1) reads), Kubernetes
+//! Events, recovery, eviction, timers.
+//!
+//! The node service talks to it through [`MonitorHandle`], its [`VolumeObserver`]: a
+//! notification is a channel send, a condition query is a map read. Nothing blocks.
+
+mod translate;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use dashmap::DashMap;
+use rds_monitor::{Action, Monitor, MonitorConfig, MonitorEvent, Timestamp, VolumeId as MVolumeId};
+use rds_mounts::watch::MountEvent;
+use tokio::sync::mpsc;
+
+use crate::identity::Readiness;
+use crate::node::observer::{Condition, VolumeObserver};
+use crate::record::VolumeRecord;
+use crate::validate::VolumeId;
+
+pub use translate::csi_condition;
+
+/// Carries out `Recover` actions. The implementation answers through the returned result;
+/// the task turns it into RecoveryStarted / RecoverySucceeded / RecoveryFailed.
+#[tonic::async_trait]
+pub trait RecoveryRunner: Send + Sync + 'static {
+    async fn recover(
+        &self,
+        volume_id: &str,
+        reason: rds_monitor::RecoveryReason,
+    ) -> Result<RecoveryDone, String>;
+}
+
+/// A successful recovery, in the state machine's terms.
+#[derive(Debug, Clone)]
+pub struct RecoveryDone {
+    pub new_device: rds_types::BlockIdentity,
+    pub new_mount: Option<rds_monitor::MountKey>,
+    pub republished: Vec<rds_monitor::PublishedMount>,
+}
+
+/// Counters the task feeds (implemented by the metrics registry).
+pub trait MonitorMetrics: Send + Sync + 'static {
+    fn metric(&self, m: &rds_monitor::MetricEvent);
+    fn conditions(&self, counts: &[(&'static str, u64)]);
+    fn mount_event(&self);
+    fn device_event(&self);
+    fn mount_table_size(&self, n: usize);
+}
+
+/// What the node service tells the monitor.
+#[derive(Debug)]
+enum Note {
+    Staged(Box<VolumeRecord>),
+    Unstaged(VolumeId),
+    Published(Box<VolumeRecord>, PathBuf),
+    Unpublished(VolumeId, PathBuf),
+}
+
+#[derive(Debug, Default)]
+struct Published {
+    volume: Option<Condition>,
+    targets: HashMap<PathBuf, Condition>,
+}
+
+/// The monitor's face to the rest of the process. Cheap to clone.
+#[derive(Clone)]
+pub struct MonitorHandle {
+    notes: mpsc::UnboundedSender<Note>,
+    conditions: Arc<DashMap<String, Published>>,
+    /// Bumped after every condition change, so waiters are woken by the change itself.
+    changed: tokio::sync::watch::Receiver<u64>,
+}
+
+impl MonitorHandle {
+    /// The current condition of a volume, if the monitor knows it.
+    pub fn volume_condition(&self, id: &str) -> Option<Condition> {
+        self.conditions.get(id).and_then(|c| c.volume.clone())
+    }
+
+    /// Wait until the volume's condition satisfies `pred` (checked now and after every
+    /// change), up to `deadline`. Returns the condition, or the last one seen on timeout.
+    pub async fn wait_for(
+        &self,
+        id: &str,
+        deadline: Duration,
+        pred: impl Fn(&Condition) -> bool,
+    ) -> Result<Condition, Option<Condition>> {
+        let mut rx = self.changed.clone();
+        let wait = async {
+            loop {
+                if let Some(c) = self.volume_condition(id).filter(|c| pred(c)) {
+                    return Ok(c);
+                }
+                if rx.changed().await.is_err() {
+                    return Err(());
+                }
+            }
+        };
+        match tokio::time::timeout(deadline, wait).await {
+            Ok(Ok(c)) => Ok(c),
+            _ => Err(self.volume_condition(id)),
+        }
+    }
+}
+
+impl VolumeObserver for MonitorHandle {
+    fn staged(&self, rec: &VolumeRecord) {
+        let _ = self.notes.send(Note::Staged(Box::new(rec.clone())));
+    }
+    fn unstaged(&self, id: &VolumeId) {
+        let _ = self.notes.send(Note::Unstaged(id.clone()));
+    }
+    fn published(&self, rec: &VolumeRecord, target: &Path) {
+        let _ = self
+            .notes
+            .send(Note::Published(Box::new(rec.clone()), target.to_owned()));
+    }
+    fn unpublished(&self, id: &VolumeId, target: &Path) {
+        let _ = self
+            .notes
+            .send(Note::Unpublished(id.clone(), target.to_owned()));
+    }
+    fn condition(&self, id: &VolumeId, path: &Path) -> Condition {
+        let Some(c) = self.conditions.get(id.as_str()) else {
+            return Condition::healthy();
+        };
+        c.targets
+            .get(path)
+            .or(c.volume.as_ref())
+            .cloned()
+            .unwrap_or_else(Condition::healthy)
+    }
+}
+
+/// Everything the task needs.
+pub struct MonitorParts {
+    pub config: MonitorConfig,
+    pub mounts: Arc<rds_mounts::watch::WatcherHandle>,
+    pub mount_events: mpsc::Receiver<MountEvent>,
+    pub devices: rds_devices::DeviceWatcherHandle,
+    pub device_events: mpsc::Receiver<rds_devices::DeviceEvent>,
+    pub fs_errors: Option<mpsc::Receiver<(rds_types::DevNum, i32, u32, Instant)>>,
+    pub records: Vec<VolumeRecord>,
+    pub events: Arc<dyn rds_events::EventSink>,
+    pub recovery: Option<Arc<dyn RecoveryRunner>>,
+    pub metrics: Option<Arc<dyn MonitorMetrics>>,
+    pub readiness: Readiness,
+}
+
+/// Start the monitor task; returns its handle and the task's future (for the caller's JoinSet).
+pub fn spawn(
+    parts: MonitorParts,
+) -> (
+    MonitorHandle,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let conditions = Arc::new(DashMap::new());
+    let (changed_tx, changed) = tokio::sync::watch::channel(0u64);
+    let handle = MonitorHandle {
+        notes: tx,
+        conditions: conditions.clone(),
+        changed,
+    };
+    (handle, run(parts, rx, conditions, changed_tx))
+}
+
+struct Task {
+    machine: Monitor,
+    start: Instant,
+    start_wall: SystemTime,
+    conditions: Arc<DashMap<String, Published>>,
+    changed: tokio::sync::watch::Sender<u64>,
+    events: Arc<dyn rds_events::EventSink>,
+    recovery: Option<Arc<dyn RecoveryRunner>>,
+    metrics: Option<Arc<dyn MonitorMetrics>>,
+    recovery_tx: mpsc::UnboundedSender<MonitorEvent>,
+    devices: rds_devices::DeviceWatcherHandle,
+    mounts: Arc<rds_mounts::watch::WatcherHandle>,
+    /// Volumes staged, by id: their NQNs, for the device resync.
+    nqns: HashMap<String, rds_types::Nqn>,
+}
+
+/// Bounded work per wake-up: at most this many queued events are handled before timers and
+/// the other sources get their turn.
+const BATCH: usize = 256;
+
+async fn run(
+    p: MonitorParts,
+    mut notes: mpsc::UnboundedReceiver<Note>,
+    conditions: Arc<DashMap<String, Published>>,
+    changed: tokio::sync::watch::Sender<u64>,
+) {
+    let (recovery_tx, mut recovery_rx) = mpsc::unbounded_channel();
+    let mut t = Task {
+        machine: Monitor::new(p.config),
+        start: Instant::now(),
+        start_wall: SystemTime::now(),
+        conditions,
+        changed,
+        events: p.events,
+        recovery: p.recovery,
+        metrics: p.metrics,
+        recovery_tx,
+        devices: p.devices,
+        mounts: p.mounts,
+        nqns: HashMap::new(),
+    };
+    let (mut mount_rx, mut device_rx) = (p.mount_events, p.device_events);
+    let mut fs_rx = p.fs_errors;
+
+    // Re-adoption: replay every persisted record against the kernel's current state. The
+    // mount watcher's first event is its initial snapshot; the device watcher's model is
+    // already populated from its sysfs scan.
+    let table = t.mounts.table();
+    for rec in &p.records {
+        let top = table.top_at(rec.staging_path.as_path()).cloned();
+        if let Some(m) = &top {
+            t.mounts.track(m.id);
+        }
+        if let Some(ev) = translate::staged(rec, top.as_ref(), true) {
+            t.nqns
+                .insert(rec.volume_id.as_str().to_owned(), rec.target.nqn.clone());
+            t.feed(ev, None);
+        }
+        for p in &rec.publishes {
+            let m = table.top_at(&p.target).cloned();
+            t.feed(
+                translate::published(rec, &p.target, m.as_ref(), p.read_only, true),
+                None,
+            );
+        }
+    }
+    t.feed(
+        MonitorEvent::MountResync(table.iter().map(translate::mount_facts).collect()),
+        None,
+    );
+    t.device_resync();
+    p.readiness.set_ready();
+    tracing::info!(
+        volumes = p.records.len(),
+        mounts = table.len(),
+        "monitor: first reconcile done"
+    );
+
+    loop {
+        let deadline = t.machine.next_deadline().map(|d| t.instant_of(d));
+        let tick = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            Some(n) = notes.recv() => t.note(n),
+            Some(ev) = recovery_rx.recv() => t.feed(ev, None),
+            Some(ev) = mount_rx.recv() => {
+                t.mount_event(ev);
+                for _ in 0..BATCH {
+                    match mount_rx.try_recv() { Ok(ev) => t.mount_event(ev), Err(_) => break }
+                }
+            }
+            Some(ev) = device_rx.recv() => {
+                t.device_event(ev);
+                for _ in 0..BATCH {
+                    match device_rx.try_recv() { Ok(ev) => t.device_event(ev), Err(_) => break }
+                }
+            }
+            Some((dev, errno, count, at)) = async { match fs_rx.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => {
+                let observed = t.ts(at);
+                t.feed(MonitorEvent::FsError { dev, errno, count }, Some(observed));
+            }
+            _ = tick => t.feed(MonitorEvent::Tick, None),
+            else => break,
+        }
+    }
+    tracing::info!("monitor stopped");
+}
+
+impl Task {
+    fn ts(&self, at: Instant) -> Timestamp {
+        Timestamp::from_duration(at.saturating_duration_since(self.start))
+    }
+
+    fn now(&self) -> Timestamp {
+        self.ts(Instant::now())
+    }
+
+    fn instant_of(&self, t: Timestamp) -> Instant {
+        self.start + Duration::from_nanos(t.0)
+    }
+
+    fn wall(&self, t: Timestamp) -> SystemTime {
+        self.start_wall + Duration::from_nanos(t.0)
+    }
+
+    fn note(&mut self, n: Note) {
+        match n {
+            Note::Staged(rec) => {
+                // The staging mount as the watcher's table has it now (the attach event may
+                // still be queued: the machine tolerates a mount it has not seen yet).
+                let top = self
+                    .mounts
+                    .table()
+                    .top_at(rec.staging_path.as_path())
+                    .cloned();
+                let top = top.or_else(|| read_top(rec.staging_path.as_path()));
+                if let Some(m) = &top {
+                    self.mounts.track(m.id);
+                }
+                self.nqns
+                    .insert(rec.volume_id.as_str().to_owned(), rec.target.nqn.clone());
+                if let Some(ev) = translate::staged(&rec, top.as_ref(), false) {
+                    self.feed(ev, None);
+                }
+            }
+            Note::Unstaged(id) => {
+                self.nqns.remove(id.as_str());
+                self.conditions.remove(id.as_str());
+                self.feed(
+                    MonitorEvent::VolumeUnstaged {
+                        volume_id: MVolumeId::new(id.as_str()),
+                    },
+                    None,
+                );
+            }
+            Note::Published(rec, target) => {
+                let m = read_top(&target);
+                let ro = rec
+                    .publishes
+                    .iter()
+                    .find(|p| p.target == target)
+                    .map(|p| p.read_only)
+                    .unwrap_or(rec.read_only);
+                self.feed(
+                    translate::published(&rec, &target, m.as_ref(), ro, false),
+                    None,
+                );
+            }
+            Note::Unpublished(id, target) => {
+                if let Some(mut c) = self.conditions.get_mut(id.as_str()) {
+                    c.targets.remove(&target);
+                }
+                self.feed(
+                    MonitorEvent::VolumeUnpublished {
+                        volume_id: MVolumeId::new(id.as_str()),
+                        target,
+                    },
+                    None,
+                );
+            }
+        }
+    }
+
+    fn mount_event(&mut self, ev: MountEvent) {
+        if let Some(m) = &self.metrics {
+            m.mount_event();
+        }
+        let now = Instant::now();
+        let observed = Some(self.ts(now));
+        let mev = match ev {
+            MountEvent::Attached(m) => MonitorEvent::MountAttached(translate::mount_facts(&m)),
+            MountEvent::Detached(m) => MonitorEvent::MountDetached {
+                id: u64::from(m.id),
+            },
+            MountEvent::Changed { new, .. } => {
+                MonitorEvent::MountChanged(translate::mount_facts(&new))
+            }
+            MountEvent::Resynced { table } => {
+                if let Some(m) = &self.metrics {
+                    m.mount_table_size(table.len());
+                }
+                MonitorEvent::MountResync(table.iter().map(translate::mount_facts).collect())
+            }
+            MountEvent::Storm(r) => {
+                tracing::warn!(key = %r.key, count = r.count, "{}", r.message);
+                MonitorEvent::MountStorm {
+                    key: translate::storm_key(&r.key),
+                    count: r.count as u64,
+                    message: r.message,
+                }
+            }
+            MountEvent::StormCleared(c) => MonitorEvent::MountStormCleared {
+                key: translate::storm_key(&c.key),
+            },
+            MountEvent::Overflow => {
+                tracing::warn!("mount watcher overflowed; a resync follows");
+                return;
+            }
+            MountEvent::Error(e) => {
+                tracing::error!(error = %e, "mount watcher");
+                return;
+            }
+        };
+        self.feed(mev, observed);
+    }
+
+    fn device_event(&mut self, ev: rds_devices::DeviceEvent) {
+        if let Some(m) = &self.metrics {
+            m.device_event();
+        }
+        let observed = Some(self.now());
+        match &ev {
+            rds_devices::DeviceEvent::Resynced => self.device_resync(),
+            rds_devices::DeviceEvent::Overflow => {
+                tracing::warn!("device watcher overflowed; a resync follows")
+            }
+            rds_devices::DeviceEvent::Lagged { missed } => {
+                tracing::warn!(
+                    missed,
+                    "monitor lagged behind the device watcher; resyncing from its model"
+                );
+                self.device_resync();
+            }
+            _ => {
+                if let Some(mev) = translate::device_event(&ev) {
+                    self.feed(mev, observed);
+                }
+            }
+        }
+    }
+
+    /// An authoritative view of the namespaces and controllers of every staged NQN.
+    fn device_resync(&mut self) {
+        let mut namespaces = Vec::new();
+        let mut controllers = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for nqn in self.nqns.values() {
+            if !seen.insert(nqn.clone()) {
+                continue;
+            }
+            if let Some(ns) = self.devices.resolve(nqn, None) {
+                namespaces.push(rds_monitor::NamespaceFacts {
+                    nqn: nqn.clone(),
+                    nsid: ns.nsid,
+                    name: ns.name,
+                    identity: ns.identity,
+                });
+            }
+            for c in self.devices.controllers_for(nqn) {
+                controllers.push(rds_monitor::ControllerFacts {
+                    nqn: nqn.clone(),
+                    controller: c.name.clone(),
+                    state: translate::controller_state(&c.state),
+                });
+            }
+        }
+        self.feed(
+            MonitorEvent::DeviceResync {
+                namespaces,
+                controllers,
+            },
+            None,
+        );
+    }
+
+    fn feed(&mut self, ev: MonitorEvent, observed: Option<Timestamp>) {
+        let now = self.now();
+        let actions = self.machine.on_event_observed(ev, observed, now);
+        for a in actions {
+            self.act(a);
+        }
+    }
+
+    fn act(&mut self, a: Action) {
+        match a {
+            Action::ConditionChanged {
+                volume_id,
+                old,
+                new,
+            } => {
+                let from = old.as_ref().map(|c| c.kind.as_str()).unwrap_or("-");
+                match &new {
+                    Some(c) => {
+                        if c.is_abnormal() {
+                            tracing::warn!(volume.id = %volume_id, from, to = c.kind.as_str(), cause = %c.cause.detail, "{}", c.message);
+                        } else {
+                            tracing::info!(volume.id = %volume_id, from, to = c.kind.as_str(), cause = %c.cause.detail, "{}", c.message);
+                        }
+                        let cond = csi_condition(c, self.wall(c.since));
+                        self.conditions
+                            .entry(volume_id.as_str().to_owned())
+                            .or_default()
+                            .volume = Some(cond);
+                    }
+                    None => {
+                        self.conditions.remove(volume_id.as_str());
+                    }
+                }
+                self.publish_counts();
+                self.changed.send_modify(|g| *g += 1);
+            }
+            Action::PublishConditionChanged {
+                volume_id,
+                target,
+                new,
+                ..
+            } => {
+                let mut e = self
+                    .conditions
+                    .entry(volume_id.as_str().to_owned())
+                    .or_default();
+                match new {
+                    Some(c) => {
+                        let cond = csi_condition(&c, self.wall(c.since));
+                        e.targets.insert(target, cond);
+                    }
+                    None => {
+                        e.targets.remove(&target);
+                    }
+                }
+                drop(e);
+                self.changed.send_modify(|g| *g += 1);
+            }
+            Action::PostEvent {
+                volume_id,
+                reason,
+                type_,
+                message,
+            } => {
+                let r = event_reason(reason);
+                let ty = match type_ {
+                    rds_monitor::EventType::Normal => rds_events::EventType::Normal,
+                    rds_monitor::EventType::Warning => rds_events::EventType::Warning,
+                };
+                self.events.post(
+                    rds_events::VolumeEvent::new(volume_id.as_str(), r, reason.as_str(), message)
+                        .with_type(ty),
+                );
+            }
+            Action::Recover {
+                volume_id,
+                reason,
+                attempt,
+                ..
+            } => {
+                let Some(runner) = self.recovery.clone() else {
+                    tracing::warn!(volume.id = %volume_id, ?reason, "recovery needed but no executor is configured");
+                    return;
+                };
+                let tx = self.recovery_tx.clone();
+                let _ = tx.send(MonitorEvent::RecoveryStarted {
+                    volume_id: volume_id.clone(),
+                    attempt,
+                });
+                tokio::spawn(async move {
+                    let ev = match runner.recover(volume_id.as_str(), reason).await {
+                        Ok(done) => MonitorEvent::RecoverySucceeded {
+                            volume_id,
+                            new_device: done.new_device,
+                            new_mount: done.new_mount,
+                            republished: done.republished,
+                        },
+                        Err(error) => MonitorEvent::RecoveryFailed {
+                            volume_id,
+                            attempt,
+                            error,
+                            final_: false,
+                        },
+                    };
+                    let _ = tx.send(ev);
+                });
+            }
+            Action::EvictPods { volume_id, targets } => {
+                tracing::warn!(volume.id = %volume_id, targets = ?targets, "pods hold a dead filesystem; eviction requested");
+            }
+            Action::ScheduleTick { .. } => {}
+            Action::Metric(m) => {
+                if let Some(x) = &self.metrics {
+                    x.metric(&m);
+                }
+            }
+        }
+    }
+
+    fn publish_counts(&self) {
+        let Some(m) = &self.metrics else { return };
+        let mut counts: HashMap<&'static str, u64> = HashMap::new();
+        for (_, c) in self.machine.volumes() {
+            *counts.entry(c.kind.as_str()).or_default() += 1;
+        }
+        let v: Vec<_> = counts.into_iter().collect();
+        m.conditions(&v);
+    }
+}
+
+fn event_reason(r: rds_monitor::EventReason) -> rds_events::Reason {
+    use rds_events::Reason as E;
+    use rds_monitor::EventReason as M;
+    match r {
+        M::StaleMountDetected => E::StaleMountDetected,
+        M::RecoveryFailed => E::RecoveryFailed,
+        M::MountFailure => E::MountFailure,
+        M::ConnectionFailure => E::ConnectionFailure,
+        M::ConnectionRecovery => E::ConnectionRecovery,
+        M::MountStorm => E::MountStorm,
+        M::FilesystemFailed => E::FilesystemFailed,
+        // The staging path was healed but running pods still hold the dead filesystem: that is
+        // a stale mount the user has to act on (recreate the pod).
+        M::RecoverySucceeded => E::StaleMountDetected,
+    }
+}
+
+/// The topmost mount at `path`, read from this process's mount table (only for a path the
+/// node service just mounted: its attach event may not have reached the watcher yet).
+fn read_top(path: &Path) -> Option<rds_mounts::mountinfo::MountInfo> {
+    let t = rds_mounts::mountinfo::read_mountinfo(Path::new("/proc"), "self").ok()?;
+    t.entries.into_iter().rev().find(|m| m.mount_point == path)
+}

@@ -1,0 +1,287 @@
+//! The monitor end to end: real loop devices, real mounts and real (kernel and injected udev)
+//! events through the emulated fabric; conditions read back as kubelet reads them, through
+//! NodeGetVolumeStats over the socket, and Kubernetes Events as the plugin would post them.
+
+rds_testkit::private_namespaces!();
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rds_csi_node::csi;
+use rds_csi_node::csi::volume_capability::access_mode::Mode;
+use rds_csi_node::harness::*;
+use rds_csi_node::node::observer::Condition;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+const SIZE: u64 = 64 << 20;
+/// Generous: the kernel delivers these events in microseconds; this only bounds a broken run.
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Env {
+    dir: tempfile::TempDir,
+    plugin: Plugin,
+    k: Kubelet,
+}
+
+async fn env() -> Env {
+    rds_testkit::require_private_namespaces();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plugin = Plugin::start(dir.path(), None)
+        .await
+        .expect("plugin starts");
+    let k = plugin.kubelet().await.expect("kubelet connects");
+    Env { dir, plugin, k }
+}
+
+fn ext4() -> csi::VolumeCapability {
+    mount_capability("ext4", Mode::SingleNodeWriter)
+}
+
+impl Env {
+    async fn stage_and_publish(&mut self, vol: &str) {
+        self.plugin
+            .fabric
+            .add_target(&nqn_for(vol), SIZE)
+            .expect("target");
+        self.k
+            .node
+            .node_stage_volume(stage_request(&self.plugin, vol, ext4()))
+            .await
+            .expect("stage");
+        self.k
+            .node
+            .node_publish_volume(publish_request(&self.plugin, vol, "pod", ext4(), false))
+            .await
+            .expect("publish");
+        self.wait(vol, |c| !c.abnormal)
+            .await
+            .expect("healthy after stage");
+    }
+
+    async fn wait(
+        &self,
+        vol: &str,
+        pred: impl Fn(&Condition) -> bool,
+    ) -> Result<Condition, Option<Condition>> {
+        self.plugin.running.monitor.wait_for(vol, WAIT, pred).await
+    }
+
+    async fn stats_condition(&mut self, vol: &str) -> (csi::VolumeCondition, usize) {
+        let r = self
+            .k
+            .node
+            .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
+                volume_id: vol.into(),
+                volume_path: self.plugin.target_path("pod", vol).display().to_string(),
+                staging_target_path: String::new(),
+            })
+            .await
+            .expect("stats")
+            .into_inner();
+        (
+            r.volume_condition.expect("a condition is always reported"),
+            r.usage.len(),
+        )
+    }
+}
+
+fn kind_is(kind: &'static str) -> impl Fn(&Condition) -> bool {
+    move |c: &Condition| c.abnormal && c.message.starts_with(kind)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_that_renames_the_device_is_flagged_device_replaced() {
+    let _s = SERIAL.lock().await;
+    let mut e = env().await;
+    let vol = "pvc-renamed";
+    e.stage_and_publish(vol).await;
+    let (old, _, _) = e.plugin.fabric.namespace_of(&nqn_for(vol)).unwrap();
+    e.plugin
+        .fabric
+        .reconnect_renamed(&nqn_for(vol))
+        .expect("reconnect");
+    let (new, _, _) = e.plugin.fabric.namespace_of(&nqn_for(vol)).unwrap();
+    assert_ne!(old, new, "the emulated reconnect renames the namespace");
+    let c = e
+        .wait(vol, kind_is("device_replaced"))
+        .await
+        .expect("DeviceReplaced");
+    assert!(c.dead, "a replaced device's old mount is never statvfs'd");
+    let (cond, usage) = e.stats_condition(vol).await;
+    assert!(
+        cond.abnormal,
+        "NodeGetVolumeStats reports the condition: {}",
+        cond.message
+    );
+    assert!(cond.message.contains("device_replaced"), "{}", cond.message);
+    assert_eq!(usage, 0, "no usage measured on a stale mount");
+    let ev = e
+        .plugin
+        .events
+        .wait_for(WAIT, |ev| ev.volume_id == vol)
+        .await
+        .expect("an event is posted on the volume");
+    assert_eq!(ev.reason, rds_events::Reason::StaleMountDetected, "{ev:?}");
+    e.plugin.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_that_reuses_the_name_with_a_new_diskseq_is_flagged_device_replaced() {
+    let _s = SERIAL.lock().await;
+    let mut e = env().await;
+    let vol = "pvc-samename";
+    e.stage_and_publish(vol).await;
+    let (old_name, _, old_seq) = e.plugin.fabric.namespace_of(&nqn_for(vol)).unwrap();
+    e.plugin
+        .fabric
+        .reconnect_same_name(&nqn_for(vol))
+        .expect("reconnect");
+    let (new_name, _, new_seq) = e.plugin.fabric.namespace_of(&nqn_for(vol)).unwrap();
+    assert_eq!(old_name, new_name, "same name");
+    assert_ne!(old_seq, new_seq, "new diskseq");
+    e.wait(vol, kind_is("device_replaced"))
+        .await
+        .expect("DeviceReplaced despite the same name");
+    e.plugin.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_goes_and_does_not_come_back_is_flagged_device_gone() {
+    let _s = SERIAL.lock().await;
+    let mut e = env().await;
+    let vol = "pvc-gone";
+    e.stage_and_publish(vol).await;
+    e.plugin
+        .fabric
+        .lose_controller(&nqn_for(vol))
+        .expect("controller loss");
+    let c = e
+        .wait(vol, kind_is("device_gone"))
+        .await
+        .expect("DeviceGone after the grace");
+    assert!(c.dead);
+    let (cond, _) = e.stats_condition(vol).await;
+    assert!(
+        cond.abnormal && cond.message.contains("device_gone"),
+        "{}",
+        cond.message
+    );
+    e.plugin.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staging_mount_removed_behind_our_back_is_flagged_mount_missing() {
+    let _s = SERIAL.lock().await;
+    let mut e = env().await;
+    let vol = "pvc-unmounted";
+    e.stage_and_publish(vol).await;
+    nix::mount::umount(&e.plugin.staging_path(vol)).expect("someone unmounts the staging path");
+    e.wait(vol, kind_is("mount_missing"))
+        .await
+        .expect("MountMissing");
+    e.plugin.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_bind_mounts_of_the_volume_is_flagged_and_clears() {
+    let _s = SERIAL.lock().await;
+    let mut e = env().await;
+    let vol = "pvc-storm";
+    e.stage_and_publish(vol).await;
+    let staging = e.plugin.staging_path(vol);
+    let base = e.dir.path().join("storm");
+    let mut made = Vec::new();
+    for i in 0..150 {
+        let d = base.join(i.to_string());
+        std::fs::create_dir_all(&d).unwrap();
+        nix::mount::mount(
+            Some(&staging),
+            &d,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
+        made.push(d);
+    }
+    let c = e
+        .wait(vol, kind_is("mount_storm"))
+        .await
+        .expect("MountStorm");
+    assert!(
+        c.message.contains("7:") && c.message.contains("awk"),
+        "the message names the device and how to inspect it: {}",
+        c.message
+    );
+    for d in &made {
+        nix::mount::umount(d).unwrap();
+    }
+    e.wait(vol, |c| !c.abnormal)
+        .await
+        .expect("healthy once the storm is gone");
+    e.plugin.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_stale_mounts_are_found_in_the_first_reconcile() {
+    let _s = SERIAL.lock().await;
+    let mut e = env().await;
+    let vol = "pvc-restart";
+    e.stage_and_publish(vol).await;
+    let root = e.dir.path().to_owned();
+    let fabric = e.plugin.stop().await.expect("plugin stops");
+    // While the plugin is down, the target restarts and the namespace comes back elsewhere.
+    fabric
+        .reconnect_renamed(&nqn_for(vol))
+        .expect("reconnect while the plugin is down");
+    let plugin = Plugin::start(&root, Some(fabric))
+        .await
+        .expect("plugin restarts");
+    plugin.running.readiness.wait().await;
+    let c = plugin
+        .running
+        .monitor
+        .volume_condition(vol)
+        .expect("the volume was re-adopted");
+    assert!(
+        c.abnormal && c.message.starts_with("device_replaced"),
+        "decided within the first scan: {c:?}"
+    );
+    plugin.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_api_server_affects_neither_the_monitor_nor_csi_calls() {
+    let _s = SERIAL.lock().await;
+    rds_testkit::require_private_namespaces();
+    let dir = tempfile::tempdir().unwrap();
+    // A Kubernetes client pointed at a closed port.
+    let cfg = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+    let client = kube::Client::try_from(cfg).expect("client");
+    let (sink, _task) =
+        rds_events::KubeSink::spawn(client, rds_events::KubeSinkConfig::new(NODE_ID.to_owned()));
+    let stats = sink.stats();
+    let plugin = Plugin::start_with(dir.path(), None, Some(Arc::new(sink)))
+        .await
+        .expect("plugin");
+    let mut e = Env {
+        k: plugin.kubelet().await.unwrap(),
+        plugin,
+        dir,
+    };
+    let vol = "pvc-noapi";
+    e.stage_and_publish(vol).await;
+    e.plugin.fabric.reconnect_renamed(&nqn_for(vol)).unwrap();
+    e.wait(vol, kind_is("device_replaced"))
+        .await
+        .expect("detection does not wait for the API server");
+    let (cond, _) = e.stats_condition(vol).await;
+    assert!(cond.abnormal);
+    // The event was attempted and failed (or is still queued), never blocking anything.
+    assert_eq!(
+        stats.posted(),
+        0,
+        "nothing can have been posted to a closed port"
+    );
+    e.plugin.stop().await.unwrap();
+}
