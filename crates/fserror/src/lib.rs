@@ -8,6 +8,12 @@
 //! arrives with the first filesystem operation after a failure (journal abort on a dead path,
 //! I/O after `EXT4_IOC_SHUTDOWN`), long before kubelet's next stats call would notice.
 //!
+//! * What raises the event (measured on Linux 6.18, see `tests/kernel.rs`): on a dead path
+//!   (EIO from the device) the data write and fsync fail, the next journal commit (`syncfs`, or
+//!   jbd2's 5 s timer) aborts the journal, and the next operation that starts a journal handle
+//!   calls `ext4_abort`: that raises `FAN_FS_ERROR`. `EXT4_IOC_SHUTDOWN` raises **none**: every
+//!   operation fails with EIO before ext4 looks at its journal; a shut-down filesystem shows
+//!   only as `shutdown` in its mountinfo super options, which the caller must check itself.
 //! * Superblock incarnations: ext4's fsid comes from its UUID, so a new filesystem on the same
 //!   `major:minor` has a new fsid. Events carry the fsid; compare it with what `watch` returned.
 //! * Lost events (queue overflow, undecodable bytes) arrive as [`FsErrorEvent::Lost`]: the

@@ -80,7 +80,7 @@ impl FsErrorWatcher {
             FsErrorHandle {
                 inner: Arc::new(HandleInner {
                     shared,
-                    _stop: stop_tx,
+                    stop: stop_tx,
                 }),
             },
             rx,
@@ -98,7 +98,7 @@ pub struct FsErrorHandle {
 struct HandleInner {
     shared: Arc<Shared>,
     /// Dropped with the last handle: wakes the task, which ends and closes the group.
-    _stop: oneshot::Sender<()>,
+    stop: oneshot::Sender<()>,
 }
 
 impl std::fmt::Debug for FsErrorHandle {
@@ -135,7 +135,7 @@ impl FsErrorHandle {
     /// which does I/O on ext4 or xfs; call it right after mounting.
     pub fn watch(&self, mount_point: &Path, dev: DevNum) -> Result<Fsid, FsErrorError> {
         let shared = &self.inner.shared;
-        if self.inner._stop.is_closed() {
+        if self.inner.stop.is_closed() {
             return Err(FsErrorError::Stopped);
         }
         let path = || mount_point.to_path_buf();
