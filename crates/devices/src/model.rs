@@ -243,6 +243,9 @@ pub struct Model {
     by_nqn: HashMap<String, HashMap<u32, Vec<String>>>,
     /// NQN → controller names.
     ctrls_by_nqn: HashMap<String, Vec<String>>,
+    /// Controller or subsystem name → NVMe disks under it (namespaces, paths, heads), so a
+    /// removal does not scan every block device.
+    children: HashMap<String, Vec<String>>,
 }
 
 impl Model {
@@ -258,15 +261,8 @@ impl Model {
             }
             Observation::SubsystemGone { name } => {
                 self.subsystems.remove(&name);
-                let heads: Vec<String> = self
-                    .blocks
-                    .values()
-                    .filter(|b| {
-                        matches!(&b.nvme, Some(NvmeNamespace { role: NvmeRole::Head { subsystem }, .. }) if *subsystem == name)
-                    })
-                    .map(|b| b.name.clone())
-                    .collect();
-                for h in heads {
+                // Its heads went with it, even if their remove events were lost.
+                for h in self.children.get(&name).cloned().unwrap_or_default() {
                     self.remove_block(&h, &mut out);
                 }
             }
@@ -349,19 +345,7 @@ impl Model {
     fn controller_gone(&mut self, name: &str, out: &mut Vec<DeviceEvent>) {
         // Its namespaces and paths went with it (sysfs children), even if their remove
         // events were lost.
-        let children: Vec<String> = self
-            .blocks
-            .values()
-            .filter(|b| match &b.nvme {
-                Some(NvmeNamespace {
-                    role: NvmeRole::Namespace { controller } | NvmeRole::Path { controller },
-                    ..
-                }) => controller == name,
-                _ => false,
-            })
-            .map(|b| b.name.clone())
-            .collect();
-        for child in children {
+        for child in self.children.get(name).cloned().unwrap_or_default() {
             self.remove_block(&child, out);
         }
         if let Some(c) = self.controllers.remove(name) {
@@ -399,6 +383,12 @@ impl Model {
             .or_default()
             .push(b.name.clone());
         out.push(DeviceEvent::BlockAdded(b.clone()));
+        if let Some(parent) = nvme_parent(&b) {
+            self.children
+                .entry(parent.to_owned())
+                .or_default()
+                .push(b.name.clone());
+        }
         if let Some(ns) = resolvable(&b) {
             self.by_nqn
                 .entry(ns.nqn.clone())
@@ -421,6 +411,9 @@ impl Model {
             return;
         };
         remove_from(&mut self.by_dev, &b.identity.dev, name);
+        if let Some(parent) = nvme_parent(&b) {
+            remove_from(&mut self.children, &parent.to_owned(), name);
+        }
         if let Some(ns) = resolvable(&b) {
             if let Some(by_nsid) = self.by_nqn.get_mut(&ns.nqn) {
                 remove_from(by_nsid, &ns.nsid, name);
@@ -547,6 +540,14 @@ impl Snapshot {
         self.subsystems.sort();
         self.controllers.sort_by(|a, b| a.name.cmp(&b.name));
         self.blocks.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+}
+
+/// The controller or subsystem an NVMe disk sits under.
+fn nvme_parent(b: &BlockInfo) -> Option<&str> {
+    match &b.nvme.as_ref()?.role {
+        NvmeRole::Namespace { controller } | NvmeRole::Path { controller } => Some(controller),
+        NvmeRole::Head { subsystem } => Some(subsystem),
     }
 }
 

@@ -147,12 +147,18 @@ impl SysfsReader {
         // diskseq only grows, and the kernel bumps it right *after* sending a detach's
         // `DISK_MEDIA_CHANGE=1` event, so that event carries the old value: the larger of the
         // event's and sysfs's is the current incarnation.
-        let sysfs_seq = attr(&dir, "diskseq")
-            .and_then(|s| s.parse().ok())
-            .map(DiskSeq);
-        let diskseq = match (ev.and_then(|e| e.diskseq), sysfs_seq) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
+        // Other events' DISKSEQ is current, which saves a read on the hot path.
+        let ev_seq = ev.and_then(|e| e.diskseq);
+        let media_change = ev.is_some_and(|e| e.get("DISK_MEDIA_CHANGE") == Some("1"));
+        let sysfs_seq = || {
+            attr(&dir, "diskseq")
+                .and_then(|s| s.parse().ok())
+                .map(DiskSeq)
+        };
+        let diskseq = match ev_seq {
+            Some(a) if media_change => Some(sysfs_seq().map_or(a, |b| a.max(b))),
+            Some(a) => Some(a),
+            None => sysfs_seq(),
         };
         let devtype = ev
             .and_then(|e| e.devtype.clone())
@@ -262,9 +268,28 @@ fn is_path_disk(name: &str) -> bool {
     digits > 0 && rest[digits..].starts_with('c')
 }
 
-/// One attribute, trailing newline removed; `None` if missing or unreadable (a race).
+/// One attribute, trailing newline removed; `None` if missing, unreadable (a race) or not
+/// UTF-8. A sysfs attribute is at most one page and comes whole from the first `read`, so
+/// this is open + read + close (no `fstat`, no second read), which matters on the per-event
+/// path.
 pub fn attr(dir: &Path, name: &str) -> Option<String> {
-    let s = fs::read_to_string(dir.join(name)).ok()?;
+    use std::io::Read;
+    let mut f = fs::File::open(dir.join(name)).ok()?;
+    let mut buf = [0u8; 4096];
+    let mut len = 0;
+    // Attributes end with a newline, so one read normally suffices; otherwise read to EOF.
+    while len < buf.len() {
+        match f.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return None,
+        }
+        if buf[..len].ends_with(b"\n") {
+            break;
+        }
+    }
+    let s = std::str::from_utf8(&buf[..len]).ok()?;
     Some(s.trim_end_matches('\n').to_owned())
 }
 

@@ -10,6 +10,7 @@
 //! only, never sysfs) and waits on a `watch` generation counter bumped after every update.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
@@ -102,6 +103,8 @@ struct Shared {
     model: RwLock<Model>,
     generation: watch::Sender<u64>,
     sources: Sources,
+    /// Set when the task has ended (socket failure): waiters stop waiting.
+    stopped: AtomicBool,
 }
 
 type ResyncReply = oneshot::Sender<Result<(), ScanError>>;
@@ -155,6 +158,7 @@ pub fn spawn(
         model: RwLock::new(model),
         generation,
         sources,
+        stopped: AtomicBool::new(false),
     });
     let (tx, rx) = mpsc::channel(config.channel_capacity.max(1));
     let (resync_tx, resync_rx) = mpsc::channel(16);
@@ -211,6 +215,12 @@ impl DeviceWatcherHandle {
         self.model().to_snapshot()
     }
 
+    /// False once the watcher task has ended (its socket failed): the model no longer
+    /// follows the kernel. For liveness probes.
+    pub fn is_running(&self) -> bool {
+        !self.shared.stopped.load(Ordering::Acquire)
+    }
+
     /// Which sources are live.
     pub fn sources(&self) -> Sources {
         self.shared.sources
@@ -260,7 +270,7 @@ impl DeviceWatcherHandle {
                 if let Some(v) = probe(&self.model()) {
                     return Ok(v);
                 }
-                if rx.changed().await.is_err() {
+                if self.shared.stopped.load(Ordering::Acquire) || rx.changed().await.is_err() {
                     return Err(true);
                 }
             }
@@ -339,6 +349,7 @@ impl Task {
                         }
                     }
                     Ok(Received::Ignored) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => {
                         error!(error = %e, "uevent socket failed; device watcher stops");
                         break;
@@ -346,6 +357,8 @@ impl Task {
                 },
             }
         }
+        self.shared.stopped.store(true, Ordering::Release);
+        self.shared.generation.send_modify(|g| *g += 1);
         debug!("device watcher task ended");
     }
 

@@ -237,3 +237,25 @@ fn removing_from_the_tree_is_seen_by_the_next_scan() {
     t.remove_subsystem(0).unwrap();
     assert!(r.scan().unwrap().subsystems.is_empty());
 }
+
+#[test]
+fn subsystem_removal_takes_its_multipath_heads_with_it() {
+    let (_d, t, r) = tree();
+    t.set_multipath(true).unwrap();
+    t.add_subsystem(2, NQN).unwrap();
+    t.add_controller(&ctrl("nvme0", NQN, "live", 1)).unwrap();
+    t.add_head(2, &ns("nvme2n1", 1, DevNum::new(259, 1), 40))
+        .unwrap();
+    let mut m = Model::new();
+    scan_into(&mut m, &r);
+    assert!(m.resolve(NQN, Some(1)).is_some());
+    let evs = m.apply(Observation::SubsystemGone {
+        name: "nvme-subsys2".into(),
+    });
+    assert!(
+        evs.iter()
+            .any(|e| matches!(e, DeviceEvent::NamespaceRemoved { name, .. } if name == "nvme2n1")),
+        "the head must be reported removed with its subsystem: {evs:?}"
+    );
+    assert!(m.resolve(NQN, Some(1)).is_none());
+}
