@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 use crate::csi::{identity_server::IdentityServer, node_server::NodeServer};
 use crate::guard::VolumeGuards;
 use crate::identity::{IdentityService, Readiness};
-use crate::node::grpc::{NoRpcObserver, NodeGrpc, RpcObserver};
+use crate::node::grpc::{NodeGrpc, RpcObserver};
 use crate::node::{NamespaceSource, NodeConfig, NodeService, VolumeObserver, Volumes};
 
 /// Everything `serve` needs, already validated.
@@ -23,6 +23,8 @@ pub struct AppConfig {
     pub mounts: rds_mounts::watch::WatcherConfig,
     pub monitor: rds_monitor::MonitorConfig,
     pub events: EventsMode,
+    /// Serve Prometheus metrics here (off when `None`).
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// Where Kubernetes Events go.
@@ -45,6 +47,8 @@ pub enum AppError {
     Mounts(#[from] rds_mounts::watch::WatchError),
     #[error("connecting to Kubernetes for Events")]
     Events(#[from] rds_events::ConnectError),
+    #[error("metrics endpoint")]
+    Metrics(#[from] rds_metrics::MetricsError),
     #[error("gRPC server")]
     Grpc(#[from] tonic::transport::Error),
 }
@@ -73,15 +77,32 @@ pub async fn run(
     let mounts = Arc::new(mounts);
     tracing::info!(strategy = ?mounts.strategy(), "mount watcher running");
     let volumes = Volumes::open(&cfg.state_dir)?;
-    let events: Arc<dyn rds_events::EventSink> = match &cfg.events {
-        EventsMode::Sink(s) => s.clone(),
+    let (events, events_stats): (Arc<dyn rds_events::EventSink>, _) = match &cfg.events {
+        EventsMode::Sink(s) => (s.clone(), None),
         EventsMode::Kube { kubeconfig } => {
-            let ev = rds_events::start(
-                kubeconfig.clone(),
-                rds_events::KubeSinkConfig::new(cfg.node.node_id.clone()),
-            )
-            .await?;
-            ev.sink
+            let sink_cfg = rds_events::KubeSinkConfig::new(cfg.node.node_id.clone());
+            let ev = rds_events::start(kubeconfig.clone(), sink_cfg).await?;
+            (ev.sink, Some(ev.stats))
+        }
+    };
+    let metrics = Arc::new(rds_metrics::Metrics::new(env!("CARGO_PKG_VERSION")));
+    let (metrics_stop_tx, metrics_stop) = tokio::sync::oneshot::channel::<()>();
+    if let Some(addr) = cfg.metrics_address {
+        let m = metrics.clone();
+        tasks.spawn(async move {
+            tracing::info!(%addr, "serving metrics");
+            rds_metrics::serve(addr, m, async {
+                let _ = metrics_stop.await;
+            })
+            .await
+            .map_err(AppError::from)
+        });
+    }
+    let fs_errors = match rds_fserror::FsErrorWatcher::spawn(1024) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "filesystem error events (FAN_FS_ERROR) unavailable; dead filesystems are detected from mount options only");
+            None
         }
     };
     let readiness = Readiness::default();
@@ -93,11 +114,12 @@ pub async fn run(
         mount_events,
         devices: devices.clone(),
         device_events,
-        fs_errors: None,
+        fs_errors,
+        events_stats,
         records: volumes.all(),
         events,
         recovery: None,
-        metrics: None,
+        metrics: Some(metrics.clone() as Arc<dyn crate::monitor::MonitorMetrics>),
         readiness: readiness.clone(),
     });
     tasks.spawn(async move {
@@ -105,7 +127,7 @@ pub async fn run(
         Ok::<(), AppError>(())
     });
     let observer: Arc<dyn VolumeObserver> = Arc::new(monitor.clone());
-    let rpcs: Arc<dyn RpcObserver> = Arc::new(NoRpcObserver);
+    let rpcs: Arc<dyn RpcObserver> = metrics.clone();
     let service = NodeService::new(cfg.node.clone(), volumes, fabric, source, observer, guards);
 
     let listener = crate::server::bind(&cfg.endpoint)?;
@@ -135,6 +157,7 @@ pub async fn run(
         r = tasks.join_next() => r,
     };
     let _ = stop_tx.send(());
+    let _ = metrics_stop_tx.send(());
     if let Some(Ok(Err(e))) = first {
         tracing::error!(error = %e, "a task failed; shutting down");
         tasks.abort_all();

@@ -140,6 +140,9 @@ pub struct ServeArgs {
     /// them on the healed volume (off by default).
     #[arg(long, env = "EVICT_PODS_ON_STALE", default_value_t = false)]
     pub evict_pods_on_stale: bool,
+    /// Serve Prometheus metrics on this address (off by default; bind to localhost or the pod IP).
+    #[arg(long, env = "METRICS_ADDRESS")]
+    pub metrics_address: Option<std::net::SocketAddr>,
     /// Kubeconfig for posting Events (default: in-cluster config, then $KUBECONFIG).
     #[arg(long, env = "KUBECONFIG_PATH")]
     pub kubeconfig: Option<PathBuf>,

@@ -149,6 +149,7 @@ impl Plugin {
                 ..rds_monitor::MonitorConfig::default()
             },
             events: crate::app::EventsMode::Sink(sink),
+            metrics_address: None,
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (started_tx, started_rx) = tokio::sync::oneshot::channel::<Running>();

@@ -15,3 +15,4 @@ pub mod record;
 pub mod server;
 pub mod validate;
 pub mod watch;
+pub mod metrics;

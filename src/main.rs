@@ -143,6 +143,7 @@ async fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error + Send + Sy
         events: rds_csi_node::app::EventsMode::Kube {
             kubeconfig: a.kubeconfig.clone(),
         },
+        metrics_address: a.metrics_address,
     };
     app::run(cfg, fabric, rds_csi_node::server::shutdown_signal(), |_| {}).await?;
     Ok(())

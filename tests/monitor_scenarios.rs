@@ -285,3 +285,38 @@ async fn an_unreachable_api_server_affects_neither_the_monitor_nor_csi_calls() {
     );
     e.plugin.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_path_is_flagged_filesystem_failed_from_the_kernels_fs_error() {
+    let _s = SERIAL.lock().await;
+    let mut e = env().await;
+    let vol = "pvc-deadpath";
+    e.stage_and_publish(vol).await;
+    let target = e.plugin.target_path("pod", vol);
+    std::fs::write(target.join("before.txt"), b"x").unwrap();
+    // The target's backing goes away: capacity 0, every IO fails with EIO.
+    e.plugin.fabric.kill_path(&nqn_for(vol)).expect("kill the path");
+    // What a pod would do: write, fsync (EIO), then more metadata work. ext4 aborts its
+    // journal and reports the error, which fanotify delivers as FAN_FS_ERROR.
+    let t2 = target.clone();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).write(true).open(t2.join("after.txt")) {
+            let _ = f.write_all(&[1u8; 8192]);
+            let _ = f.sync_all();
+        }
+        if let Ok(f) = std::fs::File::open(&t2) {
+            // SAFETY: syncfs on a valid fd.
+            unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) };
+        }
+        let _ = std::fs::File::create(t2.join("after-sync.txt"));
+    })
+    .await
+    .unwrap();
+    let c = e.wait(vol, kind_is("filesystem_failed")).await.expect("FilesystemFailed");
+    assert!(c.dead, "statvfs is skipped on a failed filesystem");
+    let (cond, usage) = e.stats_condition(vol).await;
+    assert!(cond.abnormal && cond.message.contains("filesystem_failed"), "{}", cond.message);
+    assert_eq!(usage, 0);
+    e.plugin.stop().await.unwrap();
+}

@@ -47,10 +47,15 @@ pub struct RecoveryDone {
 /// Counters the task feeds (implemented by the metrics registry).
 pub trait MonitorMetrics: Send + Sync + 'static {
     fn metric(&self, m: &rds_monitor::MetricEvent);
+    /// One recovery attempt ended.
+    fn recovery_attempt(&self, succeeded: bool, elapsed: Duration);
     fn conditions(&self, counts: &[(&'static str, u64)]);
     fn mount_event(&self);
     fn device_event(&self);
     fn mount_table_size(&self, n: usize);
+    fn resync(&self, devices: bool, overflow: bool);
+    /// The Kubernetes Events sink's own counters.
+    fn events_sink(&self, posted: u64, dropped: u64, failed: u64);
 }
 
 /// What the node service tells the monitor.
@@ -145,7 +150,10 @@ pub struct MonitorParts {
     pub mount_events: mpsc::Receiver<MountEvent>,
     pub devices: rds_devices::DeviceWatcherHandle,
     pub device_events: mpsc::Receiver<rds_devices::DeviceEvent>,
-    pub fs_errors: Option<mpsc::Receiver<(rds_types::DevNum, i32, u32, Instant)>>,
+    /// FAN_FS_ERROR: the task marks each staged filesystem and unmarks it on unstage.
+    pub fs_errors: Option<(rds_fserror::FsErrorHandle, mpsc::Receiver<rds_fserror::FsErrorEvent>)>,
+    /// The events sink's counters, for the metrics.
+    pub events_stats: Option<Arc<rds_events::SinkStats>>,
     pub records: Vec<VolumeRecord>,
     pub events: Arc<dyn rds_events::EventSink>,
     pub recovery: Option<Arc<dyn RecoveryRunner>>,
@@ -185,6 +193,9 @@ struct Task {
     mounts: Arc<rds_mounts::watch::WatcherHandle>,
     /// Volumes staged, by id: their NQNs, for the device resync.
     nqns: HashMap<String, rds_types::Nqn>,
+    fs_errors: Option<rds_fserror::FsErrorHandle>,
+    /// Staged filesystems marked for FAN_FS_ERROR, by volume.
+    fs_marked: HashMap<String, rds_types::DevNum>,
 }
 
 /// Bounded work per wake-up: at most this many queued events are handled before timers and
@@ -211,9 +222,19 @@ async fn run(
         devices: p.devices,
         mounts: p.mounts,
         nqns: HashMap::new(),
+        fs_errors: None,
+        fs_marked: HashMap::new(),
     };
     let (mut mount_rx, mut device_rx) = (p.mount_events, p.device_events);
-    let mut fs_rx = p.fs_errors;
+    let mut fs_rx = match p.fs_errors {
+        Some((h, rx)) => {
+            t.fs_errors = Some(h);
+            Some(rx)
+        }
+        None => None,
+    };
+    let events_stats = p.events_stats;
+    let mut stats_tick = tokio::time::interval(Duration::from_secs(10));
 
     // Re-adoption: replay every persisted record against the kernel's current state. The
     // mount watcher's first event is its initial snapshot; the device watcher's model is
@@ -223,6 +244,7 @@ async fn run(
         let top = table.top_at(rec.staging_path.as_path()).cloned();
         if let Some(m) = &top {
             t.mounts.track(m.id);
+            t.mark_fs(rec.volume_id.as_str(), m);
         }
         if let Some(ev) = translate::staged(rec, top.as_ref(), true) {
             t.nqns
@@ -273,9 +295,13 @@ async fn run(
                     match device_rx.try_recv() { Ok(ev) => t.device_event(ev), Err(_) => break }
                 }
             }
-            Some((dev, errno, count, at)) = async { match fs_rx.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => {
-                let observed = t.ts(at);
-                t.feed(MonitorEvent::FsError { dev, errno, count }, Some(observed));
+            Some(ev) = async { match fs_rx.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => {
+                t.fs_error(ev);
+            }
+            _ = stats_tick.tick() => {
+                if let (Some(m), Some(s)) = (&t.metrics, &events_stats) {
+                    m.events_sink(s.posted(), s.dropped(), s.failed());
+                }
             }
             _ = tick => t.feed(MonitorEvent::Tick, None),
             else => break,
@@ -314,6 +340,7 @@ impl Task {
                 let top = top.or_else(|| read_top(rec.staging_path.as_path()));
                 if let Some(m) = &top {
                     self.mounts.track(m.id);
+                    self.mark_fs(rec.volume_id.as_str(), m);
                 }
                 self.nqns
                     .insert(rec.volume_id.as_str().to_owned(), rec.target.nqn.clone());
@@ -323,6 +350,7 @@ impl Task {
             }
             Note::Unstaged(id) => {
                 self.nqns.remove(id.as_str());
+                self.unmark_fs(id.as_str());
                 self.conditions.remove(id.as_str());
                 self.feed(
                     MonitorEvent::VolumeUnstaged {
@@ -359,6 +387,46 @@ impl Task {
         }
     }
 
+    /// Mark a staged filesystem for FAN_FS_ERROR (a few syscalls on the mount point, no IO).
+    fn mark_fs(&mut self, volume: &str, m: &rds_mounts::mountinfo::MountInfo) {
+        let Some(h) = &self.fs_errors else { return };
+        if !matches!(m.fs_type.as_str(), "ext4" | "xfs") {
+            return;
+        }
+        match h.watch(&m.mount_point, m.dev) {
+            Ok(fsid) => {
+                tracing::debug!(volume.id = volume, dev = %m.dev, %fsid, "watching for filesystem errors");
+                self.fs_marked.insert(volume.to_owned(), m.dev);
+            }
+            Err(e) => tracing::warn!(volume.id = volume, dev = %m.dev, error = %e, "cannot watch this filesystem for errors"),
+        }
+    }
+
+    fn unmark_fs(&mut self, volume: &str) {
+        let (Some(h), Some(dev)) = (&self.fs_errors, self.fs_marked.remove(volume)) else { return };
+        if let Err(e) = h.unwatch(dev) {
+            tracing::debug!(volume.id = volume, %dev, error = %e, "unwatching filesystem errors");
+        }
+    }
+
+    fn fs_error(&mut self, ev: rds_fserror::FsErrorEvent) {
+        match ev {
+            rds_fserror::FsErrorEvent::Error { dev, errno, count, observed_at, .. } => {
+                let observed = self.ts(observed_at);
+                self.feed(MonitorEvent::FsError { dev, errno, count }, Some(observed));
+            }
+            rds_fserror::FsErrorEvent::UnknownFilesystem { fsid, errno, .. } => {
+                tracing::debug!(%fsid, errno, "filesystem error on a filesystem we do not watch (any more)");
+            }
+            rds_fserror::FsErrorEvent::Lost { cause, .. } => {
+                // The super options (emergency_ro, shutdown) still tell: re-read the tracked mounts.
+                tracing::warn!(?cause, "filesystem error events were lost; resyncing the mount view");
+                let table = self.mounts.table();
+                self.feed(MonitorEvent::MountResync(table.iter().map(translate::mount_facts).collect()), None);
+            }
+        }
+    }
+
     fn mount_event(&mut self, ev: MountEvent) {
         if let Some(m) = &self.metrics {
             m.mount_event();
@@ -376,6 +444,7 @@ impl Task {
             MountEvent::Resynced { table } => {
                 if let Some(m) = &self.metrics {
                     m.mount_table_size(table.len());
+                    m.resync(false, false);
                 }
                 MonitorEvent::MountResync(table.iter().map(translate::mount_facts).collect())
             }
@@ -408,7 +477,12 @@ impl Task {
         }
         let observed = Some(self.now());
         match &ev {
-            rds_devices::DeviceEvent::Resynced => self.device_resync(),
+            rds_devices::DeviceEvent::Resynced => {
+                if let Some(m) = &self.metrics {
+                    m.resync(true, true);
+                }
+                self.device_resync()
+            }
             rds_devices::DeviceEvent::Overflow => {
                 tracing::warn!("device watcher overflowed; a resync follows")
             }

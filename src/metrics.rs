@@ -1,0 +1,70 @@
+//! The metrics registry (`rds-metrics`) plugged into the seams that feed it: the monitor task
+//! and the CSI handlers.
+
+use std::time::Duration;
+
+use rds_metrics::Metrics;
+
+use crate::monitor::MonitorMetrics;
+use crate::node::grpc::RpcObserver;
+
+impl MonitorMetrics for Metrics {
+    fn metric(&self, m: &rds_monitor::MetricEvent) {
+        use rds_monitor::MetricEvent as M;
+        use rds_monitor::RecoveryResult as R;
+        match m {
+            M::Detection { kind, latency } => {
+                self.stale_detected(kind.as_str());
+                if let Some(l) = latency {
+                    self.detection_latency(kind.as_str(), *l);
+                }
+            }
+            M::Recovery { result: R::Started } => self.recovery_started(),
+            // Durations of attempts are recorded where they are measured (the task).
+            M::Recovery { result: R::Exhausted } => {
+                self.recovery_finished(rds_metrics::RecoveryResult::Exhausted, Duration::ZERO)
+            }
+            M::Recovery { .. } => {}
+            M::StormStarted { .. } => self.mount_storm_started(),
+            M::StormCleared { .. } => self.mount_storm_cleared(),
+            M::Ignored { .. } => {}
+        }
+    }
+
+    fn recovery_attempt(&self, succeeded: bool, elapsed: Duration) {
+        let r = if succeeded { rds_metrics::RecoveryResult::Succeeded } else { rds_metrics::RecoveryResult::Failed };
+        self.recovery_finished(r, elapsed);
+    }
+
+    fn conditions(&self, counts: &[(&'static str, u64)]) {
+        self.set_conditions(counts);
+    }
+
+    fn mount_event(&self) {
+        self.mount_events_processed(1);
+    }
+
+    fn device_event(&self) {
+        self.uevents_processed(1);
+    }
+
+    fn mount_table_size(&self, n: usize) {
+        self.set_mount_table_size(n as u64);
+    }
+
+    fn resync(&self, devices: bool, overflow: bool) {
+        let source = if devices { rds_metrics::ResyncSource::Devices } else { rds_metrics::ResyncSource::Mounts };
+        let reason = if overflow { rds_metrics::ResyncReason::Overflow } else { rds_metrics::ResyncReason::Startup };
+        Metrics::resync(self, source, reason);
+    }
+
+    fn events_sink(&self, posted: u64, dropped: u64, failed: u64) {
+        self.set_events(posted, dropped, failed);
+    }
+}
+
+impl RpcObserver for Metrics {
+    fn rpc_done(&self, rpc: &'static str, code: tonic::Code, elapsed: Duration) {
+        self.csi_operation(rpc, code as i32, elapsed);
+    }
+}
