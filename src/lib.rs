@@ -11,6 +11,7 @@ pub mod harness;
 pub mod identity;
 pub mod node;
 pub mod record;
+pub mod recovery;
 pub mod server;
 pub mod validate;
 pub mod watch;
