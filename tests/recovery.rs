@@ -464,3 +464,153 @@ async fn a_device_that_does_not_come_back_fails_cleanly_leaving_the_staging_moun
     assert_eq!(top(&target), Some(target_before), "publish untouched");
     assert_eq!(e.recorded(vol).map(|i| i.dev), Some(old_dev));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_without_the_filesystem_is_never_formatted_and_changes_nothing() {
+    let _s = SERIAL.lock().await;
+    let mut e = env().await;
+    let vol = "pvc-rec-blank";
+    let nqn = nqn_for(vol);
+    let (staging, target) = e.staged_ext4(vol).await;
+    let backing = e.plugin.layout().backing;
+    let (_, old_dev, _) = e.plugin.fabric.namespace_of(&nqn).expect("connected");
+    let staged_before = top(&staging).expect("staged");
+    let target_before = top(&target).expect("published");
+    e.plugin.fabric.reconnect_renamed(&nqn).expect("reconnect");
+    // The target lost the filesystem: its first 64 KiB (ext4 superblock included) read zero.
+    let file = std::fs::read_dir(&backing)
+        .expect("backing dir")
+        .next()
+        .expect("one backing file")
+        .expect("entry")
+        .path();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&file)
+            .expect("open backing");
+        f.write_all_at(&[0u8; 65536], 0).expect("wipe superblock");
+        f.sync_all().expect("sync backing");
+    }
+
+    let err = e
+        .recovery(Duration::from_secs(2), Duration::from_secs(30))
+        .recover(&id(vol), RecoveryKind::DeviceReplaced)
+        .await
+        .expect_err("nothing to mount on the replacement");
+    assert!(
+        matches!(err, RecoveryError::NewFilesystem { .. }),
+        "expected NewFilesystem, got {err}"
+    );
+    assert!(
+        err.to_string().contains("never formats"),
+        "message says no format happened: {err}"
+    );
+    let mut head = vec![0u8; 65536];
+    {
+        use std::os::unix::fs::FileExt;
+        std::fs::File::open(&file)
+            .expect("open backing")
+            .read_exact_at(&mut head, 0)
+            .expect("read backing");
+    }
+    assert!(
+        head.iter().all(|b| *b == 0),
+        "the replacement device was not formatted"
+    );
+    assert_eq!(
+        top(&staging),
+        Some(staged_before),
+        "stale staging left in place (device {old_dev})"
+    );
+    assert_eq!(top(&target), Some(target_before), "publish untouched");
+    assert_eq!(
+        top(&e.temp_mount_point(vol)),
+        None,
+        "no temporary mount left"
+    );
+    assert_eq!(
+        e.recorded(vol).map(|i| i.dev),
+        Some(old_dev),
+        "record untouched"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_filesystem_on_an_unreplaced_device_is_refused_touching_nothing() {
+    let _s = SERIAL.lock().await;
+    let mut e = env().await;
+    let vol = "pvc-rec-samedev";
+    let nqn = nqn_for(vol);
+    let (staging, target) = e.staged_ext4(vol).await;
+    let staged_before = top(&staging).expect("staged");
+    let target_before = top(&target).expect("published");
+    e.plugin.fabric.kill_path(&nqn).expect("kill path");
+
+    let err = e
+        .recovery(Duration::from_secs(2), Duration::from_secs(30))
+        .recover(&id(vol), RecoveryKind::FilesystemFailed)
+        .await
+        .expect_err("the same device would give back the same dead superblock");
+    assert!(
+        matches!(err, RecoveryError::DeviceUnchanged { .. }),
+        "expected DeviceUnchanged, got {err}"
+    );
+    assert_eq!(top(&staging), Some(staged_before), "staging untouched");
+    assert_eq!(top(&target), Some(target_before), "publish untouched");
+    assert_eq!(top(&e.temp_mount_point(vol)), None, "no temporary mount");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovery_dropped_midway_leaves_a_consistent_volume() {
+    let _s = SERIAL.lock().await;
+    let mut e = env().await;
+    let vol = "pvc-rec-abort";
+    let nqn = nqn_for(vol);
+    let (staging, target) = e.staged_ext4(vol).await;
+    let (_, old_dev, _) = e.plugin.fabric.namespace_of(&nqn).expect("connected");
+    e.plugin.fabric.reconnect_renamed(&nqn).expect("reconnect");
+    let (_, new_dev, _) = e.plugin.fabric.namespace_of(&nqn).expect("reconnected");
+
+    let rec = e.recovery(Duration::from_secs(2), Duration::from_secs(30));
+    let task = tokio::spawn(async move {
+        rec.recover(&id("pvc-rec-abort"), RecoveryKind::DeviceReplaced)
+            .await
+    });
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    task.abort();
+    let _ = task.await;
+
+    // Wherever the abort landed, once the guard is free the volume is whole: the staging
+    // path is mounted, on the device its record names, and no temporary mount is left.
+    let _g = e
+        .plugin
+        .running
+        .service
+        .guards()
+        .acquire(vol, "test", Duration::from_secs(60))
+        .await
+        .expect("the guard comes back once the host steps end");
+    let staged = top(&staging).map(|m| m.1);
+    assert!(
+        staged == Some(old_dev) || staged == Some(new_dev),
+        "staging path mounted on the old or the new device, found {staged:?}"
+    );
+    assert_eq!(
+        staged,
+        e.recorded(vol).map(|i| i.dev),
+        "record matches the staging mount"
+    );
+    assert_eq!(
+        top(&e.temp_mount_point(vol)),
+        None,
+        "no temporary mount left"
+    );
+    assert!(
+        top(&target).is_some(),
+        "the publish target is still mounted"
+    );
+}
