@@ -614,3 +614,39 @@ async fn a_recovery_dropped_midway_leaves_a_consistent_volume() {
         "the publish target is still mounted"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_staging_mount_is_mounted_again_from_the_same_device() {
+    let _s = SERIAL.lock().await;
+    let mut e = env().await;
+    let vol = "pvc-rec-missing";
+    let nqn = nqn_for(vol);
+    let (staging, target) = e.staged_ext4(vol).await;
+    let (_, dev, seq) = e.plugin.fabric.namespace_of(&nqn).expect("connected");
+    let target_before = top(&target).expect("published");
+    nix::mount::umount2(&staging, nix::mount::MntFlags::empty()).expect("staging goes away");
+    assert_eq!(top(&staging), None);
+
+    let out = e
+        .recovery(Duration::from_secs(2), Duration::from_secs(30))
+        .recover(&id(vol), RecoveryKind::MountMissing)
+        .await
+        .unwrap_or_else(|err| panic!("the staging mount comes back: {err}"));
+    let staged = top(&staging).expect("staging mounted again");
+    assert_eq!(staged.1, dev, "from the same device");
+    assert_eq!(out.new_mount, Some(staged));
+    assert_eq!(
+        out.republished,
+        vec![(target.clone(), Some(target_before))],
+        "the healthy bind of the same device is kept as it was"
+    );
+    assert_eq!(
+        std::fs::read(staging.join("data.txt")).expect("read through the staging path"),
+        PAYLOAD
+    );
+    let rec = e.recorded(vol).expect("recorded");
+    assert_eq!((rec.dev, rec.diskseq), (dev, Some(seq)), "record unchanged");
+    // Kubelet can publish again from the restored staging path.
+    let second = e.publish(vol, "pod-b", ext4()).await;
+    assert_eq!(top(&second).map(|m| m.1), Some(dev));
+}
