@@ -12,6 +12,7 @@ pub mod identity;
 pub mod monitor;
 pub mod node;
 pub mod record;
+pub mod recovery;
 pub mod server;
 pub mod validate;
 pub mod watch;

@@ -28,6 +28,15 @@ pub trait NamespaceSource: Send + Sync + 'static {
     fn resolve(&self, nqn: &Nqn) -> Option<NsDevice>;
     /// Wait for the namespace's device, woken by the kernel's event (no sleep loop).
     async fn wait_for(&self, nqn: &Nqn, deadline: Duration) -> Result<NsDevice, WaitError>;
+    /// Wait for the namespace to resolve to a device other than `old` (a reconnect), woken
+    /// by the kernel's events: recovery must not mistake the dead incarnation, still in the
+    /// model until its `remove` event is processed, for the new one.
+    async fn wait_for_replacement(
+        &self,
+        nqn: &Nqn,
+        old: BlockIdentity,
+        deadline: Duration,
+    ) -> Result<NsDevice, WaitError>;
 }
 
 /// The device watcher's handle is the production source.
@@ -51,6 +60,30 @@ impl NamespaceSource for rds_devices::DeviceWatcherHandle {
                     }
                 }
             })
+    }
+
+    async fn wait_for_replacement(
+        &self,
+        nqn: &Nqn,
+        old: BlockIdentity,
+        deadline: Duration,
+    ) -> Result<NsDevice, WaitError> {
+        self.wait_until(deadline, |m| {
+            m.resolve(nqn.as_str(), None)
+                .filter(|d| !d.identity.same_device(&old))
+        })
+        .await
+        .map(from_watcher)
+        .map_err(|stopped| {
+            if stopped {
+                WaitError::Stopped(format!("while waiting for a new device of {nqn}"))
+            } else {
+                WaitError::Timeout {
+                    nqn: nqn.clone(),
+                    waited: deadline,
+                }
+            }
+        })
     }
 }
 

@@ -313,7 +313,7 @@ impl NodeService {
 
 /// The node under the dev root must be the block device the watcher resolved: a stale node
 /// left from an earlier incarnation must never be formatted or mounted.
-fn check_device_node(path: &std::path::Path, expected: DevNum) -> Result<(), NodeError> {
+pub(crate) fn check_device_node(path: &std::path::Path, expected: DevNum) -> Result<(), NodeError> {
     use std::os::unix::fs::MetadataExt;
     let md = std::fs::metadata(path).map_err(|e| {
         NodeError::Unavailable(format!("device node {} is not usable: {e}", path.display()))

@@ -1,0 +1,669 @@
+//! The host steps of a recovery (4 to 8 in the parent module's doc): blocking, run in one
+//! closure off the runtime that owns the volume guard.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::mount::MsFlags;
+use rds_hostops::inuse::HostRoots;
+use rds_hostops::mknod::NodeState;
+use rds_hostops::mount::{BindOptions, UnmountError, UnmountPolicy};
+use rds_mounts::mountinfo::{MountInfo, ParsedTable};
+use rds_types::{BlockIdentity, DevNum};
+
+use super::{RecoveryError, RecoveryKind, RecoveryOutcome};
+use crate::guard::VolumeGuard;
+use crate::node::{NsDevice, Volumes};
+use crate::record::{DeviceRecord, VolumeRecord};
+use crate::validate::{Access, FsType, VolumeId};
+
+/// Slack added to the host-steps deadline for mount-table reads and in-use scans.
+const HOST_SLACK: Duration = Duration::from_secs(30);
+
+/// Everything the host steps need, moved into the blocking closure.
+pub(super) struct Exec {
+    pub(super) rec: VolumeRecord,
+    pub(super) old: BlockIdentity,
+    pub(super) new: NsDevice,
+    pub(super) dev_path: PathBuf,
+    pub(super) reason: RecoveryKind,
+    pub(super) roots: HostRoots,
+    pub(super) work_dir: PathBuf,
+    pub(super) unmount_wait: Duration,
+    pub(super) volumes: Volumes,
+}
+
+/// What to do with the mount found at a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layer {
+    /// A mount of the new device: already done.
+    Current,
+    /// A mount of the dead device: to be replaced.
+    Stale,
+    /// Somebody else's: never touched.
+    Foreign,
+}
+
+impl Exec {
+    fn volume_id(&self) -> VolumeId {
+        self.rec.volume_id.clone()
+    }
+
+    /// Deadline of the host steps: every mount and unmount they may do, plus scans.
+    pub(super) fn budget(&self, mount: Duration) -> Duration {
+        let n = u32::try_from(self.rec.publishes.len()).unwrap_or(u32::MAX / 4);
+        let per_step = mount + self.unmount_wait;
+        per_step.saturating_mul(n.saturating_add(3)) + HOST_SLACK
+    }
+
+    fn classify(&self, dev: DevNum) -> Layer {
+        classify(dev, self.old, self.new.identity, self.reason)
+    }
+
+    fn policy(&self) -> UnmountPolicy {
+        UnmountPolicy {
+            wait: self.unmount_wait,
+            allow_lazy_when_unused: true,
+        }
+    }
+
+    fn host(
+        &self,
+        step: &'static str,
+        state: impl Into<String>,
+        e: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> RecoveryError {
+        RecoveryError::Host {
+            volume_id: self.volume_id(),
+            step,
+            state: state.into(),
+            source: e.into(),
+        }
+    }
+
+    fn table(&self) -> std::io::Result<ParsedTable> {
+        let t = rds_mounts::mountinfo::read_mountinfo(&self.roots.proc, "self")?;
+        if t.errors.is_empty() {
+            Ok(t)
+        } else {
+            // A table we could not fully parse cannot prove anything is absent.
+            Err(std::io::Error::other(format!(
+                "{} unparsable mountinfo lines",
+                t.errors.len()
+            )))
+        }
+    }
+
+    /// Steps 4 to 8, blocking. Owns the guard, so it is released only when everything is done,
+    /// whatever happened to the caller.
+    pub(super) fn run(self, guard: VolumeGuard) -> Result<RecoveryOutcome, RecoveryError> {
+        let r = self.run_inner();
+        match &r {
+            Ok(o) => tracing::info!(volume.id = guard.volume_id(), new = %o.new_device,
+                republished = o.republished.len(), stranded = ?o.stranded, dropped = ?o.dropped, "volume recovered"),
+            Err(e) => tracing::warn!(volume.id = guard.volume_id(), error = %e, "recovery failed"),
+        }
+        drop(guard);
+        r
+    }
+
+    fn run_inner(mut self) -> Result<RecoveryOutcome, RecoveryError> {
+        crate::node::check_device_node(&self.dev_path, self.new.identity.dev).map_err(
+            |source| RecoveryError::DeviceNode {
+                volume_id: self.volume_id(),
+                source,
+            },
+        )?;
+        let mut out = RecoveryOutcome {
+            new_device: self.new.identity,
+            new_mount: None,
+            republished: Vec::new(),
+            stranded: Vec::new(),
+            renoded: Vec::new(),
+            dropped: Vec::new(),
+        };
+        match self.rec.access.clone() {
+            Access::Mount { fs_type, flags } => {
+                out.new_mount = Some(self.restage(fs_type, &flags)?);
+                self.rebind(&flags, &mut out);
+            }
+            Access::Block => self.renode(&mut out),
+        }
+        // Step 8: the record names the new incarnation and forgets targets that are gone.
+        self.rec.device = DeviceRecord::new(&self.new.name, self.new.identity, self.new.nsid);
+        self.rec
+            .publishes
+            .retain(|p| !out.dropped.contains(&p.target));
+        self.volumes
+            .save(self.rec.clone())
+            .map_err(|source| RecoveryError::Record {
+                volume_id: self.volume_id(),
+                new: self.new.identity,
+                source,
+            })?;
+        Ok(out)
+    }
+
+    /// Steps 4 to 6: a verified mount of the new device at the staging path.
+    fn restage(&self, fs: FsType, flags: &[String]) -> Result<(u32, DevNum), RecoveryError> {
+        let staging = self.rec.staging_path.as_path().to_owned();
+        let table = self
+            .table()
+            .map_err(|e| self.host("reading the mount table", "nothing was changed", e))?;
+        let stale = match top(&table, &staging).map(|m| (m.dev, self.classify(m.dev))) {
+            Some((dev, Layer::Current)) => {
+                tracing::info!(staging = %staging.display(), %dev, "staging path already on the new device");
+                let m = top(&table, &staging).map(|m| (m.id, m.dev));
+                return m.ok_or_else(|| {
+                    self.host(
+                        "reading the mount table",
+                        "nothing was changed",
+                        "staging mount vanished",
+                    )
+                });
+            }
+            Some((_, Layer::Stale)) => true,
+            Some((found, Layer::Foreign)) => {
+                return Err(RecoveryError::ForeignMount {
+                    volume_id: self.volume_id(),
+                    staging,
+                    found,
+                    recorded: self.old.dev,
+                    new: self.new.identity.dev,
+                })
+            }
+            None => false,
+        };
+
+        // Step 4: mount and verify on a private temporary path.
+        let work = ensure_private_dir(&self.work_dir, &self.roots.proc)
+            .map_err(|e| self.host("preparing the recovery directory", "nothing was changed", e))?;
+        let temp = work.join(self.rec.volume_id.as_str());
+        self.clear_temp(&temp)?;
+        std::fs::create_dir_all(&temp).map_err(|e| {
+            self.host(
+                "creating the temporary mount point",
+                "nothing was changed",
+                e,
+            )
+        })?;
+        let (ms, data) = crate::node::options::fs_mount_options(flags, self.rec.read_only);
+        let new_fs = |why: String| RecoveryError::NewFilesystem {
+            volume_id: self.volume_id(),
+            device: self.dev_path.clone(),
+            fs_type: fs.as_str(),
+            why,
+        };
+        if let Err(e) = rds_hostops::mount::mount_fs(
+            &self.dev_path,
+            &temp,
+            fs.as_str(),
+            ms,
+            (!data.is_empty()).then_some(data.as_str()),
+        ) {
+            let _ = std::fs::remove_dir(&temp);
+            return Err(new_fs(error_chain(&e)));
+        }
+        if let Err(why) = self.verify(&temp, fs) {
+            self.undo_temp(&temp);
+            return Err(new_fs(why));
+        }
+
+        // Step 5: the stale staging mount goes away only now, and only safely.
+        if stale {
+            self.remove_stale_staging(&staging, &temp)?;
+        }
+
+        // Step 6: move the verified mount into place.
+        if let Err(e) = std::fs::create_dir_all(&staging) {
+            self.undo_temp(&temp);
+            return Err(self.host(
+                "creating the staging path",
+                "the staging path is not mounted (it was not before recovery either); the new mount was undone",
+                e,
+            ));
+        }
+        if let Err(e) = rds_hostops::mount::move_mount(&temp, &staging) {
+            return Err(self.move_failed(&staging, &temp, stale, e));
+        }
+        let _ = std::fs::remove_dir(&temp);
+        let table = self.table().map_err(|e| {
+            self.host(
+                "reading the mount table",
+                "the new mount was moved to the staging path",
+                e,
+            )
+        })?;
+        match top(&table, &staging) {
+            Some(m) if m.dev == self.new.identity.dev => {
+                tracing::info!(staging = %staging.display(), mount_id = m.id, dev = %m.dev, "new staging mount in place");
+                Ok((m.id, m.dev))
+            }
+            other => Err(self.host(
+                "verifying the moved mount",
+                "the staging path does not show the new device",
+                format!("found {:?}", other.map(|m| m.dev)),
+            )),
+        }
+    }
+
+    /// statvfs answers and the table shows the new device with the recorded type at `temp`.
+    fn verify(&self, temp: &Path, fs: FsType) -> Result<(), String> {
+        rds_hostops::statfs::volume_stats(temp).map_err(|e| error_chain(&e))?;
+        let table = self.table().map_err(|e| e.to_string())?;
+        match top(&table, temp) {
+            Some(m) if m.dev == self.new.identity.dev && m.fs_type == fs.as_str() => Ok(()),
+            Some(m) => Err(format!(
+                "the temporary mount shows device {} with {}, expected {} with {}",
+                m.dev,
+                m.fs_type,
+                self.new.identity.dev,
+                fs.as_str()
+            )),
+            None => Err("the temporary mount is not in the mount table".into()),
+        }
+    }
+
+    /// A temporary mount left by an interrupted earlier attempt is ours: take it away.
+    fn clear_temp(&self, temp: &Path) -> Result<(), RecoveryError> {
+        for _ in 0..crate::defaults::MAX_UNMOUNT_LAYERS {
+            let table = self
+                .table()
+                .map_err(|e| self.host("reading the mount table", "nothing was changed", e))?;
+            if top(&table, temp).is_none() {
+                return Ok(());
+            }
+            match rds_hostops::mount::unmount(temp, self.policy(), &self.roots) {
+                Ok(_) | Err(UnmountError::NotMounted { .. }) => {}
+                Err(e) => {
+                    return Err(self.host(
+                        "removing a left-over temporary mount",
+                        "nothing else was changed",
+                        e,
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Undo step 4 (best effort; a failure is logged: the temporary mount is ours and
+    /// harmless, and the next attempt clears it).
+    fn undo_temp(&self, temp: &Path) {
+        match rds_hostops::mount::unmount(temp, self.policy(), &self.roots) {
+            Ok(_) | Err(UnmountError::NotMounted { .. }) => {
+                let _ = std::fs::remove_dir(temp);
+            }
+            Err(e) => {
+                tracing::error!(temp = %temp.display(), error = %e, "could not undo the temporary mount")
+            }
+        }
+    }
+
+    /// Step 5: unmount every stale layer at the staging path (normally one).
+    fn remove_stale_staging(&self, staging: &Path, temp: &Path) -> Result<(), RecoveryError> {
+        for _ in 0..crate::defaults::MAX_UNMOUNT_LAYERS {
+            let table = match self.table() {
+                Ok(t) => t,
+                Err(e) => {
+                    self.undo_temp(temp);
+                    return Err(self.host(
+                        "reading the mount table",
+                        "the staging mount was left as it was; the new mount was undone",
+                        e,
+                    ));
+                }
+            };
+            match top(&table, staging).map(|m| (m.dev, self.classify(m.dev))) {
+                None => return Ok(()),
+                Some((_, Layer::Stale)) => {}
+                Some((found, _)) => {
+                    // A lower layer that is not the dead device: stop peeling, leave it.
+                    self.undo_temp(temp);
+                    return Err(RecoveryError::ForeignMount {
+                        volume_id: self.volume_id(),
+                        staging: staging.to_owned(),
+                        found,
+                        recorded: self.old.dev,
+                        new: self.new.identity.dev,
+                    });
+                }
+            }
+            match rds_hostops::mount::unmount(staging, self.policy(), &self.roots) {
+                Ok(how) => {
+                    tracing::info!(staging = %staging.display(), ?how, "stale staging mount removed")
+                }
+                Err(UnmountError::NotMounted { .. }) => {}
+                Err(UnmountError::InUse { holders, .. }) => {
+                    self.undo_temp(temp);
+                    return Err(RecoveryError::InUse {
+                        volume_id: self.volume_id(),
+                        staging: staging.to_owned(),
+                        holders,
+                    });
+                }
+                Err(UnmountError::UsageUnknown { reason, .. }) => {
+                    self.undo_temp(temp);
+                    return Err(RecoveryError::UsageUnknown {
+                        volume_id: self.volume_id(),
+                        staging: staging.to_owned(),
+                        reason,
+                    });
+                }
+                Err(UnmountError::Busy { usage, .. }) => {
+                    self.undo_temp(temp);
+                    return Err(RecoveryError::UsageUnknown {
+                        volume_id: self.volume_id(),
+                        staging: staging.to_owned(),
+                        reason: format!("{usage:?}"),
+                    });
+                }
+                Err(e) => {
+                    self.undo_temp(temp);
+                    return Err(self.host(
+                        "unmounting the stale staging mount",
+                        "the staging mount was left as it was; the new mount was undone",
+                        e,
+                    ));
+                }
+            }
+        }
+        self.undo_temp(temp);
+        Err(self.host(
+            "unmounting the stale staging mount",
+            "the staging path still has stale layers; the new mount was undone",
+            format!(
+                "more than {} layers (mount storm?)",
+                crate::defaults::MAX_UNMOUNT_LAYERS
+            ),
+        ))
+    }
+
+    /// Step 6 failed after the stale staging mount was removed: never leave the staging path
+    /// empty under publishes. First a bind of the new mount, then a bind of the old
+    /// filesystem from one of its publish targets; the error says which state remains.
+    fn move_failed(
+        &self,
+        staging: &Path,
+        temp: &Path,
+        stale: bool,
+        e: rds_hostops::mount::MountError,
+    ) -> RecoveryError {
+        let opts = BindOptions::read_only(self.rec.read_only);
+        let state = match rds_hostops::mount::bind(temp, staging, opts) {
+            Ok(()) => {
+                self.undo_temp(temp);
+                "the new filesystem was bind-mounted at the staging path instead; the publish targets were not re-bound".to_owned()
+            }
+            Err(bind_err) => {
+                self.undo_temp(temp);
+                let restored = stale
+                    && self.rec.publishes.iter().any(|p| {
+                        self.table().ok().is_some_and(|t| {
+                            top(&t, &p.target).is_some_and(|m| m.dev == self.old.dev)
+                        }) && rds_hostops::mount::bind(&p.target, staging, opts).is_ok()
+                    });
+                if restored {
+                    format!("binding the new mount failed too ({bind_err}); the old filesystem was bound back at the staging path from a publish target")
+                } else if stale {
+                    format!("binding the new mount failed too ({bind_err}) and the old filesystem could not be bound back: the staging path is NOT mounted")
+                } else {
+                    format!("binding the new mount failed too ({bind_err}); the staging path is not mounted (it was not before recovery either)")
+                }
+            }
+        };
+        self.host("moving the new mount to the staging path", state, e)
+    }
+
+    /// Step 7 (filesystem): every publish target gets a bind of the new staging mount.
+    fn rebind(&self, flags: &[String], out: &mut RecoveryOutcome) {
+        let staging = self.rec.staging_path.as_path();
+        let noexec = flags.iter().any(|f| f == "noexec");
+        'targets: for p in &self.rec.publishes {
+            let t = &p.target;
+            match std::fs::symlink_metadata(t) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    tracing::info!(target = %t.display(), "publish target is gone: dropping it");
+                    out.dropped.push(t.clone());
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(target = %t.display(), error = %e, "cannot inspect the target: left as it is");
+                    out.republished.push((t.clone(), None));
+                    continue;
+                }
+            }
+            for _ in 0..crate::defaults::MAX_UNMOUNT_LAYERS {
+                let table = match self.table() {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::warn!(target = %t.display(), error = %e, "cannot read the mount table: target left as it is");
+                        out.republished.push((t.clone(), None));
+                        continue 'targets;
+                    }
+                };
+                match top(&table, t).map(|m| (m.id, m.dev, self.classify(m.dev))) {
+                    None => break,
+                    Some((id, dev, Layer::Current)) => {
+                        out.republished.push((t.clone(), Some((id, dev))));
+                        continue 'targets;
+                    }
+                    Some((_, dev, Layer::Foreign)) => {
+                        tracing::warn!(target = %t.display(), %dev, "target holds a mount that is not this volume's: left alone");
+                        out.republished.push((t.clone(), None));
+                        continue 'targets;
+                    }
+                    Some((_, _, Layer::Stale)) => {}
+                }
+                match rds_hostops::mount::unmount(t, self.policy(), &self.roots) {
+                    Ok(_) | Err(UnmountError::NotMounted { .. }) => {}
+                    Err(
+                        e @ (UnmountError::InUse { .. }
+                        | UnmountError::UsageUnknown { .. }
+                        | UnmountError::Busy { .. }),
+                    ) => {
+                        // A running pod (or something we cannot rule out) holds the dead
+                        // filesystem: never detach under it.
+                        tracing::warn!(target = %t.display(), error = %e, "stale bind in use: left in place (pod stranded on the dead filesystem)");
+                        out.stranded.push(t.clone());
+                        out.republished.push((t.clone(), None));
+                        continue 'targets;
+                    }
+                    Err(e) => {
+                        tracing::warn!(target = %t.display(), error = %e, "unmounting the stale bind failed: left in place");
+                        out.republished.push((t.clone(), None));
+                        continue 'targets;
+                    }
+                }
+            }
+            match bind_target(staging, t, p.read_only, noexec, flags) {
+                Ok(()) => {
+                    let id = self
+                        .table()
+                        .ok()
+                        .and_then(|tb| top(&tb, t).map(|m| (m.id, m.dev)));
+                    out.republished.push((t.clone(), id));
+                }
+                Err(e) => {
+                    tracing::warn!(target = %t.display(), error = %e, "re-binding the target failed");
+                    out.republished.push((t.clone(), None));
+                }
+            }
+        }
+    }
+
+    /// Step 7 (block): each target's node carries the new number.
+    fn renode(&self, out: &mut RecoveryOutcome) {
+        let new = self.new.identity.dev;
+        for p in &self.rec.publishes {
+            let t = &p.target;
+            let mode = if p.read_only { 0o440 } else { 0o660 };
+            let state = match rds_hostops::mknod::check_block_node(t, new) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(target = %t.display(), error = %e, "cannot inspect the target: left alone");
+                    continue;
+                }
+            };
+            let r = match state {
+                NodeState::Matches => Ok(()),
+                NodeState::Different(d) if d == self.old.dev => {
+                    rds_hostops::mknod::remove_block_node(t, d)
+                        .and_then(|_| rds_hostops::mknod::create_block_node(t, new, mode))
+                }
+                NodeState::Different(d) => {
+                    tracing::warn!(target = %t.display(), found = %d, "target is a node of another device: left alone");
+                    continue;
+                }
+                NodeState::NotABlockDevice => {
+                    tracing::warn!(target = %t.display(), "target is not a block node: left alone");
+                    continue;
+                }
+                NodeState::Missing => {
+                    if t.parent().is_some_and(|d| d.is_dir()) {
+                        rds_hostops::mknod::create_block_node(t, new, mode)
+                    } else {
+                        tracing::info!(target = %t.display(), "publish target is gone: dropping it");
+                        out.dropped.push(t.clone());
+                        continue;
+                    }
+                }
+            };
+            match r {
+                Ok(()) => out.renoded.push(t.clone()),
+                Err(e) => {
+                    tracing::warn!(target = %t.display(), error = %e, "re-creating the block node failed")
+                }
+            }
+        }
+    }
+}
+
+/// Which incarnation a mount of `dev` belongs to. When the same number came back with a new
+/// diskseq (a replaced device), mounts of that number cannot be told apart by the mount table:
+/// every one found before recovery placed its own is the dead incarnation's.
+fn classify(dev: DevNum, old: BlockIdentity, new: BlockIdentity, reason: RecoveryKind) -> Layer {
+    let numbers_reused = new.dev == old.dev;
+    if dev == new.dev && !(numbers_reused && reason == RecoveryKind::DeviceReplaced) {
+        Layer::Current
+    } else if dev == old.dev {
+        Layer::Stale
+    } else {
+        Layer::Foreign
+    }
+}
+
+/// Bind the staging mount on a target, as NodePublishVolume does.
+fn bind_target(
+    staging: &Path,
+    t: &Path,
+    read_only: bool,
+    noexec: bool,
+    flags: &[String],
+) -> Result<(), rds_hostops::mount::MountError> {
+    rds_hostops::mount::bind(staging, t, BindOptions::read_only(read_only))?;
+    if noexec {
+        let extra = crate::node::options::bind_flags(flags, read_only)
+            | MsFlags::MS_BIND
+            | MsFlags::MS_NOEXEC;
+        rds_hostops::mount::remount(t, extra, None)?;
+    }
+    Ok(())
+}
+
+/// The visible (topmost) mount at `path`.
+fn top<'a>(table: &'a ParsedTable, path: &Path) -> Option<&'a MountInfo> {
+    table.entries.iter().rev().find(|m| m.mount_point == path)
+}
+
+/// Create `dir` and make sure a mount under it can be moved (its mount must not be shared):
+/// if the mount containing it is shared, bind `dir` onto itself and make that private.
+/// Returns the canonical path (the form the mount table uses).
+fn ensure_private_dir(dir: &Path, proc: &Path) -> Result<PathBuf, std::io::Error> {
+    std::fs::create_dir_all(dir)?;
+    let dir = std::fs::canonicalize(dir)?;
+    let table = rds_mounts::mountinfo::read_mountinfo(proc, "self")?;
+    let containing = table
+        .entries
+        .iter()
+        .filter(|m| dir.starts_with(&m.mount_point))
+        .max_by_key(|m| m.mount_point.as_os_str().len())
+        .ok_or_else(|| std::io::Error::other(format!("no mount contains {}", dir.display())))?;
+    if containing.shared_group().is_none() {
+        return Ok(dir);
+    }
+    if containing.mount_point != dir {
+        nix::mount::mount(
+            Some(&dir),
+            &dir,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(std::io::Error::from)?;
+    }
+    nix::mount::mount(
+        None::<&str>,
+        &dir,
+        None::<&str>,
+        MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(std::io::Error::from)?;
+    tracing::info!(dir = %dir.display(), "recovery directory made a private mount (MS_MOVE needs an unshared parent)");
+    Ok(dir)
+}
+
+/// An error with its sources, on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rds_types::DiskSeq;
+
+    fn id(major: u32, minor: u32, seq: u64) -> BlockIdentity {
+        BlockIdentity {
+            dev: DevNum::new(major, minor),
+            diskseq: Some(DiskSeq(seq)),
+        }
+    }
+
+    #[test]
+    fn mounts_are_classified_by_incarnation() {
+        let (old, new) = (id(259, 0, 10), id(259, 1, 11));
+        let k = RecoveryKind::DeviceReplaced;
+        assert_eq!(classify(new.dev, old, new, k), Layer::Current);
+        assert_eq!(classify(old.dev, old, new, k), Layer::Stale);
+        assert_eq!(
+            classify(DevNum::new(8, 0), old, new, k),
+            Layer::Foreign,
+            "another device is never ours to unmount"
+        );
+    }
+
+    #[test]
+    fn a_reused_number_is_stale_when_the_device_was_replaced() {
+        let (old, new) = (id(259, 0, 10), id(259, 0, 11));
+        assert_eq!(
+            classify(old.dev, old, new, RecoveryKind::DeviceReplaced),
+            Layer::Stale,
+            "same major:minor, new diskseq: the mount found is the dead incarnation's"
+        );
+        assert_eq!(
+            classify(old.dev, old, old, RecoveryKind::MountMissing),
+            Layer::Current,
+            "a missing mount on an unchanged device: its other mounts are healthy"
+        );
+    }
+}
