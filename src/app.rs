@@ -122,13 +122,23 @@ pub async fn run(
         metrics: Some(metrics.clone() as Arc<dyn crate::monitor::MonitorMetrics>),
         readiness: readiness.clone(),
     });
-    tasks.spawn(async move {
-        monitor_task.await;
-        Ok::<(), AppError>(())
-    });
+
     let observer: Arc<dyn VolumeObserver> = Arc::new(monitor.clone());
     let rpcs: Arc<dyn RpcObserver> = metrics.clone();
     let service = NodeService::new(cfg.node.clone(), volumes, fabric, source, observer, guards);
+    let recovery: Option<Arc<dyn crate::monitor::RecoveryRunner>> =
+        (cfg.monitor.recovery_attempts > 0).then(|| {
+            let r = crate::recovery::Recovery::new(
+                service.clone(),
+                crate::recovery::RecoveryConfig::new(&cfg.state_dir),
+            );
+            Arc::new(r) as Arc<dyn crate::monitor::RecoveryRunner>
+        });
+    let monitor_future = monitor_task.run(recovery);
+    tasks.spawn(async move {
+        monitor_future.await;
+        Ok::<(), AppError>(())
+    });
 
     let listener = crate::server::bind(&cfg.endpoint)?;
     tracing::info!(endpoint = %cfg.endpoint.display(), driver = %cfg.driver_name, node = %cfg.node.node_id, "CSI server listening");

@@ -44,3 +44,6 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Most layers of mounts NodeUnpublishVolume peels off one target before it gives up
 /// (more than this is a mount storm, not a publish).
 pub const MAX_UNMOUNT_LAYERS: usize = 64;
+/// How long NodePublishVolume waits for the monitor to recover a stale volume before it
+/// answers FailedPrecondition (kubelet retries).
+pub const PUBLISH_RECOVERY_WAIT: Duration = Duration::from_secs(20);

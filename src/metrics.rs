@@ -21,9 +21,9 @@ impl MonitorMetrics for Metrics {
             }
             M::Recovery { result: R::Started } => self.recovery_started(),
             // Durations of attempts are recorded where they are measured (the task).
-            M::Recovery { result: R::Exhausted } => {
-                self.recovery_finished(rds_metrics::RecoveryResult::Exhausted, Duration::ZERO)
-            }
+            M::Recovery {
+                result: R::Exhausted,
+            } => self.recovery_finished(rds_metrics::RecoveryResult::Exhausted, Duration::ZERO),
             M::Recovery { .. } => {}
             M::StormStarted { .. } => self.mount_storm_started(),
             M::StormCleared { .. } => self.mount_storm_cleared(),
@@ -32,7 +32,11 @@ impl MonitorMetrics for Metrics {
     }
 
     fn recovery_attempt(&self, succeeded: bool, elapsed: Duration) {
-        let r = if succeeded { rds_metrics::RecoveryResult::Succeeded } else { rds_metrics::RecoveryResult::Failed };
+        let r = if succeeded {
+            rds_metrics::RecoveryResult::Succeeded
+        } else {
+            rds_metrics::RecoveryResult::Failed
+        };
         self.recovery_finished(r, elapsed);
     }
 
@@ -53,8 +57,16 @@ impl MonitorMetrics for Metrics {
     }
 
     fn resync(&self, devices: bool, overflow: bool) {
-        let source = if devices { rds_metrics::ResyncSource::Devices } else { rds_metrics::ResyncSource::Mounts };
-        let reason = if overflow { rds_metrics::ResyncReason::Overflow } else { rds_metrics::ResyncReason::Startup };
+        let source = if devices {
+            rds_metrics::ResyncSource::Devices
+        } else {
+            rds_metrics::ResyncSource::Mounts
+        };
+        let reason = if overflow {
+            rds_metrics::ResyncReason::Overflow
+        } else {
+            rds_metrics::ResyncReason::Startup
+        };
         Metrics::resync(self, source, reason);
     }
 

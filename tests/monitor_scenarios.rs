@@ -295,13 +295,20 @@ async fn a_dead_path_is_flagged_filesystem_failed_from_the_kernels_fs_error() {
     let target = e.plugin.target_path("pod", vol);
     std::fs::write(target.join("before.txt"), b"x").unwrap();
     // The target's backing goes away: capacity 0, every IO fails with EIO.
-    e.plugin.fabric.kill_path(&nqn_for(vol)).expect("kill the path");
+    e.plugin
+        .fabric
+        .kill_path(&nqn_for(vol))
+        .expect("kill the path");
     // What a pod would do: write, fsync (EIO), then more metadata work. ext4 aborts its
     // journal and reports the error, which fanotify delivers as FAN_FS_ERROR.
     let t2 = target.clone();
     tokio::task::spawn_blocking(move || {
         use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).write(true).open(t2.join("after.txt")) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .open(t2.join("after.txt"))
+        {
             let _ = f.write_all(&[1u8; 8192]);
             let _ = f.sync_all();
         }
@@ -313,10 +320,129 @@ async fn a_dead_path_is_flagged_filesystem_failed_from_the_kernels_fs_error() {
     })
     .await
     .unwrap();
-    let c = e.wait(vol, kind_is("filesystem_failed")).await.expect("FilesystemFailed");
+    let c = e
+        .wait(vol, kind_is("filesystem_failed"))
+        .await
+        .expect("FilesystemFailed");
     assert!(c.dead, "statvfs is skipped on a failed filesystem");
     let (cond, usage) = e.stats_condition(vol).await;
-    assert!(cond.abnormal && cond.message.contains("filesystem_failed"), "{}", cond.message);
+    assert!(
+        cond.abnormal && cond.message.contains("filesystem_failed"),
+        "{}",
+        cond.message
+    );
     assert_eq!(usage, 0);
+    e.plugin.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_device_is_recovered_automatically_and_running_pods_are_told_the_truth() {
+    let _s = SERIAL.lock().await;
+    let mut e = env().await;
+    let vol = "pvc-autoheal";
+    e.stage_and_publish(vol).await;
+    let target = e.plugin.target_path("pod", vol);
+    std::fs::write(target.join("kept.txt"), b"survives the reconnect").unwrap();
+    // Flush so the data is on the backing file before the emulated target restarts.
+    nix::unistd::sync();
+    e.plugin
+        .fabric
+        .reconnect_renamed(&nqn_for(vol))
+        .expect("reconnect");
+    let (_, new_dev, _) = e.plugin.fabric.namespace_of(&nqn_for(vol)).unwrap();
+    e.wait(vol, kind_is("device_replaced"))
+        .await
+        .expect("flagged first");
+    // The monitor asks for recovery (after its 1 s debounce) and the executor heals the
+    // staging path onto the new device.
+    e.wait(vol, |c| !c.abnormal)
+        .await
+        .expect("the staging path is healed");
+    let staging = e.plugin.staging_path(vol);
+    let mi = rds_mounts::mountinfo::read_mountinfo(std::path::Path::new("/proc"), "self").unwrap();
+    let top = mi
+        .entries
+        .iter()
+        .rev()
+        .find(|m| m.mount_point == staging)
+        .expect("staging mounted");
+    assert_eq!(top.dev, new_dev, "the staging mount is on the new device");
+    assert_eq!(
+        std::fs::read(staging.join("kept.txt")).unwrap(),
+        b"survives the reconnect"
+    );
+    // The pod's own publish: a running container keeps the dead filesystem; the condition
+    // at its target says so until the pod is recreated.
+    let (cond, _) = e.stats_condition(vol).await;
+    assert!(
+        cond.abnormal,
+        "the running pod's target stays abnormal: {}",
+        cond.message
+    );
+    let ev = e
+        .plugin
+        .events
+        .wait_for(WAIT, |ev| {
+            ev.volume_id == vol && ev.note.contains("recreat")
+        })
+        .await
+        .expect("an event tells the user to recreate the pod");
+    assert_eq!(ev.type_, rds_events::EventType::Warning, "{ev:?}");
+    // The pod is recreated: unpublish + publish binds the healed mount.
+    e.k.node
+        .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+            volume_id: vol.into(),
+            target_path: target.display().to_string(),
+        })
+        .await
+        .expect("unpublish");
+    e.k.node
+        .node_publish_volume(publish_request(&e.plugin, vol, "pod", ext4(), false))
+        .await
+        .expect("republish");
+    assert_eq!(
+        std::fs::read(target.join("kept.txt")).unwrap(),
+        b"survives the reconnect"
+    );
+    let (cond, usage) = e.stats_condition(vol).await;
+    assert!(
+        !cond.abnormal,
+        "healthy after the pod is recreated: {}",
+        cond.message
+    );
+    assert!(usage > 0, "usage measured again");
+    e.plugin.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_on_a_stale_volume_waits_for_its_recovery() {
+    let _s = SERIAL.lock().await;
+    let mut e = env().await;
+    let vol = "pvc-stalepub";
+    e.stage_and_publish(vol).await;
+    nix::unistd::sync();
+    e.plugin
+        .fabric
+        .reconnect_renamed(&nqn_for(vol))
+        .expect("reconnect");
+    let (_, new_dev, _) = e.plugin.fabric.namespace_of(&nqn_for(vol)).unwrap();
+    e.wait(vol, kind_is("device_replaced"))
+        .await
+        .expect("flagged");
+    // A new pod arrives while the volume is stale: the publish waits for the recovery and
+    // binds the healed mount, never the dead one.
+    e.k.node
+        .node_publish_volume(publish_request(&e.plugin, vol, "pod-new", ext4(), false))
+        .await
+        .expect("publish after recovery");
+    let t = e.plugin.target_path("pod-new", vol);
+    let mi = rds_mounts::mountinfo::read_mountinfo(std::path::Path::new("/proc"), "self").unwrap();
+    let top = mi
+        .entries
+        .iter()
+        .rev()
+        .find(|m| m.mount_point == t)
+        .expect("target mounted");
+    assert_eq!(top.dev, new_dev, "the new pod gets the healed device");
     e.plugin.stop().await.unwrap();
 }

@@ -33,7 +33,14 @@ pub trait RecoveryRunner: Send + Sync + 'static {
         &self,
         volume_id: &str,
         reason: rds_monitor::RecoveryReason,
-    ) -> Result<RecoveryDone, String>;
+    ) -> Result<RecoveryDone, RecoveryFailure>;
+}
+
+/// A failed recovery attempt: what happened, and whether retrying could help.
+#[derive(Debug, Clone)]
+pub struct RecoveryFailure {
+    pub error: String,
+    pub final_: bool,
 }
 
 /// A successful recovery, in the state machine's terms.
@@ -131,6 +138,21 @@ impl VolumeObserver for MonitorHandle {
             .notes
             .send(Note::Unpublished(id.clone(), target.to_owned()));
     }
+    fn settle(
+        &self,
+        id: &VolumeId,
+        deadline: Duration,
+    ) -> crate::node::observer::BoxFuture<Condition> {
+        let this = self.clone();
+        let id = id.as_str().to_owned();
+        Box::pin(async move {
+            match this.wait_for(&id, deadline, |c| !c.abnormal).await {
+                Ok(c) => c,
+                Err(last) => last.unwrap_or_else(Condition::healthy),
+            }
+        })
+    }
+
     fn condition(&self, id: &VolumeId, path: &Path) -> Condition {
         let Some(c) = self.conditions.get(id.as_str()) else {
             return Condition::healthy();
@@ -151,7 +173,10 @@ pub struct MonitorParts {
     pub devices: rds_devices::DeviceWatcherHandle,
     pub device_events: mpsc::Receiver<rds_devices::DeviceEvent>,
     /// FAN_FS_ERROR: the task marks each staged filesystem and unmarks it on unstage.
-    pub fs_errors: Option<(rds_fserror::FsErrorHandle, mpsc::Receiver<rds_fserror::FsErrorEvent>)>,
+    pub fs_errors: Option<(
+        rds_fserror::FsErrorHandle,
+        mpsc::Receiver<rds_fserror::FsErrorEvent>,
+    )>,
     /// The events sink's counters, for the metrics.
     pub events_stats: Option<Arc<rds_events::SinkStats>>,
     pub records: Vec<VolumeRecord>,
@@ -161,13 +186,9 @@ pub struct MonitorParts {
     pub readiness: Readiness,
 }
 
-/// Start the monitor task; returns its handle and the task's future (for the caller's JoinSet).
-pub fn spawn(
-    parts: MonitorParts,
-) -> (
-    MonitorHandle,
-    impl std::future::Future<Output = ()> + Send + 'static,
-) {
+/// Build the monitor; returns its handle and the task, which [`MonitorTask::run`] starts once
+/// the recovery executor (which needs the node service, which needs the handle) exists.
+pub fn spawn(parts: MonitorParts) -> (MonitorHandle, MonitorTask) {
     let (tx, rx) = mpsc::unbounded_channel();
     let conditions = Arc::new(DashMap::new());
     let (changed_tx, changed) = tokio::sync::watch::channel(0u64);
@@ -176,7 +197,34 @@ pub fn spawn(
         conditions: conditions.clone(),
         changed,
     };
-    (handle, run(parts, rx, conditions, changed_tx))
+    (
+        handle,
+        MonitorTask {
+            parts,
+            notes: rx,
+            conditions,
+            changed: changed_tx,
+        },
+    )
+}
+
+/// The monitor task, not yet running.
+pub struct MonitorTask {
+    parts: MonitorParts,
+    notes: mpsc::UnboundedReceiver<Note>,
+    conditions: Arc<DashMap<String, Published>>,
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl MonitorTask {
+    /// The task's future (for the caller's JoinSet).
+    pub fn run(
+        mut self,
+        recovery: Option<Arc<dyn RecoveryRunner>>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.parts.recovery = recovery;
+        run(self.parts, self.notes, self.conditions, self.changed)
+    }
 }
 
 struct Task {
@@ -398,12 +446,16 @@ impl Task {
                 tracing::debug!(volume.id = volume, dev = %m.dev, %fsid, "watching for filesystem errors");
                 self.fs_marked.insert(volume.to_owned(), m.dev);
             }
-            Err(e) => tracing::warn!(volume.id = volume, dev = %m.dev, error = %e, "cannot watch this filesystem for errors"),
+            Err(e) => {
+                tracing::warn!(volume.id = volume, dev = %m.dev, error = %e, "cannot watch this filesystem for errors")
+            }
         }
     }
 
     fn unmark_fs(&mut self, volume: &str) {
-        let (Some(h), Some(dev)) = (&self.fs_errors, self.fs_marked.remove(volume)) else { return };
+        let (Some(h), Some(dev)) = (&self.fs_errors, self.fs_marked.remove(volume)) else {
+            return;
+        };
         if let Err(e) = h.unwatch(dev) {
             tracing::debug!(volume.id = volume, %dev, error = %e, "unwatching filesystem errors");
         }
@@ -411,7 +463,13 @@ impl Task {
 
     fn fs_error(&mut self, ev: rds_fserror::FsErrorEvent) {
         match ev {
-            rds_fserror::FsErrorEvent::Error { dev, errno, count, observed_at, .. } => {
+            rds_fserror::FsErrorEvent::Error {
+                dev,
+                errno,
+                count,
+                observed_at,
+                ..
+            } => {
                 let observed = self.ts(observed_at);
                 self.feed(MonitorEvent::FsError { dev, errno, count }, Some(observed));
             }
@@ -420,9 +478,15 @@ impl Task {
             }
             rds_fserror::FsErrorEvent::Lost { cause, .. } => {
                 // The super options (emergency_ro, shutdown) still tell: re-read the tracked mounts.
-                tracing::warn!(?cause, "filesystem error events were lost; resyncing the mount view");
+                tracing::warn!(
+                    ?cause,
+                    "filesystem error events were lost; resyncing the mount view"
+                );
                 let table = self.mounts.table();
-                self.feed(MonitorEvent::MountResync(table.iter().map(translate::mount_facts).collect()), None);
+                self.feed(
+                    MonitorEvent::MountResync(table.iter().map(translate::mount_facts).collect()),
+                    None,
+                );
             }
         }
     }
@@ -624,20 +688,29 @@ impl Task {
                     volume_id: volume_id.clone(),
                     attempt,
                 });
+                let metrics = self.metrics.clone();
                 tokio::spawn(async move {
-                    let ev = match runner.recover(volume_id.as_str(), reason).await {
+                    let started = Instant::now();
+                    let r = runner.recover(volume_id.as_str(), reason).await;
+                    if let Some(m) = &metrics {
+                        m.recovery_attempt(r.is_ok(), started.elapsed());
+                    }
+                    let ev = match r {
                         Ok(done) => MonitorEvent::RecoverySucceeded {
                             volume_id,
                             new_device: done.new_device,
                             new_mount: done.new_mount,
                             republished: done.republished,
                         },
-                        Err(error) => MonitorEvent::RecoveryFailed {
-                            volume_id,
-                            attempt,
-                            error,
-                            final_: false,
-                        },
+                        Err(f) => {
+                            tracing::warn!(volume.id = %volume_id, attempt, final_ = f.final_, error = %f.error, "recovery attempt failed");
+                            MonitorEvent::RecoveryFailed {
+                                volume_id,
+                                attempt,
+                                error: f.error,
+                                final_: f.final_,
+                            }
+                        }
                     };
                     let _ = tx.send(ev);
                 });

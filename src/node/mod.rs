@@ -54,6 +54,8 @@ pub struct Deadlines {
     pub probe: Duration,
     pub mkfs: Duration,
     pub resize: Duration,
+    /// How long NodePublishVolume waits for a stale volume's recovery.
+    pub publish_recovery: Duration,
 }
 
 impl Default for Deadlines {
@@ -69,6 +71,7 @@ impl Default for Deadlines {
             probe: d::PROBE_TIMEOUT,
             mkfs: d::MKFS_TIMEOUT,
             resize: d::RESIZE_TIMEOUT,
+            publish_recovery: d::PUBLISH_RECOVERY_WAIT,
         }
     }
 }

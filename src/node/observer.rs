@@ -32,7 +32,12 @@ pub trait VolumeObserver: Send + Sync + 'static {
     fn unpublished(&self, id: &VolumeId, target: &Path);
     /// The condition of the volume as seen at `path` (its staging path or a publish target).
     fn condition(&self, id: &VolumeId, path: &Path) -> Condition;
+    /// Resolves once the volume is healthy again (woken by the monitor's own change, e.g. its
+    /// recovery finishing) or at `deadline`, with the condition then.
+    fn settle(&self, id: &VolumeId, deadline: std::time::Duration) -> BoxFuture<Condition>;
 }
+
+pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
 
 /// No monitor: every volume reports healthy.
 #[derive(Debug, Default)]
@@ -45,5 +50,8 @@ impl VolumeObserver for NoObserver {
     fn unpublished(&self, _: &VolumeId, _: &Path) {}
     fn condition(&self, _: &VolumeId, _: &Path) -> Condition {
         Condition::healthy()
+    }
+    fn settle(&self, _: &VolumeId, _: std::time::Duration) -> BoxFuture<Condition> {
+        Box::pin(async { Condition::healthy() })
     }
 }

@@ -15,6 +15,24 @@ use crate::validate::{AbsPath, Access, PublishArgs, VolumeId};
 impl NodeService {
     #[tracing::instrument(skip_all, fields(volume.id = %args.volume_id, target = %args.target_path))]
     pub async fn publish(&self, args: PublishArgs) -> Result<(), NodeError> {
+        // A stale staged volume (replaced device, failed filesystem, missing mount) is
+        // recovered by the monitor first; wait for it, bounded, before binding anything.
+        let cond = self
+            .observer
+            .condition(&args.volume_id, args.staging_path.as_path());
+        if cond.abnormal && cond.dead {
+            tracing::info!(condition = %cond.message, "volume is stale: waiting for its recovery before publishing");
+            let wait = self.cfg.deadlines.publish_recovery;
+            let after = self.observer.settle(&args.volume_id, wait).await;
+            if after.abnormal {
+                return Err(NodeError::FailedPrecondition(format!(
+                    "volume {} is not healthy and was not recovered within {}: {}",
+                    args.volume_id,
+                    humantime::format_duration(wait),
+                    after.message
+                )));
+            }
+        }
         let _guard = self
             .guards
             .try_acquire(args.volume_id.as_str(), "NodePublishVolume")?;

@@ -328,3 +328,61 @@ impl Recovery {
         Ok(ns)
     }
 }
+
+/// The executor as the monitor task drives it.
+#[tonic::async_trait]
+impl crate::monitor::RecoveryRunner for Recovery {
+    async fn recover(
+        &self,
+        volume_id: &str,
+        reason: rds_monitor::RecoveryReason,
+    ) -> Result<crate::monitor::RecoveryDone, crate::monitor::RecoveryFailure> {
+        let kind = match reason {
+            rds_monitor::RecoveryReason::DeviceReplaced { .. } => RecoveryKind::DeviceReplaced,
+            rds_monitor::RecoveryReason::FilesystemFailed => RecoveryKind::FilesystemFailed,
+            rds_monitor::RecoveryReason::MountMissing => RecoveryKind::MountMissing,
+        };
+        let id = VolumeId::parse("volume_id", volume_id).map_err(|e| {
+            crate::monitor::RecoveryFailure {
+                error: e.to_string(),
+                final_: true,
+            }
+        })?;
+        match Recovery::recover(self, &id, kind).await {
+            Ok(o) => Ok(crate::monitor::RecoveryDone {
+                new_device: o.new_device,
+                new_mount: o.new_mount.map(|(id, dev)| rds_monitor::MountKey {
+                    id: u64::from(id),
+                    dev,
+                }),
+                republished: o
+                    .republished
+                    .into_iter()
+                    .map(|(target, m)| rds_monitor::PublishedMount {
+                        target,
+                        mount: m.map(|(id, dev)| rds_monitor::MountKey {
+                            id: u64::from(id),
+                            dev,
+                        }),
+                    })
+                    .collect(),
+            }),
+            Err(e) => {
+                // Retrying cannot change these: the volume is gone, or the device is not one we
+                // may mount without a human.
+                let final_ = matches!(
+                    e,
+                    RecoveryError::NotStaged { .. }
+                        | RecoveryError::BadRecord { .. }
+                        | RecoveryError::DeviceUnchanged { .. }
+                        | RecoveryError::NewFilesystem { .. }
+                        | RecoveryError::ForeignMount { .. }
+                );
+                Err(crate::monitor::RecoveryFailure {
+                    error: e.to_string(),
+                    final_,
+                })
+            }
+        }
+    }
+}
