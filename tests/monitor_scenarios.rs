@@ -306,6 +306,7 @@ async fn a_dead_path_is_flagged_filesystem_failed_from_the_kernels_fs_error() {
         use std::io::Write;
         if let Ok(mut f) = std::fs::OpenOptions::new()
             .create(true)
+            .truncate(true)
             .write(true)
             .open(t2.join("after.txt"))
         {
