@@ -1,167 +1,75 @@
 //! `demo`: the whole plugin on the emulated fabric, driven over its real socket as kubelet
-//! would, in private mount and network namespaces (the host is untouched). Exits non-zero if
-//! any step did not behave as described.
+//! would, in private mount and network namespaces (the host is untouched). Plays the
+//! scenarios of [`crate::scenarios`], prints a timeline for each and a summary table, and
+//! exits non-zero if any did not behave as described.
 
 use std::io::Write;
 use std::time::Instant;
 
-use crate::csi;
-use crate::csi::volume_capability::access_mode::Mode;
-use crate::harness::*;
-
-type DynError = Box<dyn std::error::Error + Send + Sync>;
-
-struct Step {
-    name: String,
-    ok: bool,
-    detail: String,
-}
+use crate::scenarios::{self, DynError};
 
 pub fn enter_sandbox() -> Result<(), String> {
     rds_testkit::enter_private_namespaces()
 }
 
 pub async fn run(only: Option<String>) -> Result<(), DynError> {
+    let names: Vec<&str> = match &only {
+        Some(o) => vec![o.as_str()],
+        None => scenarios::ALL.to_vec(),
+    };
     let dir = tempfile::Builder::new().prefix("rds-csi-demo").tempdir()?;
     println!(
-        "rds-csi-node demo: emulated NVMe/TCP fabric under {}",
+        "rds-csi-node demo: an emulated NVMe/TCP fabric (loop devices behind an NVMe sysfs tree)"
+    );
+    println!(
+        "in private mount and network namespaces under {}\n",
         dir.path().display()
     );
-    let plugin = Plugin::start(dir.path(), None).await?;
-    let mut k = plugin.kubelet().await?;
-    let mut steps: Vec<Step> = Vec::new();
-    let vols: [(&str, &str, u64); 3] = [
-        ("pvc-demo-ext4", "ext4", 64 << 20),
-        ("pvc-demo-xfs", "xfs", 320 << 20),
-        ("pvc-demo-block", "block", 64 << 20),
-    ];
-    for (vol, kind, size) in vols {
-        if only.as_deref().is_some_and(|o| o != kind) {
-            continue;
-        }
-        plugin.fabric.add_target(&nqn_for(vol), size)?;
-        let r = lifecycle(&plugin, &mut k, vol, kind).await;
-        let (ok, detail) = match r {
-            Ok(d) => (true, d),
-            Err(e) => (false, e.to_string()),
+    let mut rows = Vec::new();
+    let total = names.len();
+    for (i, name) in names.iter().enumerate() {
+        print!("[{}/{total}] {name} ... ", i + 1);
+        let _ = std::io::stdout().flush();
+        let started = Instant::now();
+        let root = dir.path().join(name);
+        let (t, err) = match scenarios::run(name, &root).await {
+            Ok(t) => (t, None),
+            Err((t, e)) => (t, Some(e.to_string())),
         };
         println!(
-            "  {} {vol} ({kind}): {detail}",
-            if ok { "PASS" } else { "FAIL" }
+            "{} ({} ms)",
+            if err.is_none() { "pass" } else { "FAIL" },
+            started.elapsed().as_millis()
         );
-        steps.push(Step {
-            name: format!("{kind} volume lifecycle"),
-            ok,
-            detail,
-        });
+        for (at, what) in &t.steps {
+            println!("    {:>8.1} ms  {what}", at.as_secs_f64() * 1000.0);
+        }
+        if let Some(e) = &err {
+            println!("    error: {e}");
+        }
+        println!();
+        rows.push((name.to_string(), err, t.detected_after, started.elapsed()));
     }
-    plugin.stop().await?;
-    println!("\n{:<28} {:<6} detail", "scenario", "result");
-    for s in &steps {
+    println!(
+        "{:<22} {:<7} {:>14} {:>10}",
+        "scenario", "result", "detected after", "took"
+    );
+    for (name, err, det, took) in &rows {
+        let det = det
+            .map(|d| format!("{} us", d.as_micros()))
+            .unwrap_or_else(|| "-".into());
         println!(
-            "{:<28} {:<6} {}",
-            s.name,
-            if s.ok { "pass" } else { "FAIL" },
-            s.detail
+            "{:<22} {:<7} {:>14} {:>8} ms",
+            name,
+            if err.is_none() { "pass" } else { "FAIL" },
+            det,
+            took.as_millis()
         );
     }
-    let _ = std::io::stdout().flush();
-    if steps.is_empty() {
-        return Err(format!(
-            "no scenario named {:?} (ext4, xfs, block)",
-            only.unwrap_or_default()
-        )
-        .into());
-    }
-    if steps.iter().any(|s| !s.ok) {
-        return Err("some scenarios failed".into());
+    let failed = rows.iter().filter(|r| r.1.is_some()).count();
+    println!("\n{} passed, {} failed", rows.len() - failed, failed);
+    if failed > 0 {
+        return Err(format!("{failed} scenario(s) did not behave as described").into());
     }
     Ok(())
-}
-
-async fn lifecycle(p: &Plugin, k: &mut Kubelet, vol: &str, kind: &str) -> Result<String, DynError> {
-    let cap = if kind == "block" {
-        block_capability()
-    } else {
-        mount_capability(kind, Mode::SingleNodeWriter)
-    };
-    let t0 = Instant::now();
-    k.node
-        .node_stage_volume(stage_request(p, vol, cap.clone()))
-        .await?;
-    let staged = t0.elapsed();
-    k.node
-        .node_publish_volume(publish_request(p, vol, "demo-pod", cap.clone(), false))
-        .await?;
-    let target = p.target_path("demo-pod", vol);
-    let payload = format!("written by the demo into {vol}");
-    if kind == "block" {
-        let mut f = std::fs::OpenOptions::new().write(true).open(&target)?;
-        f.write_all(payload.as_bytes())?;
-        f.sync_all()?;
-    } else {
-        std::fs::write(target.join("demo.txt"), &payload)?;
-    }
-    let stats = k
-        .node
-        .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
-            volume_id: vol.into(),
-            volume_path: target.display().to_string(),
-            staging_target_path: String::new(),
-        })
-        .await?
-        .into_inner();
-    let total = stats.usage.first().map(|u| u.total).unwrap_or(0);
-    let cond = stats
-        .volume_condition
-        .map(|c| c.message)
-        .unwrap_or_default();
-    // Tear down completely, stage again, and read the data back.
-    k.node
-        .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
-            volume_id: vol.into(),
-            target_path: target.display().to_string(),
-        })
-        .await?;
-    let staging = p.staging_path(vol).display().to_string();
-    k.node
-        .node_unstage_volume(csi::NodeUnstageVolumeRequest {
-            volume_id: vol.into(),
-            staging_target_path: staging.clone(),
-        })
-        .await?;
-    k.node
-        .node_stage_volume(stage_request(p, vol, cap.clone()))
-        .await?;
-    k.node
-        .node_publish_volume(publish_request(p, vol, "demo-pod-2", cap.clone(), false))
-        .await?;
-    let target2 = p.target_path("demo-pod-2", vol);
-    let back = if kind == "block" {
-        let mut buf = vec![0u8; payload.len()];
-        std::io::Read::read_exact(&mut std::fs::File::open(&target2)?, &mut buf)?;
-        buf
-    } else {
-        std::fs::read(target2.join("demo.txt"))?
-    };
-    if back != payload.as_bytes() {
-        return Err("data written before unstage was not there after restage".into());
-    }
-    k.node
-        .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
-            volume_id: vol.into(),
-            target_path: target2.display().to_string(),
-        })
-        .await?;
-    k.node
-        .node_unstage_volume(csi::NodeUnstageVolumeRequest {
-            volume_id: vol.into(),
-            staging_target_path: staging,
-        })
-        .await?;
-    Ok(format!(
-        "staged in {} ms, {} bytes, condition {cond:?}, data intact after unstage/restage",
-        staged.as_millis(),
-        total
-    ))
 }

@@ -14,6 +14,7 @@ pub mod monitor;
 pub mod node;
 pub mod record;
 pub mod recovery;
+pub mod scenarios;
 pub mod server;
 pub mod validate;
 pub mod watch;

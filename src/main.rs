@@ -22,9 +22,9 @@ fn init_tracing(format: LogFormat, default_level: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The demo prints its own timeline; its logs only say what went wrong unless RUST_LOG asks.
+    // The demo prints its own timeline; its logs only show errors unless RUST_LOG asks.
     let level = if matches!(cli.command, Command::Demo(_)) {
-        "warn"
+        "error"
     } else {
         "info"
     };

@@ -188,6 +188,25 @@ impl NodeService {
             .guards
             .try_acquire(id.as_str(), "NodeUnpublishVolume")?;
         let rec = self.volumes.get(&id);
+        // Tell the monitor first: the unmount below is ours, not a fault.
+        self.observer.unpublished(&id, target.as_path());
+        let r = self.unpublish_locked(&id, &target, rec.clone()).await;
+        if r.is_err() {
+            if let Some(rec) = self.volumes.get(&id) {
+                if rec.publishes.iter().any(|p| p.target == target.as_path()) {
+                    self.observer.published(&rec, target.as_path());
+                }
+            }
+        }
+        r
+    }
+
+    async fn unpublish_locked(
+        &self,
+        id: &VolumeId,
+        target: &AbsPath,
+        rec: Option<VolumeRecord>,
+    ) -> Result<(), NodeError> {
         let current = rec
             .as_ref()
             .and_then(|r| self.devices.resolve(&r.target.nqn));
@@ -211,7 +230,7 @@ impl NodeService {
                     top.dev
                 )));
             }
-            self.unmount_path(&target).await?;
+            self.unmount_path(target).await?;
         }
 
         let view = self.mount_view().await?;
@@ -239,7 +258,6 @@ impl NodeService {
                 self.volumes.save(rec)?;
             }
         }
-        self.observer.unpublished(&id, target.as_path());
         tracing::info!("volume unpublished");
         Ok(())
     }

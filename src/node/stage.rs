@@ -231,7 +231,25 @@ impl NodeService {
                 )));
             }
             self.check_managed(&rec.target.nqn)?;
+            // Tell the monitor first: the unmounts below are ours, not a fault.
+            self.observer.unstaged(&id);
         }
+        let r = self.unstage_locked(&id, &staging, rec.clone()).await;
+        if let (Err(_), Some(rec)) = (&r, &rec) {
+            // Still (partly) staged: the monitor watches it again and judges what is left.
+            if self.volumes.get(&id).is_some() {
+                self.observer.staged(rec);
+            }
+        }
+        r
+    }
+
+    async fn unstage_locked(
+        &self,
+        id: &VolumeId,
+        staging: &AbsPath,
+        rec: Option<VolumeRecord>,
+    ) -> Result<(), NodeError> {
         let current = rec
             .as_ref()
             .and_then(|r| self.devices.resolve(&r.target.nqn));
@@ -253,7 +271,7 @@ impl NodeService {
                     top.dev
                 )));
             }
-            self.unmount_path(&staging).await?;
+            self.unmount_path(staging).await?;
         }
         let view = self.mount_view().await?;
         if view.top(staging.as_path()).is_some() {
@@ -266,8 +284,7 @@ impl NodeService {
         if let Some(rec) = rec {
             self.disconnect_if_unused(&rec, current.as_ref(), &view)
                 .await?;
-            self.volumes.remove(&id)?;
-            self.observer.unstaged(&id);
+            self.volumes.remove(id)?;
             tracing::info!("volume unstaged");
         } else {
             tracing::info!("volume was not staged (nothing recorded, nothing mounted)");

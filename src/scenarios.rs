@@ -1,0 +1,490 @@
+//! The resilience scenarios, as a library: the `demo` prints them, the integration tests run
+//! each one as a test. Every scenario starts its own plugin on the emulated fabric (under its
+//! own directory), acts as kubelet over the real socket, makes the kernel-side thing happen,
+//! and records a timeline of what the plugin saw and did. A scenario fails when the plugin
+//! did not behave as described.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::csi;
+use crate::csi::volume_capability::access_mode::Mode;
+use crate::harness::*;
+use crate::node::observer::Condition;
+
+/// Every scenario, in the order the demo plays them.
+pub const ALL: &[&str] = &[
+    "ext4",
+    "xfs",
+    "block",
+    "reconnect-renamed",
+    "reconnect-same-name",
+    "dead-path",
+    "mount-storm",
+    "plugin-restart",
+];
+
+/// Generous bound on each wait: the kernel delivers in microseconds; this only ends a broken run.
+const WAIT: Duration = Duration::from_secs(30);
+
+pub type DynError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What happened, when.
+#[derive(Debug, Default)]
+pub struct Timeline {
+    pub scenario: String,
+    pub steps: Vec<(Duration, String)>,
+    /// The headline figure: how long after the kernel-side change the monitor flagged it.
+    pub detected_after: Option<Duration>,
+    pub start: Option<Instant>,
+}
+
+impl Timeline {
+    fn new(name: &str) -> Self {
+        Self {
+            scenario: name.to_owned(),
+            start: Some(Instant::now()),
+            ..Self::default()
+        }
+    }
+    fn step(&mut self, what: impl Into<String>) {
+        let at = self.start.map(|s| s.elapsed()).unwrap_or_default();
+        self.steps.push((at, what.into()));
+    }
+}
+
+fn fail(msg: impl Into<String>) -> DynError {
+    msg.into().into()
+}
+
+/// Run one scenario under `root` (a fresh directory).
+pub async fn run(name: &str, root: &Path) -> Result<Timeline, (Timeline, DynError)> {
+    let mut t = Timeline::new(name);
+    let r = match name {
+        "ext4" | "xfs" | "block" => lifecycle(&mut t, root, name).await,
+        "reconnect-renamed" => reconnect(&mut t, root, false).await,
+        "reconnect-same-name" => reconnect(&mut t, root, true).await,
+        "dead-path" => dead_path(&mut t, root).await,
+        "mount-storm" => storm(&mut t, root).await,
+        "plugin-restart" => restart(&mut t, root).await,
+        other => Err(fail(format!(
+            "no scenario named {other:?}; known: {}",
+            ALL.join(", ")
+        ))),
+    };
+    match r {
+        Ok(()) => Ok(t),
+        Err(e) => Err((t, e)),
+    }
+}
+
+fn cap(kind: &str) -> csi::VolumeCapability {
+    match kind {
+        "block" => block_capability(),
+        fs => mount_capability(fs, Mode::SingleNodeWriter),
+    }
+}
+
+fn size(kind: &str) -> u64 {
+    if kind == "xfs" {
+        320 << 20
+    } else {
+        64 << 20
+    }
+}
+
+async fn stage_publish(
+    p: &Plugin,
+    k: &mut Kubelet,
+    vol: &str,
+    kind: &str,
+    pod: &str,
+) -> Result<(), DynError> {
+    k.node
+        .node_stage_volume(stage_request(p, vol, cap(kind)))
+        .await?;
+    k.node
+        .node_publish_volume(publish_request(p, vol, pod, cap(kind), false))
+        .await?;
+    Ok(())
+}
+
+async fn teardown(p: &Plugin, k: &mut Kubelet, vol: &str, pods: &[&str]) -> Result<(), DynError> {
+    for pod in pods {
+        k.node
+            .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+                volume_id: vol.into(),
+                target_path: p.target_path(pod, vol).display().to_string(),
+            })
+            .await?;
+    }
+    k.node
+        .node_unstage_volume(csi::NodeUnstageVolumeRequest {
+            volume_id: vol.into(),
+            staging_target_path: p.staging_path(vol).display().to_string(),
+        })
+        .await?;
+    Ok(())
+}
+
+async fn stats(
+    p: &Plugin,
+    k: &mut Kubelet,
+    vol: &str,
+    pod: &str,
+) -> Result<csi::NodeGetVolumeStatsResponse, DynError> {
+    Ok(k.node
+        .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
+            volume_id: vol.into(),
+            volume_path: p.target_path(pod, vol).display().to_string(),
+            staging_target_path: String::new(),
+        })
+        .await?
+        .into_inner())
+}
+
+fn condition_text(r: &csi::NodeGetVolumeStatsResponse) -> String {
+    match &r.volume_condition {
+        Some(c) if c.abnormal => format!("abnormal: {}", c.message),
+        Some(c) => format!("normal: {}", c.message),
+        None => "no condition".into(),
+    }
+}
+
+fn write_payload(target: &Path, kind: &str, payload: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    if kind == "block" {
+        let mut f = std::fs::OpenOptions::new().write(true).open(target)?;
+        f.write_all(payload)?;
+        f.sync_all()
+    } else {
+        let mut f = std::fs::File::create(target.join("payload"))?;
+        f.write_all(payload)?;
+        f.sync_all()
+    }
+}
+
+fn read_payload(target: &Path, kind: &str, len: usize) -> std::io::Result<Vec<u8>> {
+    if kind == "block" {
+        let mut buf = vec![0u8; len];
+        std::io::Read::read_exact(&mut std::fs::File::open(target)?, &mut buf)?;
+        Ok(buf)
+    } else {
+        std::fs::read(target.join("payload"))
+    }
+}
+
+async fn wait(
+    p: &Plugin,
+    vol: &str,
+    pred: impl Fn(&Condition) -> bool,
+) -> Result<Condition, DynError> {
+    p.running
+        .monitor
+        .wait_for(vol, WAIT, pred)
+        .await
+        .map_err(|last| {
+            fail(format!(
+                "condition not reached within {WAIT:?}; last: {last:?}"
+            ))
+        })
+}
+
+fn is(kind: &'static str) -> impl Fn(&Condition) -> bool {
+    move |c| c.abnormal && c.message.starts_with(kind)
+}
+
+async fn lifecycle(t: &mut Timeline, root: &Path, kind: &str) -> Result<(), DynError> {
+    let p = Plugin::start(root, None).await?;
+    let mut k = p.kubelet().await?;
+    let vol = format!("pvc-demo-{kind}");
+    p.fabric.add_target(&nqn_for(&vol), size(kind))?;
+    let t0 = Instant::now();
+    stage_publish(&p, &mut k, &vol, kind, "pod-a").await?;
+    t.step(format!(
+        "NodeStageVolume + NodePublishVolume ({kind}) in {} ms",
+        t0.elapsed().as_millis()
+    ));
+    let payload = format!("written by the demo into {vol}").into_bytes();
+    write_payload(&p.target_path("pod-a", &vol), kind, &payload)?;
+    t.step("data written through the target");
+    let s = stats(&p, &mut k, &vol, "pod-a").await?;
+    let total = s.usage.first().map(|u| u.total).unwrap_or(0);
+    t.step(format!(
+        "NodeGetVolumeStats: {total} bytes, {}",
+        condition_text(&s)
+    ));
+    teardown(&p, &mut k, &vol, &["pod-a"]).await?;
+    t.step("unpublished and unstaged (controller disconnected)");
+    stage_publish(&p, &mut k, &vol, kind, "pod-b").await?;
+    let back = read_payload(&p.target_path("pod-b", &vol), kind, payload.len())?;
+    if back != payload {
+        return Err(fail(
+            "the data written before unstage was not there after restage",
+        ));
+    }
+    t.step("staged again in another pod: data intact");
+    teardown(&p, &mut k, &vol, &["pod-b"]).await?;
+    p.stop().await?;
+    Ok(())
+}
+
+async fn reconnect(t: &mut Timeline, root: &Path, same_name: bool) -> Result<(), DynError> {
+    let p = Plugin::start(root, None).await?;
+    let mut k = p.kubelet().await?;
+    let vol = if same_name {
+        "pvc-demo-samename"
+    } else {
+        "pvc-demo-renamed"
+    };
+    let nqn = nqn_for(vol);
+    p.fabric.add_target(&nqn, size("ext4"))?;
+    stage_publish(&p, &mut k, vol, "ext4", "pod").await?;
+    wait(&p, vol, |c| !c.abnormal).await?;
+    let payload = b"written before the storage box restarted".to_vec();
+    write_payload(&p.target_path("pod", vol), "ext4", &payload)?;
+    nix::unistd::sync();
+    let (old_name, old_dev, old_seq) = p
+        .fabric
+        .namespace_of(&nqn)
+        .ok_or_else(|| fail("not connected"))?;
+    t.step(format!(
+        "staged on {old_name} ({old_dev}, diskseq {old_seq}); data written"
+    ));
+    if same_name {
+        p.fabric.reconnect_same_name(&nqn)?;
+    } else {
+        p.fabric.reconnect_renamed(&nqn)?;
+    }
+    let kernel = Instant::now();
+    let (new_name, new_dev, new_seq) = p
+        .fabric
+        .namespace_of(&nqn)
+        .ok_or_else(|| fail("not reconnected"))?;
+    t.step(format!("kernel: controller reconnected; namespace is now {new_name} ({new_dev}, diskseq {new_seq})"));
+    let c = wait(&p, vol, is("device_replaced")).await?;
+    t.detected_after = Some(kernel.elapsed());
+    t.step(format!(
+        "monitor flagged it {} us later: {}",
+        kernel.elapsed().as_micros(),
+        c.message
+    ));
+    let s = stats(&p, &mut k, vol, "pod").await?;
+    t.step(format!(
+        "NodeGetVolumeStats: {} (statvfs skipped: {})",
+        condition_text(&s),
+        s.usage.is_empty()
+    ));
+    let healed = wait(&p, vol, |c| !c.abnormal).await?;
+    t.step(format!(
+        "recovery: new device mounted aside, verified, moved onto the staging path; {}",
+        healed.message
+    ));
+    let ev = p
+        .events
+        .wait_for(WAIT, |e| e.volume_id == vol)
+        .await
+        .ok_or_else(|| fail("no Kubernetes Event was posted"))?;
+    t.step(format!(
+        "Kubernetes Event on the PVC: {} {:?}: {}",
+        ev.reason, ev.type_, ev.note
+    ));
+    let s = stats(&p, &mut k, vol, "pod").await?;
+    t.step(format!("the running pod's target: {}", condition_text(&s)));
+    // The pod is recreated on the healed volume.
+    k.node
+        .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+            volume_id: vol.into(),
+            target_path: p.target_path("pod", vol).display().to_string(),
+        })
+        .await?;
+    k.node
+        .node_publish_volume(publish_request(&p, vol, "pod-new", cap("ext4"), false))
+        .await?;
+    let back = read_payload(&p.target_path("pod-new", vol), "ext4", payload.len())?;
+    if back != payload {
+        return Err(fail("data lost across the reconnect"));
+    }
+    t.step("pod recreated: its new publish is on the healed device; data intact");
+    teardown(&p, &mut k, vol, &["pod-new"]).await?;
+    p.stop().await?;
+    Ok(())
+}
+
+async fn dead_path(t: &mut Timeline, root: &Path) -> Result<(), DynError> {
+    let p = Plugin::start(root, None).await?;
+    let mut k = p.kubelet().await?;
+    let vol = "pvc-demo-deadpath";
+    let nqn = nqn_for(vol);
+    p.fabric.add_target(&nqn, size("ext4"))?;
+    stage_publish(&p, &mut k, vol, "ext4", "pod").await?;
+    wait(&p, vol, |c| !c.abnormal).await?;
+    p.fabric.kill_path(&nqn)?;
+    t.step("kernel: the path died (backing gone, capacity 0): every IO now fails with EIO");
+    let target = p.target_path("pod", vol);
+    let io = tokio::task::spawn_blocking(move || {
+        // What a pod does next: write and fsync (EIO); ext4 aborts its journal and reports the
+        // error on its next transaction.
+        use std::io::Write;
+        let r = std::fs::File::create(target.join("after")).and_then(|mut f| {
+            f.write_all(&[7u8; 8192])?;
+            f.sync_all()
+        });
+        if let Ok(d) = std::fs::File::open(&target) {
+            // SAFETY: syncfs on a valid descriptor.
+            unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&d)) };
+        }
+        let _ = std::fs::File::create(target.join("after-sync"));
+        r
+    });
+    let kernel = Instant::now();
+    let io = io.await?;
+    t.step(format!(
+        "the pod's write + fsync: {}",
+        io.err()
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "succeeded?!".into())
+    ));
+    let c = wait(&p, vol, is("filesystem_failed")).await?;
+    t.detected_after = Some(kernel.elapsed());
+    t.step(format!(
+        "FAN_FS_ERROR: monitor flagged it {} us after the IO started: {}",
+        kernel.elapsed().as_micros(),
+        c.message
+    ));
+    let s = stats(&p, &mut k, vol, "pod").await?;
+    t.step(format!(
+        "NodeGetVolumeStats: {} (statvfs skipped: {})",
+        condition_text(&s),
+        s.usage.is_empty()
+    ));
+    let ev = p
+        .events
+        .wait_for(WAIT, |e| e.volume_id == vol)
+        .await
+        .ok_or_else(|| fail("no event"))?;
+    t.step(format!(
+        "Kubernetes Event on the PVC: {} {:?}: {}",
+        ev.reason, ev.type_, ev.note
+    ));
+    // The device is not replaced, so remounting it would give back the dead filesystem: the
+    // volume stays flagged until the path comes back (here: it never does).
+    let still = p
+        .running
+        .monitor
+        .volume_condition(vol)
+        .ok_or_else(|| fail("condition lost"))?;
+    if !still.abnormal {
+        return Err(fail("a dead filesystem was reported healthy"));
+    }
+    t.step(
+        "recovery refuses to remount the same dead device; the condition stays abnormal (honest)",
+    );
+    p.stop().await?;
+    Ok(())
+}
+
+async fn storm(t: &mut Timeline, root: &Path) -> Result<(), DynError> {
+    let p = Plugin::start(root, None).await?;
+    let mut k = p.kubelet().await?;
+    let vol = "pvc-demo-storm";
+    p.fabric.add_target(&nqn_for(vol), size("ext4"))?;
+    stage_publish(&p, &mut k, vol, "ext4", "pod").await?;
+    wait(&p, vol, |c| !c.abnormal).await?;
+    let staging = p.staging_path(vol);
+    let base = root.join("storm");
+    let start = Instant::now();
+    let mut made = Vec::new();
+    for i in 0..150 {
+        let d = base.join(i.to_string());
+        std::fs::create_dir_all(&d)?;
+        nix::mount::mount(
+            Some(&staging),
+            &d,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )?;
+        made.push(d);
+    }
+    t.step(format!(
+        "150 bind mounts of the volume made in {} ms (a propagation loop)",
+        start.elapsed().as_millis()
+    ));
+    let c = wait(&p, vol, is("mount_storm")).await?;
+    t.detected_after = Some(start.elapsed());
+    t.step(format!("monitor flagged the storm: {}", c.message));
+    let ev = p
+        .events
+        .wait_for(WAIT, |e| e.volume_id == vol)
+        .await
+        .ok_or_else(|| fail("no event"))?;
+    t.step(format!(
+        "Kubernetes Event on the PVC: {} {:?}",
+        ev.reason, ev.type_
+    ));
+    for d in &made {
+        nix::mount::umount(d)?;
+    }
+    wait(&p, vol, |c| !c.abnormal).await?;
+    t.step("storm unmounted: condition cleared");
+    teardown(&p, &mut k, vol, &["pod"]).await?;
+    p.stop().await?;
+    Ok(())
+}
+
+async fn restart(t: &mut Timeline, root: &Path) -> Result<(), DynError> {
+    let p = Plugin::start(root, None).await?;
+    let mut k = p.kubelet().await?;
+    let vol = "pvc-demo-restart";
+    let nqn = nqn_for(vol);
+    p.fabric.add_target(&nqn, size("ext4"))?;
+    stage_publish(&p, &mut k, vol, "ext4", "pod").await?;
+    write_payload(&p.target_path("pod", vol), "ext4", b"before the restart")?;
+    nix::unistd::sync();
+    let fabric = p.stop().await?;
+    t.step("plugin stopped (DaemonSet rollout); its volume stays mounted");
+    fabric.reconnect_renamed(&nqn)?;
+    t.step(
+        "kernel, while the plugin is down: the target restarts, the namespace comes back elsewhere",
+    );
+    let started = Instant::now();
+    let p = Plugin::start(root, Some(fabric)).await?;
+    let c = p
+        .running
+        .monitor
+        .volume_condition(vol)
+        .ok_or_else(|| fail("the volume was not re-adopted"))?;
+    t.detected_after = Some(started.elapsed());
+    t.step(format!(
+        "plugin restarted; first reconcile done in {} ms: {}",
+        started.elapsed().as_millis(),
+        c.message
+    ));
+    if !c.message.starts_with("device_replaced") {
+        return Err(fail(format!(
+            "expected device_replaced after the restart, got {}",
+            c.message
+        )));
+    }
+    let healed = wait(&p, vol, |c| !c.abnormal).await?;
+    t.step(format!("recovered after the restart: {}", healed.message));
+    let mut k = p.kubelet().await?;
+    k.node
+        .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+            volume_id: vol.into(),
+            target_path: p.target_path("pod", vol).display().to_string(),
+        })
+        .await?;
+    k.node
+        .node_publish_volume(publish_request(&p, vol, "pod-new", cap("ext4"), false))
+        .await?;
+    let back = read_payload(&p.target_path("pod-new", vol), "ext4", 18)?;
+    if back != b"before the restart" {
+        return Err(fail("data lost across the restart"));
+    }
+    t.step("pod recreated: data intact");
+    teardown(&p, &mut k, vol, &["pod-new"]).await?;
+    p.stop().await?;
+    Ok(())
+}
