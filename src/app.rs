@@ -77,12 +77,12 @@ pub async fn run(
     let mounts = Arc::new(mounts);
     tracing::info!(strategy = ?mounts.strategy(), "mount watcher running");
     let volumes = Volumes::open(&cfg.state_dir)?;
-    let (events, events_stats): (Arc<dyn rds_events::EventSink>, _) = match &cfg.events {
-        EventsMode::Sink(s) => (s.clone(), None),
+    let (events, events_stats, client): (Arc<dyn rds_events::EventSink>, _, _) = match &cfg.events {
+        EventsMode::Sink(s) => (s.clone(), None, None),
         EventsMode::Kube { kubeconfig } => {
             let sink_cfg = rds_events::KubeSinkConfig::new(cfg.node.node_id.clone());
             let ev = rds_events::start(kubeconfig.clone(), sink_cfg).await?;
-            (ev.sink, Some(ev.stats))
+            (ev.sink, Some(ev.stats), ev.client)
         }
     };
     let metrics = Arc::new(rds_metrics::Metrics::new(env!("CARGO_PKG_VERSION")));
@@ -121,6 +121,12 @@ pub async fn run(
         recovery: None,
         metrics: Some(metrics.clone() as Arc<dyn crate::monitor::MonitorMetrics>),
         readiness: readiness.clone(),
+        evictor: client
+            .filter(|_| cfg.monitor.evict_pods_on_stale)
+            .map(|client| crate::monitor::Evictor {
+                client,
+                node_name: cfg.node.node_id.clone(),
+            }),
     });
 
     let observer: Arc<dyn VolumeObserver> = Arc::new(monitor.clone());

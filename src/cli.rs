@@ -180,4 +180,6 @@ pub struct WatchArgs {
     /// Watch the mount namespace of this file (e.g. /proc/<pid>/ns/mnt) instead of our own.
     #[arg(long)]
     pub mount_ns: Option<PathBuf>,
+    #[arg(long, env = "MOUNT_STRATEGY", value_enum, default_value_t = MountStrategy::Auto)]
+    pub mount_strategy: MountStrategy,
 }

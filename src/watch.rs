@@ -1,4 +1,8 @@
-//! `watch`: print the live stream of what the monitor sees, for an operator.
+//! `watch`: print the live stream of what the monitor sees, for an operator: mount events
+//! (attach, detach, remount/move, storms) and device events (controllers, namespaces, block
+//! devices with `major:minor` and `diskseq`).
+
+use std::time::Instant;
 
 use crate::cli::WatchArgs;
 
@@ -6,18 +10,57 @@ pub async fn run(a: WatchArgs) -> Result<(), Box<dyn std::error::Error + Send + 
     let cfg = rds_devices::WatcherConfig::new(a.sys_root.clone(), a.run_root.clone())
         .with_sources(a.uevent_source.into());
     let (_devices, mut dev_rx) = rds_devices::spawn(cfg)?;
+    let mut mcfg = rds_mounts::watch::WatcherConfig::new(a.proc_root.clone());
+    mcfg.strategy = a.mount_strategy.into();
+    let (mounts, mut mount_rx) = rds_mounts::watch::spawn(mcfg)?;
     println!(
-        "watching devices under {} (Ctrl-C to stop)",
+        "watching mounts ({:?}) and devices under {} (Ctrl-C to stop)",
+        mounts.strategy(),
         a.sys_root.display()
     );
+    let start = Instant::now();
+    let stamp = || format!("{:>10.3}s", start.elapsed().as_secs_f64());
     loop {
         tokio::select! {
+            ev = mount_rx.recv() => match ev {
+                Some(ev) => println!("{} mount   {}", stamp(), describe_mount(&ev)),
+                None => return Err("the mount watcher stopped".into()),
+            },
             ev = dev_rx.recv() => match ev {
-                Some(ev) => println!("device  {ev:?}"),
+                Some(ev) => println!("{} device  {ev:?}", stamp()),
                 None => return Err("the device watcher stopped".into()),
             },
             _ = crate::server::shutdown_signal() => return Ok(()),
         }
+    }
+}
+
+fn describe_mount(ev: &rds_mounts::watch::MountEvent) -> String {
+    use rds_mounts::watch::MountEvent as E;
+    let m = |m: &rds_mounts::mountinfo::MountInfo| {
+        format!(
+            "id {} {} {} on {} ({})",
+            m.id,
+            m.dev,
+            m.fs_type,
+            m.mount_point.display(),
+            m.mount_options
+        )
+    };
+    match ev {
+        E::Attached(x) => format!("attached {}", m(x)),
+        E::Detached(x) => format!("detached {}", m(x)),
+        E::Changed { old, new } => format!(
+            "changed  {} (was {} on {})",
+            m(new),
+            old.mount_options,
+            old.mount_point.display()
+        ),
+        E::Resynced { table } => format!("resynced: {} mounts", table.len()),
+        E::Overflow => "overflow: events were lost, a resync follows".into(),
+        E::Storm(r) => format!("STORM    {}", r.message),
+        E::StormCleared(c) => format!("storm cleared on {} (peak {})", c.key, c.peak),
+        E::Error(e) => format!("error    {e}"),
     }
 }
 

@@ -184,6 +184,15 @@ pub struct MonitorParts {
     pub recovery: Option<Arc<dyn RecoveryRunner>>,
     pub metrics: Option<Arc<dyn MonitorMetrics>>,
     pub readiness: Readiness,
+    /// Used only for the opt-in eviction of pods stranded on a dead filesystem.
+    pub evictor: Option<Evictor>,
+}
+
+/// What eviction needs: the API client and this node's name.
+#[derive(Clone)]
+pub struct Evictor {
+    pub client: kube::Client,
+    pub node_name: String,
 }
 
 /// Build the monitor; returns its handle and the task, which [`MonitorTask::run`] starts once
@@ -242,6 +251,7 @@ struct Task {
     /// Volumes staged, by id: their NQNs, for the device resync.
     nqns: HashMap<String, rds_types::Nqn>,
     fs_errors: Option<rds_fserror::FsErrorHandle>,
+    evictor: Option<Evictor>,
     /// Staged filesystems marked for FAN_FS_ERROR, by volume.
     fs_marked: HashMap<String, rds_types::DevNum>,
 }
@@ -271,6 +281,7 @@ async fn run(
         mounts: p.mounts,
         nqns: HashMap::new(),
         fs_errors: None,
+        evictor: p.evictor.clone(),
         fs_marked: HashMap::new(),
     };
     let (mut mount_rx, mut device_rx) = (p.mount_events, p.device_events);
@@ -716,7 +727,35 @@ impl Task {
                 });
             }
             Action::EvictPods { volume_id, targets } => {
-                tracing::warn!(volume.id = %volume_id, targets = ?targets, "pods hold a dead filesystem; eviction requested");
+                // Only emitted when --evict-pods-on-stale is set.
+                let Some(ev) = self.evictor.clone() else {
+                    tracing::warn!(volume.id = %volume_id, targets = ?targets, "pods hold a dead filesystem; eviction is enabled but there is no Kubernetes client");
+                    return;
+                };
+                let events = self.events.clone();
+                tokio::spawn(async move {
+                    let pv = volume_id.as_str().to_owned();
+                    let note = match rds_events::resolve_claim(&ev.client, &pv).await {
+                        Ok(Some(claim)) => {
+                            match rds_events::evict_pods_using_pvc(&ev.client, &ev.node_name, &claim.namespace, &claim.name).await {
+                                Ok(o) => format!(
+                                    "evicted pods {:?} holding the dead filesystem so their controllers recreate them on the healed volume; refused: {:?}",
+                                    o.evicted, o.refused.iter().map(|r| &r.pod).collect::<Vec<_>>()
+                                ),
+                                Err(e) => format!("evicting the pods holding the dead filesystem failed: {e}"),
+                            }
+                        }
+                        Ok(None) => "no PVC is bound to this volume; nothing to evict".to_owned(),
+                        Err(e) => format!("cannot read the PV to find its PVC: {e}"),
+                    };
+                    tracing::warn!(volume.id = %pv, "{note}");
+                    events.post(rds_events::VolumeEvent::new(
+                        pv,
+                        rds_events::Reason::StaleMountDetected,
+                        "EvictPods",
+                        note,
+                    ));
+                });
             }
             Action::ScheduleTick { .. } => {}
             Action::Metric(m) => {
