@@ -109,14 +109,19 @@ async fn stage_publish(
     Ok(())
 }
 
+async fn unpublish(p: &Plugin, k: &mut Kubelet, vol: &str, pod: &str) -> Result<(), DynError> {
+    k.node
+        .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+            volume_id: vol.into(),
+            target_path: p.target_path(pod, vol).display().to_string(),
+        })
+        .await?;
+    Ok(())
+}
+
 async fn teardown(p: &Plugin, k: &mut Kubelet, vol: &str, pods: &[&str]) -> Result<(), DynError> {
     for pod in pods {
-        k.node
-            .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
-                volume_id: vol.into(),
-                target_path: p.target_path(pod, vol).display().to_string(),
-            })
-            .await?;
+        unpublish(p, k, vol, pod).await?;
     }
     k.node
         .node_unstage_volume(csi::NodeUnstageVolumeRequest {
@@ -292,12 +297,7 @@ async fn reconnect(t: &mut Timeline, root: &Path, same_name: bool) -> Result<(),
     let s = stats(&p, &mut k, vol, "pod").await?;
     t.step(format!("the running pod's target: {}", condition_text(&s)));
     // The pod is recreated on the healed volume.
-    k.node
-        .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
-            volume_id: vol.into(),
-            target_path: p.target_path("pod", vol).display().to_string(),
-        })
-        .await?;
+    unpublish(&p, &mut k, vol, "pod").await?;
     k.node
         .node_publish_volume(publish_request(&p, vol, "pod-new", cap("ext4"), false))
         .await?;
@@ -470,12 +470,7 @@ async fn restart(t: &mut Timeline, root: &Path) -> Result<(), DynError> {
     let healed = wait(&p, vol, |c| !c.abnormal).await?;
     t.step(format!("recovered after the restart: {}", healed.message));
     let mut k = p.kubelet().await?;
-    k.node
-        .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
-            volume_id: vol.into(),
-            target_path: p.target_path("pod", vol).display().to_string(),
-        })
-        .await?;
+    unpublish(&p, &mut k, vol, "pod").await?;
     k.node
         .node_publish_volume(publish_request(&p, vol, "pod-new", cap("ext4"), false))
         .await?;
