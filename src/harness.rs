@@ -35,6 +35,15 @@ pub fn nqn_for(volume_id: &str) -> Nqn {
     .expect("valid NQN")
 }
 
+/// Non-default settings of a test plugin.
+#[derive(Default)]
+pub struct Options {
+    /// Post Kubernetes Events here instead of recording them in [`Plugin::events`].
+    pub events: Option<Arc<dyn rds_events::EventSink>>,
+    /// Serve metrics on this address.
+    pub metrics_address: Option<std::net::SocketAddr>,
+}
+
 /// One plugin instance: its directories, its emulated fabric, its server task.
 pub struct Plugin {
     pub root: PathBuf,
@@ -91,17 +100,17 @@ impl Plugin {
         root: &Path,
         fabric: Option<Arc<EmulatedFabric>>,
     ) -> Result<Self, HarnessError> {
-        Self::start_with(root, fabric, None).await
+        Self::start_with(root, fabric, Options::default()).await
     }
 
-    /// Like [`Plugin::start`], posting Kubernetes Events to `sink` instead of recording them.
+    /// Like [`Plugin::start`], with [`Options`].
     pub async fn start_with(
         root: &Path,
         fabric: Option<Arc<EmulatedFabric>>,
-        sink: Option<Arc<dyn rds_events::EventSink>>,
+        opts: Options,
     ) -> Result<Self, HarnessError> {
         let events = Arc::new(rds_events::RecordingSink::new());
-        let sink: Arc<dyn rds_events::EventSink> = sink.unwrap_or_else(|| events.clone());
+        let sink: Arc<dyn rds_events::EventSink> = opts.events.unwrap_or_else(|| events.clone());
         let l = Layout::under(root);
         for d in [&l.sys, &l.dev, &l.backing, &l.state, &l.kubelet] {
             std::fs::create_dir_all(d)?;
@@ -149,7 +158,7 @@ impl Plugin {
                 ..rds_monitor::MonitorConfig::default()
             },
             events: crate::app::EventsMode::Sink(sink),
-            metrics_address: None,
+            metrics_address: opts.metrics_address,
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (started_tx, started_rx) = tokio::sync::oneshot::channel::<Running>();

@@ -52,6 +52,10 @@ impl MonitorMetrics for Metrics {
         self.uevents_processed(1);
     }
 
+    fn device_events_dropped(&self, n: u64) {
+        self.uevents_dropped(n);
+    }
+
     fn mount_table_size(&self, n: usize) {
         self.set_mount_table_size(n as u64);
     }

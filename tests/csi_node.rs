@@ -712,3 +712,68 @@ async fn identity_and_node_info_describe_a_node_only_plugin() {
     }
     e.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_csi_operations_by_rpc_and_code() {
+    let _s = SERIAL.lock().await;
+    rds_testkit::require_private_namespaces();
+    let dir = tempfile::tempdir().unwrap();
+    // Pick a free port on the private namespace's loopback.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let plugin = Plugin::start_with(
+        dir.path(),
+        None,
+        Options {
+            metrics_address: Some(addr),
+            ..Options::default()
+        },
+    )
+    .await
+    .expect("plugin");
+    let mut e = Env {
+        k: plugin.kubelet().await.unwrap(),
+        plugin,
+        _dir: dir,
+    };
+    let vol = "pvc-metrics";
+    e.target(vol, SIZE);
+    e.stage(vol, ext4()).await.expect("stage");
+    let mut bad = stage_request(&e.plugin, vol, ext4());
+    bad.volume_id.clear();
+    assert!(e.k.node.node_stage_volume(bad).await.is_err());
+    let body = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    })
+    .await
+    .unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    let line = |needle: &str| {
+        body.lines()
+            .any(|l| l.starts_with("rds_csi_csi_operations_total") && l.contains(needle))
+    };
+    assert!(
+        line("rpc=\"NodeStageVolume\",code=\"OK\""),
+        "successful stage counted:\n{body}"
+    );
+    assert!(
+        line("code=\"InvalidArgument\""),
+        "refused stage counted:\n{body}"
+    );
+    assert!(
+        body.contains("rds_csi_volume_conditions"),
+        "conditions gauge exported"
+    );
+    e.unstage(vol).await.unwrap();
+    e.finish().await;
+}

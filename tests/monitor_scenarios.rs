@@ -261,9 +261,16 @@ async fn an_unreachable_api_server_affects_neither_the_monitor_nor_csi_calls() {
     let (sink, _task) =
         rds_events::KubeSink::spawn(client, rds_events::KubeSinkConfig::new(NODE_ID.to_owned()));
     let stats = sink.stats();
-    let plugin = Plugin::start_with(dir.path(), None, Some(Arc::new(sink)))
-        .await
-        .expect("plugin");
+    let plugin = Plugin::start_with(
+        dir.path(),
+        None,
+        Options {
+            events: Some(Arc::new(sink)),
+            ..Options::default()
+        },
+    )
+    .await
+    .expect("plugin");
     let mut e = Env {
         k: plugin.kubelet().await.unwrap(),
         plugin,

@@ -59,6 +59,8 @@ pub trait MonitorMetrics: Send + Sync + 'static {
     fn conditions(&self, counts: &[(&'static str, u64)]);
     fn mount_event(&self);
     fn device_event(&self);
+    /// Device events the watcher had to drop because the monitor fell behind.
+    fn device_events_dropped(&self, n: u64);
     fn mount_table_size(&self, n: usize);
     fn resync(&self, devices: bool, overflow: bool);
     /// The Kubernetes Events sink's own counters.
@@ -562,6 +564,9 @@ impl Task {
                 tracing::warn!("device watcher overflowed; a resync follows")
             }
             rds_devices::DeviceEvent::Lagged { missed } => {
+                if let Some(m) = &self.metrics {
+                    m.device_events_dropped(*missed);
+                }
                 tracing::warn!(
                     missed,
                     "monitor lagged behind the device watcher; resyncing from its model"
