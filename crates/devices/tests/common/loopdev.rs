@@ -35,6 +35,9 @@ fn check(rc: libc::c_int, what: &str) -> io::Result<libc::c_int> {
     }
 }
 
+/// Loop minors are 20 bits.
+const MAX_LOOP_NUMBER: u32 = 1 << 20;
+
 impl LoopDev {
     /// Adds a new loop device with a free number at or above `from`.
     pub fn add(dev_root: &Path, from: u32) -> io::Result<Self> {
@@ -42,7 +45,9 @@ impl LoopDev {
             .read(true)
             .write(true)
             .open(dev_root.join("loop-control"))?;
-        for num in from..from + 512 {
+        // Other processes (and earlier runs) may hold many loop numbers: search the whole
+        // minor range above `from`, not a small window.
+        for num in from..MAX_LOOP_NUMBER {
             // SAFETY: ioctl with an integer argument on an open loop-control fd.
             let rc = unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_ADD, num as libc::c_ulong) };
             if rc >= 0 {
