@@ -281,9 +281,15 @@ fn classify(
     changed: &mut Vec<MountChange>,
     attached: &mut Vec<MountInfo>,
 ) {
+    // Without statmount's unique ids, a mountinfo id (and an anonymous device number, as
+    // tmpfs gets) can be reused between two reads by an unrelated mount. Only what a move
+    // or a remount keeps (device, root, filesystem type and source) makes it the same mount;
+    // anything else is a detach of the old and an attach of the new. A new mount identical
+    // in all four at another path still reads as a move: mountinfo alone cannot tell them
+    // apart (the fanotify and listmount strategies can).
     let same_mount = match (o.unique_id, n.unique_id) {
         (Some(a), Some(b)) => a == b,
-        _ => o.dev == n.dev && o.root == n.root,
+        _ => o.dev == n.dev && o.root == n.root && o.fs_type == n.fs_type && o.source == n.source,
     };
     if !same_mount {
         detached.push(o.clone());

@@ -224,3 +224,34 @@ proptest! {
         prop_assert!(diff(&new, &new).is_empty(), "a table does not differ from itself");
     }
 }
+
+#[test]
+fn a_reused_id_and_device_with_another_source_is_a_detach_and_an_attach() {
+    use rds_mounts::mountinfo::parse_table;
+    use rds_mounts::table::{MountChange, MountTable};
+    // Between two reads another test's tmpfs (id 40, dev 0:50) went and a new one came with
+    // the same id and the same anonymous device number: not a move.
+    let old = parse_table(b"40 1 0:50 / /tmp/a rw - tmpfs other-src rw,size=1024k\n");
+    let new = parse_table(b"40 1 0:50 / /tmp/b rw - tmpfs my-src rw,size=1024k\n");
+    let mut t = MountTable::new();
+    for m in old.entries {
+        t.insert(m);
+    }
+    let changes = t.diff_entries(&new.entries);
+    assert!(
+        changes.iter().any(
+            |c| matches!(c, MountChange::Attached(m) if m.mount_point.as_os_str() == "/tmp/b")
+        ),
+        "the new mount is an attach: {changes:?}"
+    );
+    assert!(changes
+        .iter()
+        .any(|c| matches!(c, MountChange::Detached(m) if m.mount_point.as_os_str() == "/tmp/a")));
+    // A move keeps device, root, type and source: still a change of mount point.
+    let moved = parse_table(b"40 1 0:50 / /tmp/c rw - tmpfs other-src rw,size=1024k\n");
+    let changes = t.diff_entries(&moved.entries);
+    assert!(
+        matches!(changes.as_slice(), [MountChange::Changed { .. }]),
+        "{changes:?}"
+    );
+}
