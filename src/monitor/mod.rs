@@ -421,7 +421,13 @@ impl Task {
                 );
             }
             Note::Published(rec, target) => {
-                let m = read_top(&target);
+                // The watcher's table first; a fresh read only if its attach is still queued.
+                let m = self
+                    .mounts
+                    .table()
+                    .top_at(&target)
+                    .cloned()
+                    .or_else(|| read_top(&target));
                 let ro = rec
                     .publishes
                     .iter()

@@ -150,14 +150,32 @@ impl NodeService {
             .map_err(|e| NodeError::DeadlineExceeded(e.to_string()))
     }
 
-    fn host_identity(&self) -> (Option<String>, Option<String>) {
-        let read = |name: &str| {
-            std::fs::read_to_string(self.cfg.nvme_config_dir.join(name))
-                .ok()
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-        };
-        (read("hostnqn"), read("hostid"))
+    /// Persist a volume record (temp file, fsync, rename, fsync dir) off the runtime.
+    pub(crate) async fn save_record(
+        &self,
+        rec: crate::record::VolumeRecord,
+    ) -> Result<(), NodeError> {
+        let volumes = self.volumes.clone();
+        self.blocking(
+            "saving the volume record",
+            self.cfg.deadlines.mount,
+            move || volumes.save(rec),
+        )
+        .await?
+    }
+
+    /// Remove a volume record off the runtime.
+    pub(crate) async fn remove_record(
+        &self,
+        id: &crate::validate::VolumeId,
+    ) -> Result<(), NodeError> {
+        let (volumes, id) = (self.volumes.clone(), id.clone());
+        self.blocking(
+            "removing the volume record",
+            self.cfg.deadlines.mount,
+            move || volumes.remove(&id),
+        )
+        .await?
     }
 
     /// Connect the volume's controller (a no-op when connected) and wait for its namespace.
@@ -165,19 +183,22 @@ impl NodeService {
         if let Some(ns) = self.devices.resolve(&t.nqn) {
             return Ok(ns);
         }
-        let (host_nqn, host_id) = self.host_identity();
         let req = ConnectRequest {
-            host_nqn,
-            host_id,
             ctrl_loss_tmo: Some(t.ctrl_loss_tmo),
             reconnect_delay: Some(t.reconnect_delay),
             keep_alive_tmo: t.keep_alive_tmo,
             ..ConnectRequest::tcp(t.nqn.clone(), t.address, t.port)
         };
         let fabric = self.fabric.clone();
+        let config_dir = self.cfg.nvme_config_dir.clone();
         let outcome = self
             .blocking("nvme connect", self.cfg.deadlines.connect, move || {
-                fabric.connect(&req)
+                let (host_nqn, host_id) = host_identity(&config_dir);
+                fabric.connect(&ConnectRequest {
+                    host_nqn,
+                    host_id,
+                    ..req
+                })
             })
             .await?
             .map_err(|e| {
@@ -224,6 +245,17 @@ impl NodeService {
         .map(|done| tracing::info!(nqn = %nqn, controllers = ?done, "disconnected"))
         .map_err(|e| NodeError::internal(format!("disconnecting {nqn}"), e))
     }
+}
+
+/// The host NQN and host ID from `/etc/nvme` (when present), for the connect line.
+fn host_identity(config_dir: &Path) -> (Option<String>, Option<String>) {
+    let read = |name: &str| {
+        std::fs::read_to_string(config_dir.join(name))
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+    };
+    (read("hostnqn"), read("hostid"))
 }
 
 /// `true` when `p` exists (without following a final symlink).

@@ -93,7 +93,7 @@ impl NodeService {
                 if let Some(m) = view.top(args.target_path.as_path()) {
                     if m.dev == staged.dev && m.is_read_only() == args.read_only {
                         tracing::info!("already published");
-                        return self.remember_publish(&mut rec, &args);
+                        return self.remember_publish(&mut rec, &args).await;
                     }
                     return Err(NodeError::AlreadyExists(format!(
                         "{} is already a mount of device {} ({}), incompatible with this publish of {staged} ({})",
@@ -161,12 +161,12 @@ impl NodeService {
                 .await??;
             }
         }
-        self.remember_publish(&mut rec, &args)?;
+        self.remember_publish(&mut rec, &args).await?;
         tracing::info!("volume published");
         Ok(())
     }
 
-    fn remember_publish(
+    async fn remember_publish(
         &self,
         rec: &mut VolumeRecord,
         args: &PublishArgs,
@@ -176,7 +176,7 @@ impl NodeService {
             read_only: args.read_only,
         };
         if rec.publishes.insert(entry) {
-            self.volumes.save(rec.clone())?;
+            self.save_record(rec.clone()).await?;
         }
         self.observer.published(rec, args.target_path.as_path());
         Ok(())
@@ -255,7 +255,7 @@ impl NodeService {
             let before = rec.publishes.len();
             rec.publishes.retain(|p| p.target != target.as_path());
             if rec.publishes.len() != before {
-                self.volumes.save(rec)?;
+                self.save_record(rec).await?;
             }
         }
         tracing::info!("volume unpublished");

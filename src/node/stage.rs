@@ -113,7 +113,7 @@ impl NodeService {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
         };
-        if let Err(e) = self.volumes.save(rec.clone()) {
+        if let Err(e) = self.save_record(rec.clone()).await {
             // Nothing half-done: without its record a staged volume could not be recovered.
             if mounted_here {
                 let _ = self.unmount_path(&args.staging_path).await;
@@ -284,7 +284,7 @@ impl NodeService {
         if let Some(rec) = rec {
             self.disconnect_if_unused(&rec, current.as_ref(), &view)
                 .await?;
-            self.volumes.remove(id)?;
+            self.remove_record(id).await?;
             tracing::info!("volume unstaged");
         } else {
             tracing::info!("volume was not staged (nothing recorded, nothing mounted)");
