@@ -109,6 +109,16 @@ async fn stage_publish(
     Ok(())
 }
 
+/// A plugin under `root` with one volume staged and published in "pod", healthy.
+async fn one_volume(root: &Path, vol: &str, kind: &str) -> Result<(Plugin, Kubelet), DynError> {
+    let p = Plugin::start(root, None).await?;
+    let mut k = p.kubelet().await?;
+    p.fabric.add_target(&nqn_for(vol), size(kind))?;
+    stage_publish(&p, &mut k, vol, kind, "pod").await?;
+    wait(&p, vol, |c| !c.abnormal).await?;
+    Ok((p, k))
+}
+
 async fn unpublish(p: &Plugin, k: &mut Kubelet, vol: &str, pod: &str) -> Result<(), DynError> {
     k.node
         .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
@@ -235,17 +245,13 @@ async fn lifecycle(t: &mut Timeline, root: &Path, kind: &str) -> Result<(), DynE
 }
 
 async fn reconnect(t: &mut Timeline, root: &Path, same_name: bool) -> Result<(), DynError> {
-    let p = Plugin::start(root, None).await?;
-    let mut k = p.kubelet().await?;
     let vol = if same_name {
         "pvc-demo-samename"
     } else {
         "pvc-demo-renamed"
     };
     let nqn = nqn_for(vol);
-    p.fabric.add_target(&nqn, size("ext4"))?;
-    stage_publish(&p, &mut k, vol, "ext4", "pod").await?;
-    wait(&p, vol, |c| !c.abnormal).await?;
+    let (p, mut k) = one_volume(root, vol, "ext4").await?;
     let payload = b"written before the storage box restarted".to_vec();
     write_payload(&p.target_path("pod", vol), "ext4", &payload)?;
     nix::unistd::sync();
@@ -314,13 +320,9 @@ async fn reconnect(t: &mut Timeline, root: &Path, same_name: bool) -> Result<(),
 }
 
 async fn dead_path(t: &mut Timeline, root: &Path) -> Result<(), DynError> {
-    let p = Plugin::start(root, None).await?;
-    let mut k = p.kubelet().await?;
     let vol = "pvc-demo-deadpath";
     let nqn = nqn_for(vol);
-    p.fabric.add_target(&nqn, size("ext4"))?;
-    stage_publish(&p, &mut k, vol, "ext4", "pod").await?;
-    wait(&p, vol, |c| !c.abnormal).await?;
+    let (p, mut k) = one_volume(root, vol, "ext4").await?;
     p.fabric.kill_path(&nqn)?;
     t.step("kernel: the path died (backing gone, capacity 0): every IO now fails with EIO");
     let target = p.target_path("pod", vol);
@@ -387,12 +389,8 @@ async fn dead_path(t: &mut Timeline, root: &Path) -> Result<(), DynError> {
 }
 
 async fn storm(t: &mut Timeline, root: &Path) -> Result<(), DynError> {
-    let p = Plugin::start(root, None).await?;
-    let mut k = p.kubelet().await?;
     let vol = "pvc-demo-storm";
-    p.fabric.add_target(&nqn_for(vol), size("ext4"))?;
-    stage_publish(&p, &mut k, vol, "ext4", "pod").await?;
-    wait(&p, vol, |c| !c.abnormal).await?;
+    let (p, mut k) = one_volume(root, vol, "ext4").await?;
     let staging = p.staging_path(vol);
     let base = root.join("storm");
     let start = Instant::now();
