@@ -25,6 +25,8 @@ fn bench_latency(c: &mut Criterion) {
         for strategy in STRATEGIES {
             let (h, mut rx) = rt.block_on(start(strategy));
             let id = BenchmarkId::new(format!("{strategy:?}"), entries);
+            // Every iteration's latency (criterion reports means): for p50/p99 below.
+            let samples = std::cell::RefCell::new(Vec::new());
             g.bench_function(id, |b| {
                 b.iter_custom(|iters| {
                     rt.block_on(async {
@@ -37,7 +39,9 @@ fn bench_latency(c: &mut Criterion) {
                                 |e| matches!(e, MountEvent::Attached(m) if m.mount_point == probe),
                             )
                             .await;
-                            total += t0.elapsed();
+                            let dt = t0.elapsed();
+                            samples.borrow_mut().push(dt);
+                            total += dt;
                             umount2(&probe, MntFlags::empty()).expect("umount probe");
                             wait_for(
                                 &mut rx,
@@ -49,6 +53,18 @@ fn bench_latency(c: &mut Criterion) {
                     })
                 })
             });
+            let mut v = samples.into_inner();
+            v.sort();
+            if !v.is_empty() {
+                let pct = |q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1];
+                println!(
+                    "mount_to_event/{strategy:?}/{entries}: n={} p50={:?} p99={:?} max={:?}",
+                    v.len(),
+                    pct(0.50),
+                    pct(0.99),
+                    v[v.len() - 1]
+                );
+            }
             drop(h);
         }
     }
