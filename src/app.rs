@@ -131,7 +131,8 @@ pub async fn run(
 
     let observer: Arc<dyn VolumeObserver> = Arc::new(monitor.clone());
     let rpcs: Arc<dyn RpcObserver> = metrics.clone();
-    let service = NodeService::new(cfg.node.clone(), volumes, fabric, source, observer, guards);
+    let service = NodeService::new(cfg.node.clone(), volumes, fabric, source, observer, guards)
+        .with_connect_observer(metrics.clone());
     let recovery: Option<Arc<dyn crate::monitor::RecoveryRunner>> =
         (cfg.monitor.recovery_attempts > 0).then(|| {
             let r = crate::recovery::Recovery::new(

@@ -84,3 +84,14 @@ impl RpcObserver for Metrics {
         self.csi_operation(rpc, code as i32, elapsed);
     }
 }
+
+impl crate::node::ConnectObserver for Metrics {
+    fn connect_done(&self, ok: bool, timed_out: bool, elapsed: Duration) {
+        let r = match (ok, timed_out) {
+            (true, _) => rds_metrics::ConnectResult::Succeeded,
+            (false, true) => rds_metrics::ConnectResult::TimedOut,
+            (false, false) => rds_metrics::ConnectResult::Failed,
+        };
+        self.nvme_connect(r, elapsed);
+    }
+}

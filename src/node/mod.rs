@@ -85,9 +85,22 @@ pub struct NodeService {
     pub(crate) fabric: Arc<dyn Fabric>,
     pub(crate) devices: Arc<dyn NamespaceSource>,
     pub(crate) observer: Arc<dyn VolumeObserver>,
+    pub(crate) connects: Option<Arc<dyn ConnectObserver>>,
+}
+
+/// Told the outcome and duration of every NVMe connect (implemented by the metrics).
+pub trait ConnectObserver: Send + Sync + 'static {
+    /// `ok`: connected; `timed_out`: the write to the fabric did not return in time.
+    fn connect_done(&self, ok: bool, timed_out: bool, elapsed: Duration);
 }
 
 impl NodeService {
+    /// Report every NVMe connect's outcome and duration to `o`.
+    pub fn with_connect_observer(mut self, o: Arc<dyn ConnectObserver>) -> Self {
+        self.connects = Some(o);
+        self
+    }
+
     pub fn new(
         cfg: NodeConfig,
         volumes: Volumes,
@@ -103,6 +116,7 @@ impl NodeService {
             fabric,
             devices,
             observer,
+            connects: None,
         }
     }
 
@@ -191,6 +205,7 @@ impl NodeService {
         };
         let fabric = self.fabric.clone();
         let config_dir = self.cfg.nvme_config_dir.clone();
+        let started = std::time::Instant::now();
         let outcome = self
             .blocking("nvme connect", self.cfg.deadlines.connect, move || {
                 let (host_nqn, host_id) = host_identity(&config_dir);
@@ -200,13 +215,20 @@ impl NodeService {
                     ..req
                 })
             })
-            .await?
-            .map_err(|e| {
-                NodeError::Unavailable(format!(
-                    "connecting {} at {}:{}: {e}",
-                    t.nqn, t.address, t.port
-                ))
-            })?;
+            .await;
+        if let Some(o) = &self.connects {
+            o.connect_done(
+                matches!(outcome, Ok(Ok(_))),
+                outcome.is_err(),
+                started.elapsed(),
+            );
+        }
+        let outcome = outcome?.map_err(|e| {
+            NodeError::Unavailable(format!(
+                "connecting {} at {}:{}: {e}",
+                t.nqn, t.address, t.port
+            ))
+        })?;
         tracing::info!(nqn = %t.nqn, controller = %outcome.controller, already = outcome.already_connected, "controller connected");
         self.devices
             .wait_for(&t.nqn, self.cfg.deadlines.device_wait)
