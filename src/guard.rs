@@ -86,13 +86,6 @@ impl VolumeGuards {
             volume_id: volume_id.to_owned(),
         })
     }
-
-    /// True while some operation holds the volume.
-    pub fn is_busy(&self, volume_id: &str) -> bool {
-        self.slots
-            .get(volume_id)
-            .is_some_and(|s| s.lock.try_lock().is_err())
-    }
 }
 
 #[cfg(test)]

@@ -17,11 +17,6 @@ pub trait RpcObserver: Send + Sync + 'static {
     fn rpc_done(&self, rpc: &'static str, code: tonic::Code, elapsed: std::time::Duration);
 }
 
-pub struct NoRpcObserver;
-impl RpcObserver for NoRpcObserver {
-    fn rpc_done(&self, _: &'static str, _: tonic::Code, _: std::time::Duration) {}
-}
-
 #[derive(Clone)]
 pub struct NodeGrpc {
     svc: NodeService,

@@ -25,7 +25,7 @@ use crate::error::NodeError;
 use crate::guard::VolumeGuards;
 use crate::validate::Target;
 pub use devices::{NamespaceSource, NsDevice};
-pub use observer::{NoObserver, VolumeObserver};
+pub use observer::VolumeObserver;
 pub(crate) use stage::check_device_node;
 use table::MountView;
 pub use volumes::Volumes;

@@ -38,20 +38,3 @@ pub trait VolumeObserver: Send + Sync + 'static {
 }
 
 pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
-
-/// No monitor: every volume reports healthy.
-#[derive(Debug, Default)]
-pub struct NoObserver;
-
-impl VolumeObserver for NoObserver {
-    fn staged(&self, _: &VolumeRecord) {}
-    fn unstaged(&self, _: &VolumeId) {}
-    fn published(&self, _: &VolumeRecord, _: &Path) {}
-    fn unpublished(&self, _: &VolumeId, _: &Path) {}
-    fn condition(&self, _: &VolumeId, _: &Path) -> Condition {
-        Condition::healthy()
-    }
-    fn settle(&self, _: &VolumeId, _: std::time::Duration) -> BoxFuture<Condition> {
-        Box::pin(async { Condition::healthy() })
-    }
-}
