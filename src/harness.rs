@@ -330,3 +330,29 @@ pub fn publish_request(
         ..Default::default()
     }
 }
+
+pub fn unstage_request(p: &Plugin, volume_id: &str) -> csi::NodeUnstageVolumeRequest {
+    csi::NodeUnstageVolumeRequest {
+        volume_id: volume_id.into(),
+        staging_target_path: p.staging_path(volume_id).display().to_string(),
+    }
+}
+
+pub fn unpublish_request(
+    p: &Plugin,
+    volume_id: &str,
+    pod: &str,
+) -> csi::NodeUnpublishVolumeRequest {
+    csi::NodeUnpublishVolumeRequest {
+        volume_id: volume_id.into(),
+        target_path: p.target_path(pod, volume_id).display().to_string(),
+    }
+}
+
+pub fn stats_request(volume_id: &str, path: &Path) -> csi::NodeGetVolumeStatsRequest {
+    csi::NodeGetVolumeStatsRequest {
+        volume_id: volume_id.into(),
+        volume_path: path.display().to_string(),
+        staging_target_path: String::new(),
+    }
+}

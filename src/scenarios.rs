@@ -121,10 +121,7 @@ async fn one_volume(root: &Path, vol: &str, kind: &str) -> Result<(Plugin, Kubel
 
 async fn unpublish(p: &Plugin, k: &mut Kubelet, vol: &str, pod: &str) -> Result<(), DynError> {
     k.node
-        .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
-            volume_id: vol.into(),
-            target_path: p.target_path(pod, vol).display().to_string(),
-        })
+        .node_unpublish_volume(unpublish_request(p, vol, pod))
         .await?;
     Ok(())
 }
@@ -133,12 +130,7 @@ async fn teardown(p: &Plugin, k: &mut Kubelet, vol: &str, pods: &[&str]) -> Resu
     for pod in pods {
         unpublish(p, k, vol, pod).await?;
     }
-    k.node
-        .node_unstage_volume(csi::NodeUnstageVolumeRequest {
-            volume_id: vol.into(),
-            staging_target_path: p.staging_path(vol).display().to_string(),
-        })
-        .await?;
+    k.node.node_unstage_volume(unstage_request(p, vol)).await?;
     Ok(())
 }
 
@@ -149,11 +141,7 @@ async fn stats(
     pod: &str,
 ) -> Result<csi::NodeGetVolumeStatsResponse, DynError> {
     Ok(k.node
-        .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
-            volume_id: vol.into(),
-            volume_path: p.target_path(pod, vol).display().to_string(),
-            staging_target_path: String::new(),
-        })
+        .node_get_volume_stats(stats_request(vol, &p.target_path(pod, vol)))
         .await?
         .into_inner())
 }

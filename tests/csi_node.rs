@@ -12,99 +12,11 @@ use rds_csi_node::csi::volume_capability::access_mode::Mode;
 use rds_csi_node::harness::*;
 use tonic::Code;
 
-/// One plugin at a time in this process: every emulated fabric injects udev events into the
-/// same network namespace, and a plugin must only see its own.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-const SIZE: u64 = 64 << 20;
-const XFS_SIZE: u64 = 320 << 20;
-
-struct Env {
-    _dir: tempfile::TempDir,
-    plugin: Plugin,
-    k: Kubelet,
-}
-
-async fn env() -> Env {
-    rds_testkit::require_private_namespaces();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let plugin = Plugin::start(dir.path(), None)
-        .await
-        .expect("plugin starts");
-    let k = plugin.kubelet().await.expect("kubelet connects");
-    Env {
-        _dir: dir,
-        plugin,
-        k,
-    }
-}
-
-impl Env {
-    fn target(&self, vol: &str, size: u64) {
-        self.plugin
-            .fabric
-            .add_target(&nqn_for(vol), size)
-            .expect("emulated target");
-    }
-    async fn stage(&mut self, vol: &str, cap: csi::VolumeCapability) -> Result<(), tonic::Status> {
-        let req = stage_request(&self.plugin, vol, cap);
-        self.k.node.node_stage_volume(req).await.map(|_| ())
-    }
-    async fn unstage(&mut self, vol: &str) -> Result<(), tonic::Status> {
-        let req = csi::NodeUnstageVolumeRequest {
-            volume_id: vol.into(),
-            staging_target_path: self.plugin.staging_path(vol).display().to_string(),
-        };
-        self.k.node.node_unstage_volume(req).await.map(|_| ())
-    }
-    async fn publish(
-        &mut self,
-        vol: &str,
-        pod: &str,
-        cap: csi::VolumeCapability,
-        ro: bool,
-    ) -> Result<(), tonic::Status> {
-        let req = publish_request(&self.plugin, vol, pod, cap, ro);
-        self.k.node.node_publish_volume(req).await.map(|_| ())
-    }
-    async fn unpublish(&mut self, vol: &str, pod: &str) -> Result<(), tonic::Status> {
-        let req = csi::NodeUnpublishVolumeRequest {
-            volume_id: vol.into(),
-            target_path: self.plugin.target_path(pod, vol).display().to_string(),
-        };
-        self.k.node.node_unpublish_volume(req).await.map(|_| ())
-    }
-    async fn stats(
-        &mut self,
-        vol: &str,
-        path: &Path,
-    ) -> Result<csi::NodeGetVolumeStatsResponse, tonic::Status> {
-        let req = csi::NodeGetVolumeStatsRequest {
-            volume_id: vol.into(),
-            volume_path: path.display().to_string(),
-            staging_target_path: String::new(),
-        };
-        self.k
-            .node
-            .node_get_volume_stats(req)
-            .await
-            .map(|r| r.into_inner())
-    }
-    async fn finish(self) {
-        self.plugin.stop().await.expect("plugin stops cleanly");
-    }
-}
+mod common;
+use common::*;
 
 fn mountinfo_has(path: &Path) -> bool {
-    rds_mounts::mountinfo::read_mountinfo(Path::new("/proc"), "self")
-        .expect("mountinfo")
-        .entries
-        .iter()
-        .any(|m| m.mount_point == path)
-}
-
-fn ext4() -> csi::VolumeCapability {
-    mount_capability("ext4", Mode::SingleNodeWriter)
+    top(path).is_some()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,12 +91,7 @@ async fn xfs_volume_published_read_only_refuses_writes() {
     let cap = mount_capability("xfs", Mode::SingleNodeWriter);
     e.stage(vol, cap.clone()).await.expect("stage xfs");
     let staging = e.plugin.staging_path(vol);
-    let mi = rds_mounts::mountinfo::read_mountinfo(Path::new("/proc"), "self").unwrap();
-    let m = mi
-        .entries
-        .iter()
-        .find(|m| m.mount_point == staging)
-        .expect("staging mount");
+    let m = top(&staging).expect("staging mount");
     assert_eq!(m.fs_type, "xfs");
     e.publish(vol, "pod-ro", cap.clone(), true)
         .await
@@ -716,8 +623,6 @@ async fn identity_and_node_info_describe_a_node_only_plugin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_csi_operations_by_rpc_and_code() {
     let _s = SERIAL.lock().await;
-    rds_testkit::require_private_namespaces();
-    let dir = tempfile::tempdir().unwrap();
     // Pick a free port on the private namespace's loopback.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -725,21 +630,12 @@ async fn metrics_count_csi_operations_by_rpc_and_code() {
         .unwrap()
         .port();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let plugin = Plugin::start_with(
-        dir.path(),
-        None,
-        Options {
-            metrics_address: Some(addr),
-            ..Options::default()
-        },
-    )
-    .await
-    .expect("plugin");
-    let mut e = Env {
-        k: plugin.kubelet().await.unwrap(),
-        plugin,
-        _dir: dir,
-    };
+    // Enters (and requires) the private namespaces before it binds anything.
+    let mut e = Env::start_with(Options {
+        metrics_address: Some(addr),
+        ..Options::default()
+    })
+    .await;
     let vol = "pvc-metrics";
     e.target(vol, SIZE);
     e.stage(vol, ext4()).await.expect("stage");

@@ -5,85 +5,12 @@
 rds_testkit::private_namespaces!();
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use rds_csi_node::csi;
-use rds_csi_node::csi::volume_capability::access_mode::Mode;
 use rds_csi_node::harness::*;
 use rds_csi_node::node::observer::Condition;
 
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-const SIZE: u64 = 64 << 20;
-/// Generous: the kernel delivers these events in microseconds; this only bounds a broken run.
-const WAIT: Duration = Duration::from_secs(20);
-
-struct Env {
-    dir: tempfile::TempDir,
-    plugin: Plugin,
-    k: Kubelet,
-}
-
-async fn env() -> Env {
-    rds_testkit::require_private_namespaces();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let plugin = Plugin::start(dir.path(), None)
-        .await
-        .expect("plugin starts");
-    let k = plugin.kubelet().await.expect("kubelet connects");
-    Env { dir, plugin, k }
-}
-
-fn ext4() -> csi::VolumeCapability {
-    mount_capability("ext4", Mode::SingleNodeWriter)
-}
-
-impl Env {
-    async fn stage_and_publish(&mut self, vol: &str) {
-        self.plugin
-            .fabric
-            .add_target(&nqn_for(vol), SIZE)
-            .expect("target");
-        self.k
-            .node
-            .node_stage_volume(stage_request(&self.plugin, vol, ext4()))
-            .await
-            .expect("stage");
-        self.k
-            .node
-            .node_publish_volume(publish_request(&self.plugin, vol, "pod", ext4(), false))
-            .await
-            .expect("publish");
-        self.wait(vol, |c| !c.abnormal)
-            .await
-            .expect("healthy after stage");
-    }
-
-    async fn wait(
-        &self,
-        vol: &str,
-        pred: impl Fn(&Condition) -> bool,
-    ) -> Result<Condition, Option<Condition>> {
-        self.plugin.running.monitor.wait_for(vol, WAIT, pred).await
-    }
-
-    async fn stats_condition(&mut self, vol: &str) -> (csi::VolumeCondition, usize) {
-        let r = self
-            .k
-            .node
-            .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
-                volume_id: vol.into(),
-                volume_path: self.plugin.target_path("pod", vol).display().to_string(),
-                staging_target_path: String::new(),
-            })
-            .await
-            .expect("stats")
-            .into_inner();
-        (
-            r.volume_condition.expect("a condition is always reported"),
-            r.usage.len(),
-        )
-    }
-}
+mod common;
+use common::*;
 
 fn kind_is(kind: &'static str) -> impl Fn(&Condition) -> bool {
     move |c: &Condition| c.abnormal && c.message.starts_with(kind)
@@ -189,7 +116,7 @@ async fn a_storm_of_bind_mounts_of_the_volume_is_flagged_and_clears() {
     let vol = "pvc-storm";
     e.stage_and_publish(vol).await;
     let staging = e.plugin.staging_path(vol);
-    let base = e.dir.path().join("storm");
+    let base = e.root.join("storm");
     let mut made = Vec::new();
     for i in 0..150 {
         let d = base.join(i.to_string());
@@ -228,7 +155,7 @@ async fn after_a_restart_stale_mounts_are_found_in_the_first_reconcile() {
     let mut e = env().await;
     let vol = "pvc-restart";
     e.stage_and_publish(vol).await;
-    let root = e.dir.path().to_owned();
+    let root = e.root.clone();
     let fabric = e.plugin.stop().await.expect("plugin stops");
     // While the plugin is down, the target restarts and the namespace comes back elsewhere.
     fabric
@@ -253,29 +180,17 @@ async fn after_a_restart_stale_mounts_are_found_in_the_first_reconcile() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_api_server_affects_neither_the_monitor_nor_csi_calls() {
     let _s = SERIAL.lock().await;
-    rds_testkit::require_private_namespaces();
-    let dir = tempfile::tempdir().unwrap();
     // A Kubernetes client pointed at a closed port.
     let cfg = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
     let client = kube::Client::try_from(cfg).expect("client");
     let (sink, _task) =
         rds_events::KubeSink::spawn(client, rds_events::KubeSinkConfig::new(NODE_ID.to_owned()));
     let stats = sink.stats();
-    let plugin = Plugin::start_with(
-        dir.path(),
-        None,
-        Options {
-            events: Some(Arc::new(sink)),
-            ..Options::default()
-        },
-    )
-    .await
-    .expect("plugin");
-    let mut e = Env {
-        k: plugin.kubelet().await.unwrap(),
-        plugin,
-        dir,
-    };
+    let mut e = Env::start_with(Options {
+        events: Some(Arc::new(sink)),
+        ..Options::default()
+    })
+    .await;
     let vol = "pvc-noapi";
     e.stage_and_publish(vol).await;
     e.plugin.fabric.reconnect_renamed(&nqn_for(vol)).unwrap();
@@ -367,13 +282,7 @@ async fn a_replaced_device_is_recovered_automatically_and_running_pods_are_told_
         .await
         .expect("the staging path is healed");
     let staging = e.plugin.staging_path(vol);
-    let mi = rds_mounts::mountinfo::read_mountinfo(std::path::Path::new("/proc"), "self").unwrap();
-    let top = mi
-        .entries
-        .iter()
-        .rev()
-        .find(|m| m.mount_point == staging)
-        .expect("staging mounted");
+    let top = top(&staging).expect("staging mounted");
     assert_eq!(top.dev, new_dev, "the staging mount is on the new device");
     assert_eq!(
         std::fs::read(staging.join("kept.txt")).unwrap(),
@@ -397,15 +306,8 @@ async fn a_replaced_device_is_recovered_automatically_and_running_pods_are_told_
         .expect("an event tells the user to recreate the pod");
     assert_eq!(ev.type_, rds_events::EventType::Warning, "{ev:?}");
     // The pod is recreated: unpublish + publish binds the healed mount.
-    e.k.node
-        .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
-            volume_id: vol.into(),
-            target_path: target.display().to_string(),
-        })
-        .await
-        .expect("unpublish");
-    e.k.node
-        .node_publish_volume(publish_request(&e.plugin, vol, "pod", ext4(), false))
+    e.unpublish(vol, "pod").await.expect("unpublish");
+    e.publish(vol, "pod", ext4(), false)
         .await
         .expect("republish");
     assert_eq!(
@@ -439,18 +341,11 @@ async fn publish_on_a_stale_volume_waits_for_its_recovery() {
         .expect("flagged");
     // A new pod arrives while the volume is stale: the publish waits for the recovery and
     // binds the healed mount, never the dead one.
-    e.k.node
-        .node_publish_volume(publish_request(&e.plugin, vol, "pod-new", ext4(), false))
+    e.publish(vol, "pod-new", ext4(), false)
         .await
         .expect("publish after recovery");
     let t = e.plugin.target_path("pod-new", vol);
-    let mi = rds_mounts::mountinfo::read_mountinfo(std::path::Path::new("/proc"), "self").unwrap();
-    let top = mi
-        .entries
-        .iter()
-        .rev()
-        .find(|m| m.mount_point == t)
-        .expect("target mounted");
+    let top = top(&t).expect("target mounted");
     assert_eq!(top.dev, new_dev, "the new pod gets the healed device");
     e.plugin.stop().await.unwrap();
 }

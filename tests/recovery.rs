@@ -10,75 +10,27 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rds_csi_node::csi;
-use rds_csi_node::csi::volume_capability::access_mode::Mode;
 use rds_csi_node::harness::*;
 use rds_csi_node::recovery::{Recovery, RecoveryConfig, RecoveryError, RecoveryKind};
 use rds_csi_node::validate::VolumeId;
 use rds_hostops::inuse::Holder;
 use rds_types::DevNum;
 
-/// One plugin at a time in this process: every emulated fabric injects udev events into the
-/// same network namespace, and a plugin must only see its own.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+mod common;
+use common::*;
 
-const SIZE: u64 = 64 << 20;
 const PAYLOAD: &[u8] = b"written before the device was replaced";
 
-/// Detaches every mount under the test root when the test ends, passed or failed (they live in
-/// this process's private mount namespace and are all ours). Declared first in [`Env`], so it
-/// runs before the fabric detaches its loop devices and the directory is removed.
-struct MountSweeper(PathBuf);
-
-impl Drop for MountSweeper {
-    fn drop(&mut self) {
-        let Ok(table) = rds_mounts::mountinfo::read_mountinfo(Path::new("/proc"), "self") else {
-            return;
-        };
-        for m in table.entries.iter().rev() {
-            if m.mount_point.starts_with(&self.0) {
-                let _ = nix::mount::umount2(&m.mount_point, nix::mount::MntFlags::MNT_DETACH);
-            }
-        }
-    }
+/// What the recovery tests need beyond the shared test plugin.
+trait RecoveryEnv {
+    fn recovery(&self, unmount_wait: Duration, guard_wait: Duration) -> Recovery;
+    fn temp_mount_point(&self, vol: &str) -> PathBuf;
+    fn recorded(&self, vol: &str) -> Option<rds_types::BlockIdentity>;
+    async fn publish_at(&mut self, vol: &str, pod: &str, cap: csi::VolumeCapability) -> PathBuf;
+    async fn staged_ext4(&mut self, vol: &str) -> (PathBuf, PathBuf);
 }
 
-struct Env {
-    _sweeper: MountSweeper,
-    plugin: Plugin,
-    k: Kubelet,
-    _dir: tempfile::TempDir,
-}
-
-async fn env() -> Env {
-    rds_testkit::require_private_namespaces();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let root = std::fs::canonicalize(dir.path()).expect("canonical tempdir");
-    let plugin = Plugin::start(&root, None).await.expect("plugin starts");
-    let k = plugin.kubelet().await.expect("kubelet connects");
-    Env {
-        _sweeper: MountSweeper(root),
-        plugin,
-        k,
-        _dir: dir,
-    }
-}
-
-impl Env {
-    fn target(&self, vol: &str) -> PathBuf {
-        self.plugin
-            .fabric
-            .add_target(&nqn_for(vol), SIZE)
-            .expect("emulated target")
-    }
-    async fn stage(&mut self, vol: &str, cap: csi::VolumeCapability) {
-        let req = stage_request(&self.plugin, vol, cap);
-        self.k.node.node_stage_volume(req).await.expect("stage");
-    }
-    async fn publish(&mut self, vol: &str, pod: &str, cap: csi::VolumeCapability) -> PathBuf {
-        let req = publish_request(&self.plugin, vol, pod, cap, false);
-        self.k.node.node_publish_volume(req).await.expect("publish");
-        self.plugin.target_path(pod, vol)
-    }
+impl RecoveryEnv for Env {
     fn recovery(&self, unmount_wait: Duration, guard_wait: Duration) -> Recovery {
         Recovery::new(
             self.plugin.running.service.clone(),
@@ -101,12 +53,17 @@ impl Env {
             .get(&id(vol))
             .and_then(|r| r.device.identity())
     }
+    /// Publish read-write in `pod`; returns the target.
+    async fn publish_at(&mut self, vol: &str, pod: &str, cap: csi::VolumeCapability) -> PathBuf {
+        self.publish(vol, pod, cap, false).await.expect("publish");
+        self.plugin.target_path(pod, vol)
+    }
     /// Stage + publish an ext4 volume and write a file through the target, synced to the
     /// backing file.
     async fn staged_ext4(&mut self, vol: &str) -> (PathBuf, PathBuf) {
-        self.target(vol);
-        self.stage(vol, ext4()).await;
-        let target = self.publish(vol, "pod-a", ext4()).await;
+        self.target(vol, SIZE);
+        self.stage(vol, ext4()).await.expect("stage");
+        let target = self.publish_at(vol, "pod-a", ext4()).await;
         let mut f = std::fs::File::create(target.join("data.txt")).expect("create data file");
         f.write_all(PAYLOAD).expect("write data");
         f.sync_all().expect("fsync data");
@@ -126,19 +83,9 @@ fn id(vol: &str) -> VolumeId {
     VolumeId::parse("volume_id", vol).expect("volume id")
 }
 
-fn ext4() -> csi::VolumeCapability {
-    mount_capability("ext4", Mode::SingleNodeWriter)
-}
-
 /// The visible mount at `path`: (mountinfo id, device).
-fn top(path: &Path) -> Option<(u32, DevNum)> {
-    rds_mounts::mountinfo::read_mountinfo(Path::new("/proc"), "self")
-        .expect("mountinfo")
-        .entries
-        .iter()
-        .rev()
-        .find(|m| m.mount_point == path)
-        .map(|m| (m.id, m.dev))
+fn mount_key(path: &Path) -> Option<(u32, DevNum)> {
+    top(path).map(|m| (m.id, m.dev))
 }
 
 /// Recover a replaced ext4 volume and check every promise of a successful recovery.
@@ -154,7 +101,7 @@ async fn recovers_onto_the_replacement(same_name: bool) {
     let (staging, target) = e.staged_ext4(vol).await;
     let (old_name, old_dev, old_seq) = e.plugin.fabric.namespace_of(&nqn).expect("connected");
     assert_eq!(
-        top(&staging).map(|m| m.1),
+        mount_key(&staging).map(|m| m.1),
         Some(old_dev),
         "staged on the old device"
     );
@@ -187,14 +134,14 @@ async fn recovers_onto_the_replacement(same_name: bool) {
 
     assert_eq!(out.new_device.dev, new_dev, "outcome names the new device");
     assert_eq!(out.new_device.diskseq, Some(new_seq));
-    let staged = top(&staging).expect("staging path mounted after recovery");
+    let staged = mount_key(&staging).expect("staging path mounted after recovery");
     assert_eq!(staged.1, new_dev, "staging mount is on the new device");
     assert_eq!(
         out.new_mount,
         Some(staged),
         "outcome reports the staging mount"
     );
-    let bound = top(&target).expect("target mounted after recovery");
+    let bound = mount_key(&target).expect("target mounted after recovery");
     assert_eq!(bound.1, new_dev, "target re-bound to the new device");
     assert_eq!(out.republished, vec![(target.clone(), Some(bound))]);
     assert!(
@@ -212,7 +159,7 @@ async fn recovers_onto_the_replacement(same_name: bool) {
     assert_eq!(rec.dev, new_dev, "record carries the new number");
     assert_eq!(rec.diskseq, Some(new_seq), "record carries the new diskseq");
     assert_eq!(
-        top(&e.temp_mount_point(vol)),
+        mount_key(&e.temp_mount_point(vol)),
         None,
         "no temporary mount left"
     );
@@ -236,7 +183,7 @@ async fn recovery_is_refused_while_the_stale_staging_mount_is_held_and_succeeds_
     let nqn = nqn_for(vol);
     let (staging, target) = e.staged_ext4(vol).await;
     let (_, old_dev, _) = e.plugin.fabric.namespace_of(&nqn).expect("connected");
-    let target_before = top(&target).expect("published");
+    let target_before = mount_key(&target).expect("published");
     e.plugin.fabric.reconnect_renamed(&nqn).expect("reconnect");
     let (_, new_dev, _) = e.plugin.fabric.namespace_of(&nqn).expect("reconnected");
     let rec = e.recovery(Duration::from_millis(300), Duration::from_secs(30));
@@ -263,13 +210,13 @@ async fn recovery_is_refused_while_the_stale_staging_mount_is_held_and_succeeds_
         "message names the holder and the state: {msg}"
     );
     assert_eq!(
-        top(&staging).map(|m| m.1),
+        mount_key(&staging).map(|m| m.1),
         Some(old_dev),
         "stale staging mount still in place"
     );
-    assert_eq!(top(&target), Some(target_before), "publish untouched");
+    assert_eq!(mount_key(&target), Some(target_before), "publish untouched");
     assert_eq!(
-        top(&e.temp_mount_point(vol)),
+        mount_key(&e.temp_mount_point(vol)),
         None,
         "temporary mount undone"
     );
@@ -284,8 +231,8 @@ async fn recovery_is_refused_while_the_stale_staging_mount_is_held_and_succeeds_
         .recover(&id(vol), RecoveryKind::DeviceReplaced)
         .await
         .unwrap_or_else(|err| panic!("recovery succeeds once the holder is gone: {err}"));
-    assert_eq!(top(&staging).map(|m| m.1), Some(new_dev));
-    assert_eq!(top(&target).map(|m| m.1), Some(new_dev));
+    assert_eq!(mount_key(&staging).map(|m| m.1), Some(new_dev));
+    assert_eq!(mount_key(&target).map(|m| m.1), Some(new_dev));
     assert!(out.stranded.is_empty());
 }
 
@@ -307,7 +254,11 @@ async fn a_pod_holding_a_stale_bind_is_reported_stranded_not_detached() {
         .recover(&id(vol), RecoveryKind::DeviceReplaced)
         .await
         .unwrap_or_else(|err| panic!("staging recovery succeeds: {err}"));
-    assert_eq!(top(&staging).map(|m| m.1), Some(new_dev), "staging healed");
+    assert_eq!(
+        mount_key(&staging).map(|m| m.1),
+        Some(new_dev),
+        "staging healed"
+    );
     assert_eq!(
         out.stranded,
         vec![target.clone()],
@@ -315,7 +266,7 @@ async fn a_pod_holding_a_stale_bind_is_reported_stranded_not_detached() {
     );
     assert_eq!(out.republished, vec![(target.clone(), None)]);
     assert_eq!(
-        top(&target).map(|m| m.1),
+        mount_key(&target).map(|m| m.1),
         Some(old_dev),
         "the pod's bind of the old filesystem was not detached under it"
     );
@@ -328,8 +279,8 @@ async fn recovery_waits_for_the_guard_and_touches_nothing_once_unstaged() {
     let mut e = env().await;
     let vol = "pvc-rec-race";
     let nqn = nqn_for(vol);
-    e.target(vol);
-    e.stage(vol, ext4()).await;
+    e.target(vol, SIZE);
+    e.stage(vol, ext4()).await.expect("stage");
     let staging = e.plugin.staging_path(vol);
     e.plugin.fabric.reconnect_renamed(&nqn).expect("reconnect");
     let svc = e.plugin.running.service.clone();
@@ -375,7 +326,11 @@ async fn recovery_waits_for_the_guard_and_touches_nothing_once_unstaged() {
         matches!(err, RecoveryError::NotStaged { .. }),
         "expected NotStaged, got {err}"
     );
-    assert_eq!(top(&staging), None, "nothing mounted at the staging path");
+    assert_eq!(
+        mount_key(&staging),
+        None,
+        "nothing mounted at the staging path"
+    );
     assert!(
         !e.temp_mount_point(vol).exists(),
         "no temporary mount point created"
@@ -389,9 +344,9 @@ async fn a_block_volume_target_node_is_recreated_with_the_new_number() {
     let mut e = env().await;
     let vol = "pvc-rec-block";
     let nqn = nqn_for(vol);
-    e.target(vol);
-    e.stage(vol, block_capability()).await;
-    let target = e.publish(vol, "pod-blk", block_capability()).await;
+    e.target(vol, SIZE);
+    e.stage(vol, block_capability()).await.expect("stage");
+    let target = e.publish_at(vol, "pod-blk", block_capability()).await;
     let (_, old_dev, _) = e.plugin.fabric.namespace_of(&nqn).expect("connected");
     let rdev = |p: &Path| {
         let md = std::fs::symlink_metadata(p).expect("target node");
@@ -423,8 +378,8 @@ async fn a_device_that_does_not_come_back_fails_cleanly_leaving_the_staging_moun
     let (staging, target) = e.staged_ext4(vol).await;
     let backing = e.plugin.layout().backing;
     let (_, old_dev, _) = e.plugin.fabric.namespace_of(&nqn).expect("connected");
-    let staged_before = top(&staging).expect("staged");
-    let target_before = top(&target).expect("published");
+    let staged_before = mount_key(&staging).expect("staged");
+    let target_before = mount_key(&target).expect("published");
 
     // ctrl_loss_tmo expired and the target cannot be reached again (its backing is gone).
     e.plugin
@@ -457,11 +412,11 @@ async fn a_device_that_does_not_come_back_fails_cleanly_leaving_the_staging_moun
         "message states the volume's state: {err}"
     );
     assert_eq!(
-        top(&staging),
+        mount_key(&staging),
         Some(staged_before),
         "the staging path is still mounted (on the old device {old_dev})"
     );
-    assert_eq!(top(&target), Some(target_before), "publish untouched");
+    assert_eq!(mount_key(&target), Some(target_before), "publish untouched");
     assert_eq!(e.recorded(vol).map(|i| i.dev), Some(old_dev));
 }
 
@@ -474,8 +429,8 @@ async fn a_replacement_without_the_filesystem_is_never_formatted_and_changes_not
     let (staging, target) = e.staged_ext4(vol).await;
     let backing = e.plugin.layout().backing;
     let (_, old_dev, _) = e.plugin.fabric.namespace_of(&nqn).expect("connected");
-    let staged_before = top(&staging).expect("staged");
-    let target_before = top(&target).expect("published");
+    let staged_before = mount_key(&staging).expect("staged");
+    let target_before = mount_key(&target).expect("published");
     e.plugin.fabric.reconnect_renamed(&nqn).expect("reconnect");
     // The target lost the filesystem: its first 64 KiB (ext4 superblock included) read zero.
     let file = std::fs::read_dir(&backing)
@@ -520,13 +475,13 @@ async fn a_replacement_without_the_filesystem_is_never_formatted_and_changes_not
         "the replacement device was not formatted"
     );
     assert_eq!(
-        top(&staging),
+        mount_key(&staging),
         Some(staged_before),
         "stale staging left in place (device {old_dev})"
     );
-    assert_eq!(top(&target), Some(target_before), "publish untouched");
+    assert_eq!(mount_key(&target), Some(target_before), "publish untouched");
     assert_eq!(
-        top(&e.temp_mount_point(vol)),
+        mount_key(&e.temp_mount_point(vol)),
         None,
         "no temporary mount left"
     );
@@ -544,8 +499,8 @@ async fn a_failed_filesystem_on_an_unreplaced_device_is_refused_touching_nothing
     let vol = "pvc-rec-samedev";
     let nqn = nqn_for(vol);
     let (staging, target) = e.staged_ext4(vol).await;
-    let staged_before = top(&staging).expect("staged");
-    let target_before = top(&target).expect("published");
+    let staged_before = mount_key(&staging).expect("staged");
+    let target_before = mount_key(&target).expect("published");
     e.plugin.fabric.kill_path(&nqn).expect("kill path");
 
     let err = e
@@ -557,9 +512,17 @@ async fn a_failed_filesystem_on_an_unreplaced_device_is_refused_touching_nothing
         matches!(err, RecoveryError::DeviceUnchanged { .. }),
         "expected DeviceUnchanged, got {err}"
     );
-    assert_eq!(top(&staging), Some(staged_before), "staging untouched");
-    assert_eq!(top(&target), Some(target_before), "publish untouched");
-    assert_eq!(top(&e.temp_mount_point(vol)), None, "no temporary mount");
+    assert_eq!(
+        mount_key(&staging),
+        Some(staged_before),
+        "staging untouched"
+    );
+    assert_eq!(mount_key(&target), Some(target_before), "publish untouched");
+    assert_eq!(
+        mount_key(&e.temp_mount_point(vol)),
+        None,
+        "no temporary mount"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -594,7 +557,7 @@ async fn a_recovery_dropped_midway_leaves_a_consistent_volume() {
         .acquire(vol, "test", Duration::from_secs(60))
         .await
         .expect("the guard comes back once the host steps end");
-    let staged = top(&staging).map(|m| m.1);
+    let staged = mount_key(&staging).map(|m| m.1);
     assert!(
         staged == Some(old_dev) || staged == Some(new_dev),
         "staging path mounted on the old or the new device, found {staged:?}"
@@ -605,12 +568,12 @@ async fn a_recovery_dropped_midway_leaves_a_consistent_volume() {
         "record matches the staging mount"
     );
     assert_eq!(
-        top(&e.temp_mount_point(vol)),
+        mount_key(&e.temp_mount_point(vol)),
         None,
         "no temporary mount left"
     );
     assert!(
-        top(&target).is_some(),
+        mount_key(&target).is_some(),
         "the publish target is still mounted"
     );
 }
@@ -623,16 +586,16 @@ async fn a_vanished_staging_mount_is_mounted_again_from_the_same_device() {
     let nqn = nqn_for(vol);
     let (staging, target) = e.staged_ext4(vol).await;
     let (_, dev, seq) = e.plugin.fabric.namespace_of(&nqn).expect("connected");
-    let target_before = top(&target).expect("published");
+    let target_before = mount_key(&target).expect("published");
     nix::mount::umount2(&staging, nix::mount::MntFlags::empty()).expect("staging goes away");
-    assert_eq!(top(&staging), None);
+    assert_eq!(mount_key(&staging), None);
 
     let out = e
         .recovery(Duration::from_secs(2), Duration::from_secs(30))
         .recover(&id(vol), RecoveryKind::MountMissing)
         .await
         .unwrap_or_else(|err| panic!("the staging mount comes back: {err}"));
-    let staged = top(&staging).expect("staging mounted again");
+    let staged = mount_key(&staging).expect("staging mounted again");
     assert_eq!(staged.1, dev, "from the same device");
     assert_eq!(out.new_mount, Some(staged));
     assert_eq!(
@@ -647,6 +610,6 @@ async fn a_vanished_staging_mount_is_mounted_again_from_the_same_device() {
     let rec = e.recorded(vol).expect("recorded");
     assert_eq!((rec.dev, rec.diskseq), (dev, Some(seq)), "record unchanged");
     // Kubelet can publish again from the restored staging path.
-    let second = e.publish(vol, "pod-b", ext4()).await;
-    assert_eq!(top(&second).map(|m| m.1), Some(dev));
+    let second = e.publish_at(vol, "pod-b", ext4()).await;
+    assert_eq!(mount_key(&second).map(|m| m.1), Some(dev));
 }

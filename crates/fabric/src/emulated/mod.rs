@@ -338,14 +338,7 @@ impl EmulatedFabric {
     fn reconnect(&self, nqn: &Nqn, same_name: bool) -> Result<ConnectOutcome, FabricError> {
         let mut guard = self.lock();
         let st = &mut *guard;
-        let target = st
-            .targets
-            .get_mut(nqn)
-            .ok_or_else(|| FabricError::UnknownTarget(nqn.clone()))?;
-        let old = target
-            .conn
-            .take()
-            .ok_or_else(|| FabricError::NotConnected(nqn.clone()))?;
+        let (target, old) = take_conn(&mut st.targets, nqn)?;
         // Attach the new loop device while the old one is still bound: a new device number
         // is then guaranteed.
         let loop_dev = match self
@@ -383,14 +376,7 @@ impl EmulatedFabric {
     pub fn lose_controller(&self, nqn: &Nqn) -> Result<(), FabricError> {
         let mut guard = self.lock();
         let st = &mut *guard;
-        let target = st
-            .targets
-            .get_mut(nqn)
-            .ok_or_else(|| FabricError::UnknownTarget(nqn.clone()))?;
-        let conn = target
-            .conn
-            .take()
-            .ok_or_else(|| FabricError::NotConnected(nqn.clone()))?;
+        let (_, conn) = take_conn(&mut st.targets, nqn)?;
         tracing::info!(%nqn, controller = conn.ctrl_name(), "emulated controller lost");
         self.tear_down(st, conn, true)
     }
@@ -745,6 +731,21 @@ fn connected<'a>(
         .conn
         .as_mut()
         .ok_or_else(|| FabricError::NotConnected(nqn.clone()))
+}
+
+/// Take a target's live connection out (the caller tears it down or puts it back).
+fn take_conn<'a>(
+    targets: &'a mut BTreeMap<Nqn, Target>,
+    nqn: &Nqn,
+) -> Result<(&'a mut Target, Connection), FabricError> {
+    let target = targets
+        .get_mut(nqn)
+        .ok_or_else(|| FabricError::UnknownTarget(nqn.clone()))?;
+    let conn = target
+        .conn
+        .take()
+        .ok_or_else(|| FabricError::NotConnected(nqn.clone()))?;
+    Ok((target, conn))
 }
 
 fn set_conn(targets: &mut BTreeMap<Nqn, Target>, nqn: &Nqn, conn: Connection) {
