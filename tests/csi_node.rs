@@ -673,3 +673,42 @@ async fn metrics_count_csi_operations_by_rpc_and_code() {
     e.unstage(vol).await.unwrap();
     e.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_still_published_is_never_unstaged_or_disconnected() {
+    let _s = SERIAL.lock().await;
+    let mut e = env().await;
+    let vol = "pvc-still-published";
+    e.target(vol, SIZE);
+    e.stage(vol, block_capability()).await.expect("stage block");
+    e.publish(vol, "pod", block_capability(), false).await.expect("publish block");
+    let st = e.unstage(vol).await.expect_err("unstage while the pod's device node is published");
+    assert_eq!(st.code(), Code::FailedPrecondition, "{}", st.message());
+    assert!(st.message().contains("still published"), "{}", st.message());
+    assert!(e.plugin.fabric.namespace_of(&nqn_for(vol)).is_some(), "the controller stays connected");
+    let target = e.plugin.target_path("pod", vol);
+    assert!(std::fs::symlink_metadata(&target).unwrap().file_type().is_block_device(), "the pod keeps its node");
+    e.unpublish(vol, "pod").await.expect("unpublish");
+    e.unstage(vol).await.expect("unstage once unpublished");
+    assert!(e.plugin.fabric.namespace_of(&nqn_for(vol)).is_none(), "disconnected after the last user left");
+    e.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restaging_with_another_read_only_mode_is_an_incompatible_stage() {
+    let _s = SERIAL.lock().await;
+    let mut e = env().await;
+    let vol = "pvc-ro-restage";
+    e.target(vol, SIZE);
+    // Staged read-write first.
+    e.stage(vol, ext4()).await.expect("stage rw");
+    let st = e
+        .stage(vol, mount_capability("ext4", Mode::SingleNodeReaderOnly))
+        .await
+        .expect_err("the same staging path asked read-only");
+    assert_eq!(st.code(), Code::AlreadyExists, "{}", st.message());
+    let m = top(&e.plugin.staging_path(vol)).expect("still staged");
+    assert!(!m.is_read_only(), "the existing stage is unchanged");
+    e.unstage(vol).await.expect("unstage");
+    e.finish().await;
+}

@@ -72,6 +72,14 @@ impl NodeService {
         if let Access::Mount { fs_type, flags } = &args.access {
             match view.top(args.staging_path.as_path()) {
                 Some(m) if m.dev == ns.identity.dev => {
+                    if m.is_read_only() != args.read_only {
+                        return Err(NodeError::AlreadyExists(format!(
+                            "{} is staged {}, the request asks {}",
+                            args.staging_path,
+                            if m.is_read_only() { "read-only" } else { "read-write" },
+                            if args.read_only { "read-only" } else { "read-write" }
+                        )));
+                    }
                     if m.fs_type != fs_type.as_str() {
                         return Err(NodeError::AlreadyExists(format!(
                             "{} is staged as {}, not {}",
@@ -231,6 +239,21 @@ impl NodeService {
                 )));
             }
             self.check_managed(&rec.target.nqn)?;
+            // A volume still published (targets that still exist) is not unstaged: its pods
+            // would lose their device. Kubelet unpublishes first; anything else is refused
+            // before anything is touched.
+            let targets: Vec<_> = rec.publishes.iter().map(|p| p.target.clone()).collect();
+            let live = self
+                .blocking("checking publish targets", self.cfg.deadlines.stats, move || {
+                    targets.into_iter().filter(|t| std::fs::symlink_metadata(t).is_ok()).collect::<Vec<_>>()
+                })
+                .await?;
+            if !live.is_empty() {
+                return Err(NodeError::FailedPrecondition(format!(
+                    "volume {id} is still published at {}; unpublish it first",
+                    live.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                )));
+            }
             // Tell the monitor first: the unmounts below are ours, not a fault.
             self.observer.unstaged(&id);
         }
@@ -311,6 +334,28 @@ impl NodeService {
             .into_iter()
             .chain(current.map(|c| c.identity.dev));
         for dev in devs {
+            // A process holding the raw device (or anything stacked on it) keeps it: never
+            // cut it off. "Unknown" (no host PID view) is logged; the publish check above
+            // already proved kubelet holds no target of this volume.
+            let roots = self.cfg.roots.clone();
+            let usage = self
+                .blocking("checking device use", self.cfg.deadlines.stats, move || {
+                    rds_hostops::inuse::in_use(dev, None, &roots)
+                })
+                .await?;
+            match usage {
+                rds_hostops::inuse::Usage::InUse(holders) => {
+                    return Err(NodeError::FailedPrecondition(format!(
+                        "device {dev} of volume {} is in use ({}); not disconnecting",
+                        rec.volume_id,
+                        holders.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                    )))
+                }
+                rds_hostops::inuse::Usage::Unknown(why) => {
+                    tracing::warn!(%dev, reason = %why, "whether the device is in use cannot be fully known; no mount or publish uses it")
+                }
+                rds_hostops::inuse::Usage::NotInUse => {}
+            }
             let users = view.mounts_of(dev);
             if !users.is_empty() {
                 return Err(NodeError::FailedPrecondition(format!(
