@@ -681,16 +681,33 @@ async fn a_volume_still_published_is_never_unstaged_or_disconnected() {
     let vol = "pvc-still-published";
     e.target(vol, SIZE);
     e.stage(vol, block_capability()).await.expect("stage block");
-    e.publish(vol, "pod", block_capability(), false).await.expect("publish block");
-    let st = e.unstage(vol).await.expect_err("unstage while the pod's device node is published");
+    e.publish(vol, "pod", block_capability(), false)
+        .await
+        .expect("publish block");
+    let st = e
+        .unstage(vol)
+        .await
+        .expect_err("unstage while the pod's device node is published");
     assert_eq!(st.code(), Code::FailedPrecondition, "{}", st.message());
     assert!(st.message().contains("still published"), "{}", st.message());
-    assert!(e.plugin.fabric.namespace_of(&nqn_for(vol)).is_some(), "the controller stays connected");
+    assert!(
+        e.plugin.fabric.namespace_of(&nqn_for(vol)).is_some(),
+        "the controller stays connected"
+    );
     let target = e.plugin.target_path("pod", vol);
-    assert!(std::fs::symlink_metadata(&target).unwrap().file_type().is_block_device(), "the pod keeps its node");
+    assert!(
+        std::fs::symlink_metadata(&target)
+            .unwrap()
+            .file_type()
+            .is_block_device(),
+        "the pod keeps its node"
+    );
     e.unpublish(vol, "pod").await.expect("unpublish");
     e.unstage(vol).await.expect("unstage once unpublished");
-    assert!(e.plugin.fabric.namespace_of(&nqn_for(vol)).is_none(), "disconnected after the last user left");
+    assert!(
+        e.plugin.fabric.namespace_of(&nqn_for(vol)).is_none(),
+        "disconnected after the last user left"
+    );
     e.finish().await;
 }
 

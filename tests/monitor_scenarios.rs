@@ -349,3 +349,34 @@ async fn publish_on_a_stale_volume_waits_for_its_recovery() {
     assert_eq!(top.dev, new_dev, "the new pod gets the healed device");
     e.plugin.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_adopted_mounts_are_watched_like_fresh_ones() {
+    let _s = SERIAL.lock().await;
+    let mut e = env().await;
+    let vol = "pvc-readopt";
+    e.stage_and_publish(vol).await;
+    let root = e.root.clone();
+    let fabric = e.plugin.stop().await.expect("plugin stops");
+    let plugin = Plugin::start(&root, Some(fabric))
+        .await
+        .expect("plugin restarts");
+    let healthy = plugin
+        .running
+        .monitor
+        .volume_condition(vol)
+        .expect("re-adopted");
+    assert!(
+        !healthy.abnormal,
+        "nothing changed while it was down: {healthy:?}"
+    );
+    // The re-adopted staging mount is known by its identity: its disappearance is noticed.
+    nix::mount::umount(&plugin.staging_path(vol)).expect("someone unmounts the staging path");
+    plugin
+        .running
+        .monitor
+        .wait_for(vol, WAIT, kind_is("mount_missing"))
+        .await
+        .expect("MountMissing for an adopted volume");
+    plugin.stop().await.unwrap();
+}

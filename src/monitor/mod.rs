@@ -298,9 +298,9 @@ async fn run(
     let mut stats_tick = tokio::time::interval(Duration::from_secs(10));
 
     // Re-adoption: replay every persisted record against the kernel's current state. The
-    // mount watcher's first event is its initial snapshot; the device watcher's model is
-    // already populated from its sysfs scan.
-    let table = t.mounts.table();
+    // mount watcher's first event is its initial snapshot (awaited: its published table is
+    // empty until then); the device watcher's model is already populated from its sysfs scan.
+    let table = first_snapshot(&mut t, &mut mount_rx).await;
     for rec in &p.records {
         let top = table.top_at(rec.staging_path.as_path()).cloned();
         if let Some(m) = &top {
@@ -340,15 +340,17 @@ async fn run(
                 None => std::future::pending().await,
             }
         };
+        // Biased, in this order: the node service's notes first (they must precede the
+        // mount events their own unmounts cause), then timers, filesystem errors and devices;
+        // mount events last, so a mount storm (the one source that floods) cannot starve the
+        // others. Each source handles at most BATCH events per wake-up.
         tokio::select! {
             biased;
             Some(n) = notes.recv() => t.note(n),
             Some(ev) = recovery_rx.recv() => t.feed(ev, None),
-            Some(ev) = mount_rx.recv() => {
-                t.mount_event(ev);
-                for _ in 0..BATCH {
-                    match mount_rx.try_recv() { Ok(ev) => t.mount_event(ev), Err(_) => break }
-                }
+            _ = tick => t.feed(MonitorEvent::Tick, None),
+            Some(ev) = async { match fs_rx.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => {
+                t.fs_error(ev);
             }
             Some(ev) = device_rx.recv() => {
                 t.device_event(ev);
@@ -356,15 +358,17 @@ async fn run(
                     match device_rx.try_recv() { Ok(ev) => t.device_event(ev), Err(_) => break }
                 }
             }
-            Some(ev) = async { match fs_rx.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => {
-                t.fs_error(ev);
-            }
             _ = stats_tick.tick() => {
                 if let (Some(m), Some(s)) = (&t.metrics, &events_stats) {
                     m.events_sink(s.posted(), s.dropped(), s.failed());
                 }
             }
-            _ = tick => t.feed(MonitorEvent::Tick, None),
+            Some(ev) = mount_rx.recv() => {
+                t.mount_event(ev);
+                for _ in 0..BATCH {
+                    match mount_rx.try_recv() { Ok(ev) => t.mount_event(ev), Err(_) => break }
+                }
+            }
             else => break,
         }
     }
@@ -804,6 +808,28 @@ fn event_reason(r: rds_monitor::EventReason) -> rds_events::Reason {
         M::RecoverySucceeded => E::StaleMountDetected,
     }
 }
+
+/// The mount watcher's initial snapshot: its first event. Errors before it (a failing initial
+/// read is retried by the watcher) are logged; past the deadline the published table is used.
+async fn first_snapshot(
+    t: &mut Task,
+    rx: &mut mpsc::Receiver<MountEvent>,
+) -> Arc<rds_mounts::table::MountTable> {
+    let deadline = tokio::time::Instant::now() + FIRST_SNAPSHOT_WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(MountEvent::Resynced { table })) => return table,
+            Ok(Some(other)) => t.mount_event(other),
+            Ok(None) | Err(_) => {
+                tracing::error!(wait = ?FIRST_SNAPSHOT_WAIT, "no initial mount table from the watcher; adopting volumes from what it has");
+                return t.mounts.table();
+            }
+        }
+    }
+}
+
+/// How long start-up waits for the mount watcher's first scan (a flooded table is slow).
+const FIRST_SNAPSHOT_WAIT: Duration = Duration::from_secs(60);
 
 /// The topmost mount at `path`, read from this process's mount table (only for a path the
 /// node service just mounted: its attach event may not have reached the watcher yet).

@@ -244,14 +244,24 @@ impl NodeService {
             // before anything is touched.
             let targets: Vec<_> = rec.publishes.iter().map(|p| p.target.clone()).collect();
             let live = self
-                .blocking("checking publish targets", self.cfg.deadlines.stats, move || {
-                    targets.into_iter().filter(|t| std::fs::symlink_metadata(t).is_ok()).collect::<Vec<_>>()
-                })
+                .blocking(
+                    "checking publish targets",
+                    self.cfg.deadlines.stats,
+                    move || {
+                        targets
+                            .into_iter()
+                            .filter(|t| std::fs::symlink_metadata(t).is_ok())
+                            .collect::<Vec<_>>()
+                    },
+                )
                 .await?;
             if !live.is_empty() {
                 return Err(NodeError::FailedPrecondition(format!(
                     "volume {id} is still published at {}; unpublish it first",
-                    live.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                    live.iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )));
             }
             // Tell the monitor first: the unmounts below are ours, not a fault.
@@ -348,7 +358,11 @@ impl NodeService {
                     return Err(NodeError::FailedPrecondition(format!(
                         "device {dev} of volume {} is in use ({}); not disconnecting",
                         rec.volume_id,
-                        holders.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                        holders
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )))
                 }
                 rds_hostops::inuse::Usage::Unknown(why) => {
