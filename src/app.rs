@@ -137,7 +137,12 @@ pub async fn run(
         (cfg.monitor.recovery_attempts > 0).then(|| {
             let r = crate::recovery::Recovery::new(
                 service.clone(),
-                crate::recovery::RecoveryConfig::new(&cfg.state_dir),
+                crate::recovery::RecoveryConfig {
+                    // The operator's deadlines apply to recovery as to the CSI calls.
+                    unmount_wait: cfg.node.deadlines.unmount_wait,
+                    mount: cfg.node.deadlines.mount,
+                    ..crate::recovery::RecoveryConfig::new(&cfg.state_dir)
+                },
             );
             Arc::new(r) as Arc<dyn crate::monitor::RecoveryRunner>
         });

@@ -28,9 +28,6 @@ pub enum NodeError {
     /// Request outside what the volume can do (e.g. shrink).
     #[error("{0}")]
     OutOfRange(String),
-    /// The plugin is shutting down and takes no new work.
-    #[error("the node plugin is shutting down")]
-    ShuttingDown,
     /// Anything unexpected, with its cause.
     #[error("{context}: {source}")]
     Internal {
@@ -66,7 +63,7 @@ impl NodeError {
             Self::AlreadyExists(_) => Code::AlreadyExists,
             Self::Aborted { .. } => Code::Aborted,
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
-            Self::Unavailable(_) | Self::ShuttingDown => Code::Unavailable,
+            Self::Unavailable(_) => Code::Unavailable,
             Self::OutOfRange(_) => Code::OutOfRange,
             Self::Internal { .. } => Code::Internal,
         }
@@ -121,7 +118,6 @@ mod tests {
             ),
             (NodeError::Unavailable("x".into()), Code::Unavailable),
             (NodeError::OutOfRange("x".into()), Code::OutOfRange),
-            (NodeError::ShuttingDown, Code::Unavailable),
             (NodeError::internal("reading record", io), Code::Internal),
         ];
         for (e, code) in cases {

@@ -120,9 +120,14 @@ impl NodeService {
                             let flags = super::options::bind_flags(&["noexec".into()], ro)
                                 | nix::mount::MsFlags::MS_BIND
                                 | nix::mount::MsFlags::MS_REMOUNT;
-                            rds_hostops::mount::remount(&dst, flags, None).map_err(|e| {
-                                NodeError::internal("applying noexec to the target", e)
-                            })?;
+                            if let Err(e) = rds_hostops::mount::remount(&dst, flags, None) {
+                                // Never leave a bind without the options asked for: a retry
+                                // would take it for a finished publish.
+                                if let Err(undo) = nix::mount::umount2(&dst, nix::mount::MntFlags::UMOUNT_NOFOLLOW) {
+                                    tracing::error!(target = %dst.display(), error = %undo, "undoing the bind after a failed noexec remount");
+                                }
+                                return Err(NodeError::internal("applying noexec to the target", e));
+                            }
                         }
                         Ok(())
                     },

@@ -45,15 +45,6 @@ impl MountView {
         })
     }
 
-    /// Mounts stacked at `path`, bottom first.
-    pub fn at(&self, path: &Path) -> Vec<&MountInfo> {
-        self.table
-            .entries
-            .iter()
-            .filter(|m| m.mount_point == path)
-            .collect()
-    }
-
     /// The visible (topmost) mount at `path`.
     pub fn top(&self, path: &Path) -> Option<&MountInfo> {
         self.table
