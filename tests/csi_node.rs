@@ -729,3 +729,53 @@ async fn restaging_with_another_read_only_mode_is_an_incompatible_stage() {
     e.unstage(vol).await.expect("unstage");
     e.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staged_volume_whose_record_was_lost_can_still_be_unstaged_but_a_foreign_mount_cannot() {
+    let _s = SERIAL.lock().await;
+    let mut e = env().await;
+    let vol = "pvc-no-record";
+    e.target(vol, SIZE);
+    e.stage(vol, ext4()).await.expect("stage");
+    let staging = e.plugin.staging_path(vol);
+    // The plugin stopped between mounting and writing its record.
+    let root = e.root.clone();
+    let fabric = e.plugin.stop().await.expect("stop");
+    std::fs::remove_file(
+        Layout::under(&root)
+            .state
+            .join(format!("volumes/{vol}.json")),
+    )
+    .expect("record");
+    let plugin = Plugin::start(&root, Some(fabric)).await.expect("restart");
+    let mut k = plugin.kubelet().await.unwrap();
+    k.node
+        .node_unstage_volume(unstage_request(&plugin, vol))
+        .await
+        .expect("unstage without a record");
+    assert!(
+        top(&staging).is_none(),
+        "our namespace's mount was taken away"
+    );
+    // A mount that is not a managed namespace at another volume's staging path is left alone.
+    let other = "pvc-foreign-staging";
+    let other_staging = plugin.staging_path(other);
+    std::fs::create_dir_all(&other_staging).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &other_staging,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    let st = k
+        .node
+        .node_unstage_volume(unstage_request(&plugin, other))
+        .await
+        .expect_err("foreign mount");
+    assert_eq!(st.code(), Code::FailedPrecondition, "{}", st.message());
+    assert!(top(&other_staging).is_some(), "the foreign mount stays");
+    nix::mount::umount(&other_staging).unwrap();
+    plugin.stop().await.unwrap();
+}

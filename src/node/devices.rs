@@ -26,6 +26,8 @@ pub enum WaitError {
 pub trait NamespaceSource: Send + Sync + 'static {
     /// The namespace device of `nqn` now, if any.
     fn resolve(&self, nqn: &Nqn) -> Option<NsDevice>;
+    /// The subsystem NQN of the namespace that is block device `dev` now, if it is one.
+    fn nqn_of(&self, dev: rds_types::DevNum) -> Option<Nqn>;
     /// Wait for the namespace's device, woken by the kernel's event (no sleep loop).
     async fn wait_for(&self, nqn: &Nqn, deadline: Duration) -> Result<NsDevice, WaitError>;
     /// Wait for the namespace to resolve to a device other than `old` (a reconnect), woken
@@ -42,6 +44,11 @@ pub trait NamespaceSource: Send + Sync + 'static {
 /// The device watcher's handle is the production source.
 #[tonic::async_trait]
 impl NamespaceSource for rds_devices::DeviceWatcherHandle {
+    fn nqn_of(&self, dev: rds_types::DevNum) -> Option<Nqn> {
+        let ns = rds_devices::DeviceWatcherHandle::block(self, dev)?.nvme?;
+        Nqn::parse(&ns.nqn).ok()
+    }
+
     fn resolve(&self, nqn: &Nqn) -> Option<NsDevice> {
         rds_devices::DeviceWatcherHandle::resolve(self, nqn, None).map(from_watcher)
     }

@@ -286,10 +286,19 @@ impl NodeService {
         let current = rec
             .as_ref()
             .and_then(|r| self.devices.resolve(&r.target.nqn));
-        let ours = |dev: DevNum| {
-            rec.as_ref()
-                .is_some_and(|r| r.device.identity().is_some_and(|i| i.dev == dev))
-                || current.as_ref().is_some_and(|c| c.identity.dev == dev)
+        // Ours: the recorded or current device of the volume. Without a record (the plugin
+        // stopped between mounting and writing it), a mount of a namespace under the managed
+        // prefix at this volume's staging path is ours too, so the volume can still be
+        // unstaged; it is not disconnected then (nothing records that we connected it).
+        let ours = |dev: DevNum| match &rec {
+            Some(r) => {
+                r.device.identity().is_some_and(|i| i.dev == dev)
+                    || current.as_ref().is_some_and(|c| c.identity.dev == dev)
+            }
+            None => self
+                .devices
+                .nqn_of(dev)
+                .is_some_and(|n| self.cfg.managed.covers(&n)),
         };
 
         // Peel every layer we placed at the staging path (normally one).
