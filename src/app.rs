@@ -121,6 +121,7 @@ pub async fn run(
         recovery: None,
         metrics: Some(metrics.clone() as Arc<dyn crate::monitor::MonitorMetrics>),
         readiness: readiness.clone(),
+        proc_root: cfg.node.roots.proc.clone(),
         evictor: client
             .filter(|_| cfg.monitor.evict_pods_on_stale)
             .map(|client| crate::monitor::Evictor {

@@ -186,6 +186,8 @@ pub struct MonitorParts {
     pub recovery: Option<Arc<dyn RecoveryRunner>>,
     pub metrics: Option<Arc<dyn MonitorMetrics>>,
     pub readiness: Readiness,
+    /// The procfs root (for the rare direct mount-table read).
+    pub proc_root: PathBuf,
     /// Used only for the opt-in eviction of pods stranded on a dead filesystem.
     pub evictor: Option<Evictor>,
 }
@@ -256,6 +258,9 @@ struct Task {
     evictor: Option<Evictor>,
     /// Staged filesystems marked for FAN_FS_ERROR, by volume.
     fs_marked: HashMap<String, rds_types::DevNum>,
+    /// Staging mounts the mount watcher re-reads on remount wakes, by volume.
+    tracked: HashMap<String, u32>,
+    proc_root: PathBuf,
 }
 
 /// Bounded work per wake-up: at most this many queued events are handled before timers and
@@ -285,6 +290,8 @@ async fn run(
         fs_errors: None,
         evictor: p.evictor.clone(),
         fs_marked: HashMap::new(),
+        tracked: HashMap::new(),
+        proc_root: p.proc_root.clone(),
     };
     let (mut mount_rx, mut device_rx) = (p.mount_events, p.device_events);
     let mut fs_rx = match p.fs_errors {
@@ -304,7 +311,7 @@ async fn run(
     for rec in &p.records {
         let top = table.top_at(rec.staging_path.as_path()).cloned();
         if let Some(m) = &top {
-            t.mounts.track(m.id);
+            t.track(rec.volume_id.as_str(), m.id);
             t.mark_fs(rec.volume_id.as_str(), m);
         }
         if let Some(ev) = translate::staged(rec, top.as_ref(), true) {
@@ -347,7 +354,15 @@ async fn run(
         tokio::select! {
             biased;
             Some(n) = notes.recv() => t.note(n),
-            Some(ev) = recovery_rx.recv() => t.feed(ev, None),
+            Some(ev) = recovery_rx.recv() => {
+                if let MonitorEvent::RecoverySucceeded { volume_id, new_mount: Some(k), .. } = &ev {
+                    // The healed staging mount is the one to watch now.
+                    if let Ok(id) = u32::try_from(k.id) {
+                        t.track(volume_id.as_str(), id);
+                    }
+                }
+                t.feed(ev, None)
+            }
             _ = tick => t.feed(MonitorEvent::Tick, None),
             Some(ev) = async { match fs_rx.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => {
                 t.fs_error(ev);
@@ -402,9 +417,14 @@ impl Task {
                     .table()
                     .top_at(rec.staging_path.as_path())
                     .cloned();
-                let top = top.or_else(|| read_top(rec.staging_path.as_path()));
+                // Only a filesystem volume has a staging mount to look for.
+                let top = top.or_else(|| {
+                    (!rec.access.is_block())
+                        .then(|| read_top(&self.proc_root, rec.staging_path.as_path()))
+                        .flatten()
+                });
                 if let Some(m) = &top {
-                    self.mounts.track(m.id);
+                    self.track(rec.volume_id.as_str(), m.id);
                     self.mark_fs(rec.volume_id.as_str(), m);
                 }
                 self.nqns
@@ -416,6 +436,9 @@ impl Task {
             Note::Unstaged(id) => {
                 self.nqns.remove(id.as_str());
                 self.unmark_fs(id.as_str());
+                if let Some(m) = self.tracked.remove(id.as_str()) {
+                    self.mounts.untrack(m);
+                }
                 self.conditions.remove(id.as_str());
                 self.feed(
                     MonitorEvent::VolumeUnstaged {
@@ -431,7 +454,7 @@ impl Task {
                     .table()
                     .top_at(&target)
                     .cloned()
-                    .or_else(|| read_top(&target));
+                    .or_else(|| read_top(&self.proc_root, &target));
                 let ro = rec
                     .publishes
                     .iter()
@@ -456,6 +479,16 @@ impl Task {
                 );
             }
         }
+    }
+
+    /// Track `volume`'s staging mount (and stop tracking the one it replaces).
+    fn track(&mut self, volume: &str, id: u32) {
+        if let Some(old) = self.tracked.insert(volume.to_owned(), id) {
+            if old != id {
+                self.mounts.untrack(old);
+            }
+        }
+        self.mounts.track(id);
     }
 
     /// Mark a staged filesystem for FAN_FS_ERROR (a few syscalls on the mount point, no IO).
@@ -833,7 +866,7 @@ const FIRST_SNAPSHOT_WAIT: Duration = Duration::from_secs(60);
 
 /// The topmost mount at `path`, read from this process's mount table (only for a path the
 /// node service just mounted: its attach event may not have reached the watcher yet).
-fn read_top(path: &Path) -> Option<rds_mounts::mountinfo::MountInfo> {
-    let t = rds_mounts::mountinfo::read_mountinfo(Path::new("/proc"), "self").ok()?;
+fn read_top(proc_root: &Path, path: &Path) -> Option<rds_mounts::mountinfo::MountInfo> {
+    let t = rds_mounts::mountinfo::read_mountinfo(proc_root, "self").ok()?;
     t.entries.into_iter().rev().find(|m| m.mount_point == path)
 }
