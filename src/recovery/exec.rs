@@ -11,7 +11,7 @@ use rds_hostops::mount::{BindOptions, UnmountError, UnmountPolicy};
 use rds_mounts::mountinfo::{MountInfo, ParsedTable};
 use rds_types::{BlockIdentity, DevNum};
 
-use super::{RecoveryError, RecoveryKind, RecoveryOutcome};
+use super::{RecoveryError, RecoveryOutcome};
 use crate::guard::VolumeGuard;
 use crate::node::{NsDevice, Volumes};
 use crate::record::{DeviceRecord, VolumeRecord};
@@ -26,7 +26,6 @@ pub(super) struct Exec {
     pub(super) old: BlockIdentity,
     pub(super) new: NsDevice,
     pub(super) dev_path: PathBuf,
-    pub(super) reason: RecoveryKind,
     pub(super) roots: HostRoots,
     pub(super) work_dir: PathBuf,
     pub(super) unmount_wait: Duration,
@@ -57,7 +56,7 @@ impl Exec {
     }
 
     fn classify(&self, dev: DevNum) -> Layer {
-        classify(dev, self.old, self.new.identity, self.reason)
+        classify(dev, self.old, self.new.identity)
     }
 
     fn policy(&self) -> UnmountPolicy {
@@ -542,10 +541,12 @@ impl Exec {
 
 /// Which incarnation a mount of `dev` belongs to. When the same number came back with a new
 /// diskseq (a replaced device), mounts of that number cannot be told apart by the mount table:
-/// every one found before recovery placed its own is the dead incarnation's.
-fn classify(dev: DevNum, old: BlockIdentity, new: BlockIdentity, reason: RecoveryKind) -> Layer {
-    let numbers_reused = new.dev == old.dev;
-    if dev == new.dev && !(numbers_reused && reason == RecoveryKind::DeviceReplaced) {
+/// every one found before recovery placed its own is the dead incarnation's. That is decided
+/// by the identities themselves, whatever the reason the recovery was asked for (a failed
+/// filesystem can be followed by a same-number reconnect before its recovery runs).
+fn classify(dev: DevNum, old: BlockIdentity, new: BlockIdentity) -> Layer {
+    let number_reused_by_a_new_device = new.dev == old.dev && !new.same_device(&old);
+    if dev == new.dev && !number_reused_by_a_new_device {
         Layer::Current
     } else if dev == old.dev {
         Layer::Stale
@@ -642,11 +643,10 @@ mod tests {
     #[test]
     fn mounts_are_classified_by_incarnation() {
         let (old, new) = (id(259, 0, 10), id(259, 1, 11));
-        let k = RecoveryKind::DeviceReplaced;
-        assert_eq!(classify(new.dev, old, new, k), Layer::Current);
-        assert_eq!(classify(old.dev, old, new, k), Layer::Stale);
+        assert_eq!(classify(new.dev, old, new), Layer::Current);
+        assert_eq!(classify(old.dev, old, new), Layer::Stale);
         assert_eq!(
-            classify(DevNum::new(8, 0), old, new, k),
+            classify(DevNum::new(8, 0), old, new),
             Layer::Foreign,
             "another device is never ours to unmount"
         );
@@ -656,12 +656,12 @@ mod tests {
     fn a_reused_number_is_stale_when_the_device_was_replaced() {
         let (old, new) = (id(259, 0, 10), id(259, 0, 11));
         assert_eq!(
-            classify(old.dev, old, new, RecoveryKind::DeviceReplaced),
+            classify(old.dev, old, new),
             Layer::Stale,
-            "same major:minor, new diskseq: the mount found is the dead incarnation's"
+            "same major:minor, new diskseq: the mount found is the dead incarnation's, whatever the reason"
         );
         assert_eq!(
-            classify(old.dev, old, old, RecoveryKind::MountMissing),
+            classify(old.dev, old, old),
             Layer::Current,
             "a missing mount on an unchanged device: its other mounts are healthy"
         );

@@ -274,7 +274,6 @@ impl Recovery {
             rec,
             old,
             new,
-            reason,
             roots: self.svc.cfg.roots.clone(),
             work_dir: self.cfg.work_dir.clone(),
             unmount_wait: self.cfg.unmount_wait,
