@@ -33,10 +33,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
-use rds_csi_node::csi;
-use rds_csi_node::csi::volume_capability::access_mode::Mode;
-use rds_csi_node::harness::*;
-use rds_csi_node::node::observer::Condition;
+use rds_harness::harness::*;
+use rds_node::csi;
+use rds_node::csi::volume_capability::access_mode::Mode;
+use rds_node::observer::Condition;
 use rds_types::Nqn;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;

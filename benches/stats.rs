@@ -19,9 +19,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use rds_csi_node::csi;
-use rds_csi_node::csi::volume_capability::access_mode::Mode;
-use rds_csi_node::harness::*;
+use rds_harness::harness::*;
+use rds_node::csi;
+use rds_node::csi::volume_capability::access_mode::Mode;
 
 use common::{report, Env};
 

@@ -1,11 +1,11 @@
-//! Command line: every flag also an environment variable; defaults from [`crate::defaults`].
+//! Command line: every flag also an environment variable; defaults from [`rds_node::defaults`].
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::defaults as d;
+use rds_node::defaults as d;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,15 +32,6 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Print the live stream of mount and device events the monitor sees.
     Watch(WatchArgs),
-    /// Run the whole plugin on an emulated fabric in private namespaces (needs root).
-    Demo(DemoArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct DemoArgs {
-    /// Run one scenario only.
-    #[arg(long)]
-    pub scenario: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -1,10 +1,16 @@
+//! `rds-csi-node`: the node plugin's binary. Parses the command line into the configuration
+//! and hands it to the agent (`serve`), or runs the operator's `watch` view.
+
 use std::process::ExitCode;
 use std::sync::Arc;
 
+mod cli;
+mod watch;
+
 use clap::Parser;
-use rds_csi_node::app::{self, AppConfig};
-use rds_csi_node::cli::{Cli, Command, FabricKind, LogFormat, ServeArgs};
-use rds_csi_node::node::{Deadlines, NodeConfig};
+use cli::{Cli, Command, FabricKind, LogFormat, ServeArgs};
+use rds_agent::app::{self, AppConfig};
+use rds_node::{Deadlines, NodeConfig};
 use rds_types::ManagedPrefix;
 
 fn init_tracing(format: LogFormat, default_level: &str) {
@@ -22,26 +28,13 @@ fn init_tracing(format: LogFormat, default_level: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The demo prints its own timeline; its logs only show errors unless RUST_LOG asks.
-    let level = if matches!(cli.command, Command::Demo(_)) {
-        "error"
-    } else {
-        "info"
-    };
-    init_tracing(cli.log_format, level);
+    init_tracing(cli.log_format, "info");
     if let Command::Watch(w) = &cli.command {
         if let Some(ns) = &w.mount_ns {
-            if let Err(e) = rds_csi_node::watch::enter_mount_ns(ns) {
+            if let Err(e) = watch::enter_mount_ns(ns) {
                 eprintln!("{e}");
                 return ExitCode::FAILURE;
             }
-        }
-    }
-    if let Command::Demo(_) = &cli.command {
-        // Private mount and network namespaces, entered while single-threaded.
-        if let Err(e) = rds_csi_node::demo::enter_sandbox() {
-            eprintln!("the demo needs root: {e}");
-            return ExitCode::FAILURE;
         }
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -56,8 +49,7 @@ fn main() -> ExitCode {
     };
     let r = match cli.command {
         Command::Serve(args) => rt.block_on(serve(*args)),
-        Command::Watch(args) => rt.block_on(rds_csi_node::watch::run(args)),
-        Command::Demo(args) => rt.block_on(rds_csi_node::demo::run(args.scenario)),
+        Command::Watch(args) => rt.block_on(watch::run(args)),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -79,7 +71,7 @@ async fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error + Send + Sy
     if a.node_id.trim().is_empty() {
         return Err("--node-id must not be empty".into());
     }
-    let endpoint = rds_csi_node::server::socket_path(&a.endpoint)?;
+    let endpoint = rds_node::server::socket_path(&a.endpoint)?;
     let roots = rds_hostops::inuse::HostRoots {
         proc: a.proc_root.clone(),
         sys: a.sys_root.clone(),
@@ -113,7 +105,7 @@ async fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error + Send + Sy
             roots,
             nvme_config_dir: a.nvme_config_dir.clone(),
             max_volumes_per_node: a.max_volumes_per_node,
-            topology_key: rds_csi_node::defaults::TOPOLOGY_KEY.to_owned(),
+            topology_key: rds_node::defaults::TOPOLOGY_KEY.to_owned(),
             deadlines: Deadlines {
                 device_wait: a.device_wait,
                 unmount_wait: a.unmount_wait,
@@ -140,11 +132,11 @@ async fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error + Send + Sy
             evict_pods_on_stale: a.evict_pods_on_stale,
             ..rds_monitor::MonitorConfig::default()
         },
-        events: rds_csi_node::app::EventsMode::Kube {
+        events: rds_agent::app::EventsMode::Kube {
             kubeconfig: a.kubeconfig.clone(),
         },
         metrics_address: a.metrics_address,
     };
-    app::run(cfg, fabric, rds_csi_node::server::shutdown_signal(), |_| {}).await?;
+    app::run(cfg, fabric, rds_node::server::shutdown_signal(), |_| {}).await?;
     Ok(())
 }

@@ -30,7 +30,7 @@ pub async fn run(a: WatchArgs) -> Result<(), Box<dyn std::error::Error + Send + 
                 Some(ev) => println!("{} device  {ev:?}", stamp()),
                 None => return Err("the device watcher stopped".into()),
             },
-            _ = crate::server::shutdown_signal() => return Ok(()),
+            _ = rds_node::server::shutdown_signal() => return Ok(()),
         }
     }
 }

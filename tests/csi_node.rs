@@ -7,9 +7,9 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use rds_csi_node::csi;
-use rds_csi_node::csi::volume_capability::access_mode::Mode;
-use rds_csi_node::harness::*;
+use rds_harness::harness::*;
+use rds_node::csi;
+use rds_node::csi::volume_capability::access_mode::Mode;
 use tonic::Code;
 
 mod common;

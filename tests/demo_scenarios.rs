@@ -1,8 +1,8 @@
-//! Every scenario the `demo` plays, as a test (the same code: `rds_csi_node::scenarios`).
+//! Every scenario the `demo` plays, as a test (the same code: `rds_harness::scenarios`).
 
 rds_testkit::private_namespaces!();
 
-use rds_csi_node::scenarios;
+use rds_harness::scenarios;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 

@@ -6,8 +6,8 @@ rds_testkit::private_namespaces!();
 
 use std::sync::Arc;
 
-use rds_csi_node::harness::*;
-use rds_csi_node::node::observer::Condition;
+use rds_harness::harness::*;
+use rds_node::observer::Condition;
 
 mod common;
 use common::*;

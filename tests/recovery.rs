@@ -9,11 +9,11 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rds_csi_node::csi;
-use rds_csi_node::harness::*;
-use rds_csi_node::recovery::{Recovery, RecoveryConfig, RecoveryError, RecoveryKind};
-use rds_csi_node::validate::VolumeId;
+use rds_agent::recovery::{Recovery, RecoveryConfig, RecoveryError, RecoveryKind};
+use rds_harness::harness::*;
 use rds_hostops::inuse::Holder;
+use rds_node::csi;
+use rds_node::validate::VolumeId;
 use rds_types::DevNum;
 
 mod common;

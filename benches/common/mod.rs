@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rds_csi_node::harness::{Kubelet, Plugin};
+use rds_harness::harness::{Kubelet, Plugin};
 
 /// Generous: only bounds a broken run.
 pub const WAIT: Duration = Duration::from_secs(30);

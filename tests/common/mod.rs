@@ -6,10 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rds_csi_node::csi;
-use rds_csi_node::csi::volume_capability::access_mode::Mode;
-use rds_csi_node::harness::*;
-use rds_csi_node::node::observer::Condition;
+use rds_harness::harness::*;
+use rds_node::csi;
+use rds_node::csi::volume_capability::access_mode::Mode;
+use rds_node::observer::Condition;
 
 /// One plugin at a time in a test process: every emulated fabric injects udev events into the
 /// same network namespace, and a plugin must only see its own.

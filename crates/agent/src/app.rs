@@ -7,11 +7,11 @@ use std::sync::Arc;
 use rds_fabric::Fabric;
 use tokio::task::JoinSet;
 
-use crate::csi::{identity_server::IdentityServer, node_server::NodeServer};
-use crate::guard::VolumeGuards;
-use crate::identity::{IdentityService, Readiness};
-use crate::node::grpc::{NodeGrpc, RpcObserver};
-use crate::node::{NamespaceSource, NodeConfig, NodeService, VolumeObserver, Volumes};
+use rds_node::csi::{identity_server::IdentityServer, node_server::NodeServer};
+use rds_node::grpc::{NodeGrpc, RpcObserver};
+use rds_node::guard::VolumeGuards;
+use rds_node::identity::{IdentityService, Readiness};
+use rds_node::{NamespaceSource, NodeConfig, NodeService, VolumeObserver, Volumes};
 
 /// Everything `serve` needs, already validated.
 pub struct AppConfig {
@@ -38,9 +38,9 @@ pub enum EventsMode {
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error(transparent)]
-    Endpoint(#[from] crate::server::EndpointError),
+    Endpoint(#[from] rds_node::server::EndpointError),
     #[error("opening the state directory")]
-    State(#[from] crate::record::RecordError),
+    State(#[from] rds_node::record::RecordError),
     #[error("starting the device watcher")]
     Devices(#[from] rds_devices::WatchError),
     #[error("starting the mount watcher")]
@@ -86,6 +86,7 @@ pub async fn run(
         }
     };
     let metrics = Arc::new(rds_metrics::Metrics::new(env!("CARGO_PKG_VERSION")));
+    let sink = crate::metrics::MetricsSink(metrics.clone());
     let (metrics_stop_tx, metrics_stop) = tokio::sync::oneshot::channel::<()>();
     if let Some(addr) = cfg.metrics_address {
         let m = metrics.clone();
@@ -119,7 +120,7 @@ pub async fn run(
         records: volumes.all(),
         events,
         recovery: None,
-        metrics: Some(metrics.clone() as Arc<dyn crate::monitor::MonitorMetrics>),
+        metrics: Some(Arc::new(sink.clone()) as Arc<dyn crate::monitor::MonitorMetrics>),
         readiness: readiness.clone(),
         proc_root: cfg.node.roots.proc.clone(),
         evictor: client
@@ -131,9 +132,9 @@ pub async fn run(
     });
 
     let observer: Arc<dyn VolumeObserver> = Arc::new(monitor.clone());
-    let rpcs: Arc<dyn RpcObserver> = metrics.clone();
+    let rpcs: Arc<dyn RpcObserver> = Arc::new(sink.clone());
     let service = NodeService::new(cfg.node.clone(), volumes, fabric, source, observer, guards)
-        .with_connect_observer(metrics.clone());
+        .with_connect_observer(Arc::new(sink.clone()));
     let recovery: Option<Arc<dyn crate::monitor::RecoveryRunner>> =
         (cfg.monitor.recovery_attempts > 0).then(|| {
             let r = crate::recovery::Recovery::new(
@@ -153,7 +154,7 @@ pub async fn run(
         Ok::<(), AppError>(())
     });
 
-    let listener = crate::server::bind(&cfg.endpoint)?;
+    let listener = rds_node::server::bind(&cfg.endpoint)?;
     tracing::info!(endpoint = %cfg.endpoint.display(), driver = %cfg.driver_name, node = %cfg.node.node_id, "CSI server listening");
     started(Running {
         service: service.clone(),
@@ -169,7 +170,7 @@ pub async fn run(
     let grpc = tonic::transport::Server::builder()
         .add_service(identity)
         .add_service(node)
-        .serve_with_incoming_shutdown(crate::server::incoming(listener), async {
+        .serve_with_incoming_shutdown(rds_node::server::incoming(listener), async {
             let _ = stop_rx.await;
         });
     tasks.spawn(async move { grpc.await.map_err(AppError::from) });
@@ -187,7 +188,7 @@ pub async fn run(
         return Err(e);
     }
     // Let in-flight RPCs finish, within the grace period.
-    let grace = crate::server::grace();
+    let grace = rds_node::server::grace();
     let drain = async {
         while let Some(r) = tasks.join_next().await {
             if let Ok(Err(e)) = r {

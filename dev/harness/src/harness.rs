@@ -14,11 +14,11 @@ use rds_fabric::{EmulatedConfig, EmulatedFabric};
 use rds_types::{ManagedPrefix, Nqn};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::app::{AppConfig, Running};
-use crate::csi;
-use crate::csi::identity_client::IdentityClient;
-use crate::csi::node_client::NodeClient;
-use crate::node::{Deadlines, NodeConfig};
+use rds_agent::app::{AppConfig, Running};
+use rds_node::csi;
+use rds_node::csi::identity_client::IdentityClient;
+use rds_node::csi::node_client::NodeClient;
+use rds_node::{Deadlines, NodeConfig};
 
 pub const MANAGED_PREFIX: &str = "nqn.2000-02.com.mikrotik:pvc-";
 pub const DRIVER: &str = "rds.csi.srvlab.io";
@@ -53,7 +53,7 @@ pub struct Plugin {
     pub socket: PathBuf,
     pub running: Running,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Result<(), crate::app::AppError>>>,
+    task: Option<tokio::task::JoinHandle<Result<(), rds_agent::app::AppError>>>,
 }
 
 /// Directory layout under a plugin root.
@@ -84,7 +84,7 @@ pub enum HarnessError {
     #[error("emulated fabric: {0}")]
     Fabric(#[from] rds_fabric::FabricError),
     #[error("plugin: {0}")]
-    App(#[from] crate::app::AppError),
+    App(#[from] rds_agent::app::AppError),
     #[error("the plugin did not start: {0}")]
     Start(String),
     #[error("io: {0}")]
@@ -143,7 +143,7 @@ impl Plugin {
                 },
                 nvme_config_dir: root.join("etc-nvme"),
                 max_volumes_per_node: 16,
-                topology_key: crate::defaults::TOPOLOGY_KEY.into(),
+                topology_key: rds_node::defaults::TOPOLOGY_KEY.into(),
                 deadlines: Deadlines {
                     device_wait: Duration::from_secs(20),
                     unmount_wait: Duration::from_secs(2),
@@ -157,13 +157,13 @@ impl Plugin {
                 gone_grace: GONE_GRACE,
                 ..rds_monitor::MonitorConfig::default()
             },
-            events: crate::app::EventsMode::Sink(sink),
+            events: rds_agent::app::EventsMode::Sink(sink),
             metrics_address: opts.metrics_address,
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (started_tx, started_rx) = tokio::sync::oneshot::channel::<Running>();
         let f2: Arc<dyn rds_fabric::Fabric> = fabric.clone();
-        let task = tokio::spawn(crate::app::run(
+        let task = tokio::spawn(rds_agent::app::run(
             cfg,
             f2,
             async move {

@@ -11,9 +11,9 @@ use rds_monitor::{
 use rds_mounts::mountinfo::MountInfo;
 use rds_types::Nqn;
 
-use crate::node::observer::Condition;
-use crate::record::VolumeRecord;
-use crate::validate::Access;
+use rds_node::observer::Condition;
+use rds_node::record::VolumeRecord;
+use rds_node::validate::Access;
 
 /// The state machine keys mounts by the mountinfo id (with the device, so a reused id on
 /// another device is another mount). Every strategy of the mount watcher reports it.

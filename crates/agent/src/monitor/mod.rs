@@ -18,10 +18,10 @@ use rds_monitor::{Action, Monitor, MonitorConfig, MonitorEvent, Timestamp, Volum
 use rds_mounts::watch::MountEvent;
 use tokio::sync::mpsc;
 
-use crate::identity::Readiness;
-use crate::node::observer::{Condition, VolumeObserver};
-use crate::record::VolumeRecord;
-use crate::validate::VolumeId;
+use rds_node::identity::Readiness;
+use rds_node::observer::{Condition, VolumeObserver};
+use rds_node::record::VolumeRecord;
+use rds_node::validate::VolumeId;
 
 pub use translate::csi_condition;
 
@@ -144,7 +144,7 @@ impl VolumeObserver for MonitorHandle {
         &self,
         id: &VolumeId,
         deadline: Duration,
-    ) -> crate::node::observer::BoxFuture<Condition> {
+    ) -> rds_node::observer::BoxFuture<Condition> {
         let this = self.clone();
         let id = id.as_str().to_owned();
         Box::pin(async move {

@@ -1,14 +1,27 @@
-//! The metrics registry (`rds-metrics`) plugged into the seams that feed it: the monitor task
-//! and the CSI handlers.
+//! The metrics registry (`rds-metrics`) plugged into the seams that feed it: the monitor task,
+//! the CSI handlers and the node service's connects.
 
+use std::ops::Deref;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rds_metrics::Metrics;
 
 use crate::monitor::MonitorMetrics;
-use crate::node::grpc::RpcObserver;
+use rds_node::grpc::RpcObserver;
 
-impl MonitorMetrics for Metrics {
+/// The registry as every seam's observer (the seams' traits live in the layers that call them).
+#[derive(Clone)]
+pub struct MetricsSink(pub Arc<Metrics>);
+
+impl Deref for MetricsSink {
+    type Target = Metrics;
+    fn deref(&self) -> &Metrics {
+        &self.0
+    }
+}
+
+impl MonitorMetrics for MetricsSink {
     fn metric(&self, m: &rds_monitor::MetricEvent) {
         use rds_monitor::MetricEvent as M;
         use rds_monitor::RecoveryResult as R;
@@ -71,7 +84,7 @@ impl MonitorMetrics for Metrics {
         } else {
             rds_metrics::ResyncReason::Startup
         };
-        Metrics::resync(self, source, reason);
+        Metrics::resync(&self.0, source, reason);
     }
 
     fn events_sink(&self, posted: u64, dropped: u64, failed: u64) {
@@ -79,13 +92,13 @@ impl MonitorMetrics for Metrics {
     }
 }
 
-impl RpcObserver for Metrics {
+impl RpcObserver for MetricsSink {
     fn rpc_done(&self, rpc: &'static str, code: tonic::Code, elapsed: Duration) {
         self.csi_operation(rpc, code as i32, elapsed);
     }
 }
 
-impl crate::node::ConnectObserver for Metrics {
+impl rds_node::ConnectObserver for MetricsSink {
     fn connect_done(&self, ok: bool, timed_out: bool, elapsed: Duration) {
         let r = match (ok, timed_out) {
             (true, _) => rds_metrics::ConnectResult::Succeeded,

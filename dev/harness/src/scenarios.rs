@@ -7,10 +7,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::csi;
-use crate::csi::volume_capability::access_mode::Mode;
 use crate::harness::*;
-use crate::node::observer::Condition;
+use rds_node::csi;
+use rds_node::csi::volume_capability::access_mode::Mode;
+use rds_node::observer::Condition;
 
 /// Every scenario, in the order the demo plays them.
 pub const ALL: &[&str] = &[

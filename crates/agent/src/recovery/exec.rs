@@ -12,10 +12,10 @@ use rds_mounts::mountinfo::{MountInfo, ParsedTable};
 use rds_types::{BlockIdentity, DevNum};
 
 use super::{RecoveryError, RecoveryOutcome};
-use crate::guard::VolumeGuard;
-use crate::node::{NsDevice, Volumes};
-use crate::record::{DeviceRecord, VolumeRecord};
-use crate::validate::{Access, FsType, VolumeId};
+use rds_node::guard::VolumeGuard;
+use rds_node::record::{DeviceRecord, VolumeRecord};
+use rds_node::validate::{Access, FsType, VolumeId};
+use rds_node::{NsDevice, Volumes};
 
 /// Slack added to the host-steps deadline for mount-table reads and in-use scans.
 const HOST_SLACK: Duration = Duration::from_secs(30);
@@ -107,7 +107,7 @@ impl Exec {
     }
 
     fn run_inner(mut self) -> Result<RecoveryOutcome, RecoveryError> {
-        crate::node::check_device_node(&self.dev_path, self.new.identity.dev).map_err(
+        rds_node::service::check_device_node(&self.dev_path, self.new.identity.dev).map_err(
             |source| RecoveryError::DeviceNode {
                 volume_id: self.volume_id(),
                 source,
@@ -186,7 +186,7 @@ impl Exec {
                 e,
             )
         })?;
-        let (ms, data) = crate::node::options::fs_mount_options(flags, self.rec.read_only);
+        let (ms, data) = rds_node::options::fs_mount_options(flags, self.rec.read_only);
         let new_fs = |why: String| RecoveryError::NewFilesystem {
             volume_id: self.volume_id(),
             device: self.dev_path.clone(),
@@ -265,7 +265,7 @@ impl Exec {
 
     /// A temporary mount left by an interrupted earlier attempt is ours: take it away.
     fn clear_temp(&self, temp: &Path) -> Result<(), RecoveryError> {
-        for _ in 0..crate::defaults::MAX_UNMOUNT_LAYERS {
+        for _ in 0..rds_node::defaults::MAX_UNMOUNT_LAYERS {
             let table = self
                 .table()
                 .map_err(|e| self.host("reading the mount table", "nothing was changed", e))?;
@@ -301,7 +301,7 @@ impl Exec {
 
     /// Step 5: unmount every stale layer at the staging path (normally one).
     fn remove_stale_staging(&self, staging: &Path, temp: &Path) -> Result<(), RecoveryError> {
-        for _ in 0..crate::defaults::MAX_UNMOUNT_LAYERS {
+        for _ in 0..rds_node::defaults::MAX_UNMOUNT_LAYERS {
             let table = match self.table() {
                 Ok(t) => t,
                 Err(e) => {
@@ -373,7 +373,7 @@ impl Exec {
             "the staging path still has stale layers; the new mount was undone",
             format!(
                 "more than {} layers (mount storm?)",
-                crate::defaults::MAX_UNMOUNT_LAYERS
+                rds_node::defaults::MAX_UNMOUNT_LAYERS
             ),
         ))
     }
@@ -433,7 +433,7 @@ impl Exec {
                     continue;
                 }
             }
-            for _ in 0..crate::defaults::MAX_UNMOUNT_LAYERS {
+            for _ in 0..rds_node::defaults::MAX_UNMOUNT_LAYERS {
                 let table = match self.table() {
                     Ok(t) => t,
                     Err(e) => {
@@ -565,9 +565,8 @@ fn bind_target(
 ) -> Result<(), rds_hostops::mount::MountError> {
     rds_hostops::mount::bind(staging, t, BindOptions::read_only(read_only))?;
     if noexec {
-        let extra = crate::node::options::bind_flags(flags, read_only)
-            | MsFlags::MS_BIND
-            | MsFlags::MS_NOEXEC;
+        let extra =
+            rds_node::options::bind_flags(flags, read_only) | MsFlags::MS_BIND | MsFlags::MS_NOEXEC;
         rds_hostops::mount::remount(t, extra, None)?;
     }
     Ok(())

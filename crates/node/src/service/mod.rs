@@ -2,15 +2,9 @@
 //! validate and map errors; everything that touches the host happens here, off the async
 //! runtime and under deadlines.
 
-pub mod devices;
-pub mod grpc;
-pub mod observer;
-pub mod options;
 mod publish;
 mod stage;
 mod stats;
-pub mod table;
-pub mod volumes;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,14 +15,15 @@ use rds_hostops::deadline::run_blocking;
 use rds_hostops::inuse::HostRoots;
 use rds_types::{ManagedPrefix, Nqn};
 
+pub use crate::devices::{NamespaceSource, NsDevice};
 use crate::error::NodeError;
 use crate::guard::VolumeGuards;
+pub use crate::observer::VolumeObserver;
+use crate::table::MountView;
 use crate::validate::Target;
-pub use devices::{NamespaceSource, NsDevice};
-pub use observer::VolumeObserver;
-pub(crate) use stage::check_device_node;
-use table::MountView;
-pub use volumes::Volumes;
+pub use crate::volumes::Volumes;
+pub use stage::check_device_node;
+pub use stats::{StatsReply, Usage};
 
 /// Host paths and deadlines the node service works with. Built once from the CLI.
 #[derive(Debug, Clone)]
@@ -132,8 +127,50 @@ impl NodeService {
         &self.volumes
     }
 
+    // ---- the narrow API recovery uses ----
+
+    /// Take the volume's guard (the one every CSI call takes), waiting up to `wait`.
+    pub async fn acquire_guard(
+        &self,
+        volume_id: &crate::validate::VolumeId,
+        op: &'static str,
+        wait: Duration,
+    ) -> Result<crate::guard::VolumeGuard, NodeError> {
+        self.guards.acquire(volume_id.as_str(), op, wait).await
+    }
+
+    /// The volume's record, from memory (no disk IO).
+    pub fn record(
+        &self,
+        volume_id: &crate::validate::VolumeId,
+    ) -> Option<crate::record::VolumeRecord> {
+        self.volumes.get(volume_id)
+    }
+
+    /// The namespace device `nqn` resolves to now (the device watcher's model, O(1)).
+    pub fn resolve(&self, nqn: &Nqn) -> Option<NsDevice> {
+        self.devices.resolve(nqn)
+    }
+
+    /// Wait until `nqn` resolves to a device other than `old` (woken by uevents).
+    pub async fn wait_for_replacement(
+        &self,
+        nqn: &Nqn,
+        old: rds_types::BlockIdentity,
+    ) -> Result<NsDevice, crate::devices::WaitError> {
+        self.devices
+            .wait_for_replacement(nqn, old, self.cfg.deadlines.device_wait)
+            .await
+    }
+
+    /// Connect the volume's controller with its recorded parameters (a no-op when the
+    /// namespace resolves) and wait for its namespace.
+    pub async fn connect(&self, t: &Target) -> Result<NsDevice, NodeError> {
+        self.connect_and_wait(t).await
+    }
+
     /// Refuse anything outside the managed NQN prefix, before any action.
-    pub(crate) fn check_managed(&self, nqn: &Nqn) -> Result<(), NodeError> {
+    pub fn check_managed(&self, nqn: &Nqn) -> Result<(), NodeError> {
         if self.cfg.managed.covers(nqn) {
             Ok(())
         } else {
@@ -148,7 +185,8 @@ impl NodeService {
         MountView::read(&self.cfg.roots.proc, self.cfg.deadlines.mountinfo).await
     }
 
-    pub(crate) fn dev_path(&self, name: &str) -> PathBuf {
+    /// The device node of block device `name` under the configured dev root.
+    pub fn dev_path(&self, name: &str) -> PathBuf {
         self.cfg.roots.dev.join(name)
     }
 
@@ -234,8 +272,10 @@ impl NodeService {
             .wait_for(&t.nqn, self.cfg.deadlines.device_wait)
             .await
             .map_err(|e| match e {
-                devices::WaitError::Timeout { .. } => NodeError::DeadlineExceeded(e.to_string()),
-                devices::WaitError::Stopped(_) => {
+                crate::devices::WaitError::Timeout { .. } => {
+                    NodeError::DeadlineExceeded(e.to_string())
+                }
+                crate::devices::WaitError::Stopped(_) => {
                     NodeError::internal("waiting for the namespace", e)
                 }
             })

@@ -117,7 +117,7 @@ impl NodeService {
                         rds_hostops::mount::bind(&src, &dst, BindOptions::read_only(ro))
                             .map_err(|e| NodeError::internal("bind-mounting the target", e))?;
                         if noexec {
-                            let flags = super::options::bind_flags(&["noexec".into()], ro)
+                            let flags = crate::options::bind_flags(&["noexec".into()], ro)
                                 | nix::mount::MsFlags::MS_BIND
                                 | nix::mount::MsFlags::MS_REMOUNT;
                             if let Err(e) = rds_hostops::mount::remount(&dst, flags, None) {

@@ -1,18 +1,60 @@
-//! `demo`: the whole plugin on the emulated fabric, driven over its real socket as kubelet
+//! The demo: the whole plugin on the emulated fabric, driven over its real socket as kubelet
 //! would, in private mount and network namespaces (the host is untouched). Plays the
-//! scenarios of [`crate::scenarios`], prints a timeline for each and a summary table, and
-//! exits non-zero if any did not behave as described.
+//! scenarios of [`rds_harness::scenarios`], prints a timeline for each and a summary table,
+//! and exits non-zero if any did not behave as described. Needs root.
 
 use std::io::Write;
+use std::process::ExitCode;
 use std::time::Instant;
 
-use crate::scenarios::{self, DynError};
+use clap::Parser;
+use rds_harness::scenarios::{self, DynError};
 
-pub fn enter_sandbox() -> Result<(), String> {
-    rds_testkit::enter_private_namespaces()
+#[derive(Debug, Parser)]
+#[command(
+    name = "rds-csi-demo",
+    about = "Run the whole node plugin on an emulated NVMe/TCP fabric in private namespaces (needs root)"
+)]
+struct Args {
+    /// Run one scenario only.
+    #[arg(long, env = "DEMO_SCENARIO")]
+    scenario: Option<String>,
 }
 
-pub async fn run(only: Option<String>) -> Result<(), DynError> {
+fn main() -> ExitCode {
+    let args = Args::parse();
+    // The demo prints its own timeline; its logs only show errors unless RUST_LOG asks.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    // Private mount and network namespaces, entered while single-threaded.
+    if let Err(e) = rds_testkit::enter_private_namespaces() {
+        eprintln!("the demo needs root: {e}");
+        return ExitCode::FAILURE;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args.scenario)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(only: Option<String>) -> Result<(), DynError> {
     let names: Vec<&str> = match &only {
         Some(o) => vec![o.as_str()],
         None => scenarios::ALL.to_vec(),

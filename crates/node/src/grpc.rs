@@ -6,10 +6,9 @@ use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 
-use super::stats::Usage;
-use super::NodeService;
 use crate::csi;
 use crate::error::NodeError;
+use crate::service::{NodeService, Usage};
 use crate::validate::{AbsPath, PublishArgs, StageArgs, VolumeId};
 
 /// Records the outcome of each RPC (metrics); implemented by the metrics registry.

@@ -2,9 +2,9 @@
 
 use std::path::Path;
 
-use super::observer::Condition;
 use super::NodeService;
 use crate::error::NodeError;
+use crate::observer::Condition;
 use crate::record::VolumeRecord;
 use crate::validate::{AbsPath, Access, VolumeId};
 

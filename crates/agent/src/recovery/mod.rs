@@ -52,12 +52,12 @@ use rds_hostops::deadline::run_blocking;
 use rds_hostops::inuse::Holder;
 use rds_types::{BlockIdentity, DevNum, Nqn};
 
-use crate::error::NodeError;
-use crate::node::devices::WaitError;
-use crate::node::{NodeService, NsDevice};
-use crate::record::VolumeRecord;
-use crate::validate::VolumeId;
 use exec::Exec;
+use rds_node::devices::WaitError;
+use rds_node::error::NodeError;
+use rds_node::record::VolumeRecord;
+use rds_node::validate::VolumeId;
+use rds_node::{NodeService, NsDevice};
 
 /// How long recovery waits for a CSI call on the same volume to finish.
 pub const DEFAULT_GUARD_WAIT: Duration = Duration::from_secs(30);
@@ -94,7 +94,7 @@ impl RecoveryConfig {
         Self {
             guard_wait: DEFAULT_GUARD_WAIT,
             unmount_wait: rds_hostops::mount::DEFAULT_UNMOUNT_WAIT,
-            mount: crate::defaults::MOUNT_TIMEOUT,
+            mount: rds_node::defaults::MOUNT_TIMEOUT,
             work_dir: state_dir.join("recovery"),
         }
     }
@@ -234,8 +234,7 @@ impl Recovery {
     ) -> Result<RecoveryOutcome, RecoveryError> {
         let guard = self
             .svc
-            .guards
-            .acquire(volume_id.as_str(), "recovery", self.cfg.guard_wait)
+            .acquire_guard(volume_id, "recovery", self.cfg.guard_wait)
             .await
             .map_err(|source| RecoveryError::Busy {
                 volume_id: volume_id.clone(),
@@ -243,8 +242,7 @@ impl Recovery {
             })?;
         let rec = self
             .svc
-            .volumes
-            .get(volume_id)
+            .record(volume_id)
             .ok_or_else(|| RecoveryError::NotStaged {
                 volume_id: volume_id.clone(),
             })?;
@@ -274,10 +272,10 @@ impl Recovery {
             rec,
             old,
             new,
-            roots: self.svc.cfg.roots.clone(),
+            roots: self.svc.config().roots.clone(),
             work_dir: self.cfg.work_dir.clone(),
             unmount_wait: self.cfg.unmount_wait,
-            volumes: self.svc.volumes.clone(),
+            volumes: self.svc.volumes().clone(),
         };
         let deadline = exec.budget(self.cfg.mount);
         match run_blocking("recovery host steps", deadline, move || exec.run(guard)).await {
@@ -297,12 +295,12 @@ impl Recovery {
         reason: RecoveryKind,
     ) -> Result<NsDevice, RecoveryError> {
         let nqn = &rec.target.nqn;
-        let ns = match self.svc.devices.resolve(nqn) {
+        let ns = match self.svc.resolve(nqn) {
             Some(ns) => ns,
             None => {
                 tracing::info!(%nqn, "no device for the namespace: reconnecting");
                 self.svc
-                    .connect_and_wait(&rec.target)
+                    .connect(&rec.target)
                     .await
                     .map_err(|source| RecoveryError::Connect {
                         volume_id: rec.volume_id.clone(),
@@ -315,8 +313,7 @@ impl Recovery {
             // The model may still hold the dead incarnation until its remove event arrives.
             return self
                 .svc
-                .devices
-                .wait_for_replacement(nqn, old, self.svc.cfg.deadlines.device_wait)
+                .wait_for_replacement(nqn, old)
                 .await
                 .map_err(|source| RecoveryError::NotReplaced {
                     volume_id: rec.volume_id.clone(),

@@ -181,7 +181,7 @@ impl NodeService {
         fs: FsType,
         flags: &[String],
     ) -> Result<(), NodeError> {
-        let (ms, data) = super::options::fs_mount_options(flags, args.read_only);
+        let (ms, data) = crate::options::fs_mount_options(flags, args.read_only);
         let (src, dst) = (dev_path.to_owned(), args.staging_path.as_path().to_owned());
         self.blocking(
             "mounting the staging path",
@@ -340,7 +340,7 @@ impl NodeService {
         &self,
         rec: &VolumeRecord,
         current: Option<&NsDevice>,
-        view: &super::table::MountView,
+        view: &crate::table::MountView,
     ) -> Result<(), NodeError> {
         if self.volumes.others_on(&rec.volume_id, &rec.target.nqn) {
             tracing::info!("another staged volume uses this subsystem: staying connected");
@@ -398,7 +398,7 @@ impl NodeService {
 
 /// The node under the dev root must be the block device the watcher resolved: a stale node
 /// left from an earlier incarnation must never be formatted or mounted.
-pub(crate) fn check_device_node(path: &std::path::Path, expected: DevNum) -> Result<(), NodeError> {
+pub fn check_device_node(path: &std::path::Path, expected: DevNum) -> Result<(), NodeError> {
     use std::os::unix::fs::MetadataExt;
     let md = std::fs::metadata(path).map_err(|e| {
         NodeError::Unavailable(format!("device node {} is not usable: {e}", path.display()))

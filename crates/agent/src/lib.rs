@@ -1,0 +1,9 @@
+//! The node agent of the rds-csi node plugin: the monitor shell (the one owner of the
+//! `rds-monitor` state machine, fed by the kernel watchers and the node service), the executor
+//! of its actions (conditions, Kubernetes Events, metrics, eviction), the recovery executor,
+//! and [`app::run`], which assembles the whole plugin. See docs/ARCHITECTURE.md.
+
+pub mod app;
+pub mod metrics;
+pub mod monitor;
+pub mod recovery;
