@@ -48,7 +48,11 @@ async fn a_reconnect_that_renames_the_device_is_flagged_device_replaced() {
         .wait_for(WAIT, |ev| ev.volume_id == vol)
         .await
         .expect("an event is posted on the volume");
-    assert_eq!(ev.reason, rds_events::Reason::StaleMountDetected, "{ev:?}");
+    assert_eq!(
+        ev.reason,
+        rds_events::EventReason::StaleMountDetected,
+        "{ev:?}"
+    );
     e.plugin.stop().await.unwrap();
 }
 

@@ -80,7 +80,7 @@ fn syncfs(path: &Path) {
 }
 
 fn id(vol: &str) -> VolumeId {
-    VolumeId::parse("volume_id", vol).expect("volume id")
+    VolumeId::parse(vol).expect("volume id")
 }
 
 /// The visible mount at `path`: (mountinfo id, device).

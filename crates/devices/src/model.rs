@@ -9,68 +9,23 @@
 //! `major:minor` or another `diskseq` is a new device (removed, then added), never a change.
 
 use std::collections::HashMap;
-use std::fmt;
 
 use rds_types::{BlockIdentity, DevNum};
 
-/// An NVMe controller's state (`/sys/class/nvme/nvmeN/state`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ControllerState {
-    New,
-    Live,
-    Resetting,
-    Connecting,
-    Deleting,
-    DeletingNoIo,
-    Dead,
-    Unknown(String),
-}
+/// An NVMe controller's state: the shared vocabulary's.
+pub use rds_types::ControllerState;
 
-impl ControllerState {
-    pub fn parse(s: &str) -> Self {
-        match s.trim() {
-            "new" => Self::New,
-            "live" => Self::Live,
-            "resetting" => Self::Resetting,
-            "connecting" => Self::Connecting,
-            "deleting" => Self::Deleting,
-            "deleting (no IO)" => Self::DeletingNoIo,
-            "dead" => Self::Dead,
-            other => Self::Unknown(other.to_owned()),
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::New => "new",
-            Self::Live => "live",
-            Self::Resetting => "resetting",
-            Self::Connecting => "connecting",
-            Self::Deleting => "deleting",
-            Self::DeletingNoIo => "deleting (no IO)",
-            Self::Dead => "dead",
-            Self::Unknown(s) => s,
-        }
-    }
-
-    /// Rank used to pick the best path of a multipath head (live first).
-    fn rank(&self) -> u8 {
-        match self {
-            Self::Live => 0,
-            Self::Resetting => 1,
-            Self::Connecting => 2,
-            Self::New => 3,
-            Self::Unknown(_) => 4,
-            Self::Deleting => 5,
-            Self::DeletingNoIo => 6,
-            Self::Dead => 7,
-        }
-    }
-}
-
-impl fmt::Display for ControllerState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+/// Rank used to pick the best path of a multipath head (live first).
+fn rank(s: &ControllerState) -> u8 {
+    match s {
+        ControllerState::Live => 0,
+        ControllerState::Resetting => 1,
+        ControllerState::Connecting => 2,
+        ControllerState::New => 3,
+        ControllerState::Unknown(_) => 4,
+        ControllerState::Deleting => 5,
+        ControllerState::DeletingNoIo => 6,
+        ControllerState::Dead => 7,
     }
 }
 
@@ -444,7 +399,7 @@ impl Model {
             .iter()
             .filter_map(|n| self.blocks.get(n))
             .map(|b| self.namespace_device(b))
-            .min_by_key(|d| d.state.as_ref().map_or(u8::MAX, ControllerState::rank))
+            .min_by_key(|d| d.state.as_ref().map_or(u8::MAX, rank))
     }
 
     fn namespace_device(&self, b: &BlockInfo) -> NamespaceDevice {
@@ -460,7 +415,7 @@ impl Model {
                     .into_iter()
                     .flatten()
                     .filter_map(|c| self.controllers.get(c))
-                    .min_by_key(|c| c.state.rank());
+                    .min_by_key(|c| rank(&c.state));
                 (best.map(|c| c.name.clone()), best.map(|c| c.state.clone()))
             }
             None => (None, None),

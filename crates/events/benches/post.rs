@@ -7,12 +7,12 @@ mod fake_api;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use rds_events::{EventSink, KubeSink, KubeSinkConfig, Reason, RecordingSink, VolumeEvent};
+use rds_events::{EventReason, EventSink, KubeSink, KubeSinkConfig, RecordingSink, VolumeEvent};
 
 fn event(i: u64) -> VolumeEvent {
     VolumeEvent::new(
         "pvc-1",
-        Reason::StaleMountDetected,
+        EventReason::StaleMountDetected,
         "Monitor",
         format!("device 259:{i} replaced"),
     )

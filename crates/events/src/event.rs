@@ -4,86 +4,9 @@
 //! Reasons are a closed enum (not free strings) so that dashboards and alerts can rely on them; the
 //! first five are the Go driver's reasons, kept for compatibility.
 
-use std::fmt;
 use std::sync::Arc;
 
-/// Why an event is posted. Shows up in `kubectl describe pvc` as `Reason`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Reason {
-    /// A mount of the volume sits on a dead or replaced device.
-    StaleMountDetected,
-    /// Automatic recovery of a stale mount gave up.
-    RecoveryFailed,
-    /// Staging or publishing the volume failed.
-    MountFailure,
-    /// The NVMe/TCP connection to the target failed or was lost.
-    ConnectionFailure,
-    /// The NVMe/TCP connection came back.
-    ConnectionRecovery,
-    /// Duplicate mounts of the volume's device exceed the storm threshold.
-    MountStorm,
-    /// The filesystem reported an error (`FAN_FS_ERROR`, emergency read-only, shutdown).
-    FilesystemFailed,
-}
-
-impl Reason {
-    /// Every reason, in declaration order (for exhaustive tests and metric label pre-registration).
-    pub const ALL: [Reason; 7] = [
-        Reason::StaleMountDetected,
-        Reason::RecoveryFailed,
-        Reason::MountFailure,
-        Reason::ConnectionFailure,
-        Reason::ConnectionRecovery,
-        Reason::MountStorm,
-        Reason::FilesystemFailed,
-    ];
-
-    /// The PascalCase string Kubernetes shows.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Reason::StaleMountDetected => "StaleMountDetected",
-            Reason::RecoveryFailed => "RecoveryFailed",
-            Reason::MountFailure => "MountFailure",
-            Reason::ConnectionFailure => "ConnectionFailure",
-            Reason::ConnectionRecovery => "ConnectionRecovery",
-            Reason::MountStorm => "MountStorm",
-            Reason::FilesystemFailed => "FilesystemFailed",
-        }
-    }
-
-    /// The severity this reason normally carries: only a recovered connection is good news.
-    pub const fn default_type(self) -> EventType {
-        match self {
-            Reason::ConnectionRecovery => EventType::Normal,
-            _ => EventType::Warning,
-        }
-    }
-}
-
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Event severity. Shows up in `kubectl describe` as `Type`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum EventType {
-    /// Informational.
-    Normal,
-    /// Something needs a human's attention.
-    Warning,
-}
-
-impl EventType {
-    /// The string Kubernetes shows.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            EventType::Normal => "Normal",
-            EventType::Warning => "Warning",
-        }
-    }
-}
+pub use rds_types::{EventReason, EventType};
 
 /// One thing that happened to one volume, as the node plugin wants users to learn it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,7 +14,7 @@ pub struct VolumeEvent {
     /// The volume ID, which is the PV name (`pvc-<uuid>`). The sink finds the PVC from it.
     pub volume_id: String,
     /// Why.
-    pub reason: Reason,
+    pub reason: EventReason,
     /// Normal or Warning.
     pub type_: EventType,
     /// What was being done, PascalCase (`Stage`, `Recover`, `Connect`, `Monitor`). At most 128 bytes
@@ -102,10 +25,10 @@ pub struct VolumeEvent {
 }
 
 impl VolumeEvent {
-    /// An event with the reason's default severity ([`Reason::default_type`]).
+    /// An event with the reason's default severity ([`EventReason::default_type`]).
     pub fn new(
         volume_id: impl Into<String>,
-        reason: Reason,
+        reason: EventReason,
         action: impl Into<String>,
         note: impl Into<String>,
     ) -> Self {
@@ -160,7 +83,7 @@ mod tests {
 
     #[test]
     fn reason_strings_are_the_pascal_case_names_users_see() {
-        let names: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+        let names: Vec<&str> = EventReason::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(
             names,
             [
@@ -170,11 +93,19 @@ mod tests {
                 "ConnectionFailure",
                 "ConnectionRecovery",
                 "MountStorm",
-                "FilesystemFailed"
+                "FilesystemFailed",
+                "RecoverySucceeded",
+                "MountRecovered",
+                "MountStormCleared",
+                "IoStalled",
+                "IoResumed",
+                "NamespaceMismatch",
+                "PodRestartRequired",
+                "PodsEvicted"
             ],
             "reason strings must stay compatible with the Go driver and stable for alerts"
         );
-        for r in Reason::ALL {
+        for r in EventReason::ALL {
             assert_eq!(
                 r.to_string(),
                 r.as_str(),
@@ -184,9 +115,16 @@ mod tests {
     }
 
     #[test]
-    fn only_connection_recovery_is_normal_by_default() {
-        for r in Reason::ALL {
-            let expected = if r == Reason::ConnectionRecovery {
+    fn only_good_news_is_normal_by_default() {
+        for r in EventReason::ALL {
+            let expected = if matches!(
+                r,
+                EventReason::ConnectionRecovery
+                    | EventReason::RecoverySucceeded
+                    | EventReason::MountRecovered
+                    | EventReason::MountStormCleared
+                    | EventReason::IoResumed
+            ) {
                 EventType::Normal
             } else {
                 EventType::Warning
@@ -201,7 +139,7 @@ mod tests {
 
     #[test]
     fn with_type_overrides_the_default_severity() {
-        let ev = VolumeEvent::new("pvc-1", Reason::MountFailure, "Stage", "x")
+        let ev = VolumeEvent::new("pvc-1", EventReason::MountFailure, "Stage", "x")
             .with_type(EventType::Normal);
         assert_eq!(
             ev.type_,
@@ -215,14 +153,14 @@ mod tests {
         let sink: Arc<dyn EventSink> = Arc::new(NullSink);
         sink.post(VolumeEvent::new(
             "pvc-1",
-            Reason::MountStorm,
+            EventReason::MountStorm,
             "Monitor",
             "n",
         ));
         let boxed: Box<dyn EventSink> = Box::new(sink.clone());
         boxed.post(VolumeEvent::new(
             "pvc-1",
-            Reason::MountStorm,
+            EventReason::MountStorm,
             "Monitor",
             "n",
         ));

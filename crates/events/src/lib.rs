@@ -28,7 +28,7 @@ pub use connect::{
     choose_source, connect, connect_with, start, ClientEnv, ConfigSource, ConnectError, Events,
     EVENTS_DISABLED,
 };
-pub use event::{EventSink, EventType, NullSink, Reason, VolumeEvent};
+pub use event::{EventReason, EventSink, EventType, NullSink, VolumeEvent};
 pub use evict::{
     evict_pods_using_pvc, evict_pods_using_pvc_within, pod_uses_claim, pods_to_evict, EvictError,
     EvictionOutcome, RefusedEviction, DEFAULT_EVICTION_TIMEOUT,

@@ -79,7 +79,7 @@ impl EventSink for RecordingSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Reason;
+    use crate::event::EventReason;
     use std::sync::Arc;
 
     #[test]
@@ -87,13 +87,13 @@ mod tests {
         let sink = RecordingSink::new();
         sink.post(VolumeEvent::new(
             "pvc-a",
-            Reason::MountFailure,
+            EventReason::MountFailure,
             "Stage",
             "1",
         ));
         sink.post(VolumeEvent::new(
             "pvc-b",
-            Reason::MountStorm,
+            EventReason::MountStorm,
             "Monitor",
             "2",
         ));
@@ -117,20 +117,20 @@ mod tests {
         let task = tokio::spawn(async move {
             poster.post(VolumeEvent::new(
                 "pvc-x",
-                Reason::MountFailure,
+                EventReason::MountFailure,
                 "Stage",
                 "other",
             ));
             poster.post(VolumeEvent::new(
                 "pvc-y",
-                Reason::RecoveryFailed,
+                EventReason::RecoveryFailed,
                 "Recover",
                 "it",
             ));
         });
         let got = sink
             .wait_for(Duration::from_secs(30), |e| {
-                e.reason == Reason::RecoveryFailed
+                e.reason == EventReason::RecoveryFailed
             })
             .await;
         task.await.expect("poster task");
@@ -146,13 +146,13 @@ mod tests {
         let sink = RecordingSink::new();
         sink.post(VolumeEvent::new(
             "pvc-x",
-            Reason::MountFailure,
+            EventReason::MountFailure,
             "Stage",
             "n",
         ));
         let got = sink
             .wait_for(Duration::from_millis(20), |e| {
-                e.reason == Reason::MountStorm
+                e.reason == EventReason::MountStorm
             })
             .await;
         assert_eq!(

@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use crate::cache::TtlCache;
-use crate::event::{EventType, Reason};
+use crate::event::{EventReason, EventType};
 use crate::target::EventTarget;
 
 /// kube-runtime's series cache lifetime (`CACHE_TTL`, 6 minutes).
@@ -25,7 +25,7 @@ pub struct SeriesKey {
     /// The involved object.
     pub target: EventTarget,
     /// Why.
-    pub reason: Reason,
+    pub reason: EventReason,
     /// Severity.
     pub type_: EventType,
     /// What was being done.
@@ -81,7 +81,7 @@ mod tests {
     use crate::target::ClaimRef;
     use std::cell::Cell;
 
-    fn key(reason: Reason) -> SeriesKey {
+    fn key(reason: EventReason) -> SeriesKey {
         SeriesKey {
             target: EventTarget::Claim(ClaimRef {
                 namespace: "ns".into(),
@@ -108,7 +108,7 @@ mod tests {
         let t0 = Instant::now();
         let mk = counter();
         let mut b = SeriesBook::new(16);
-        let k = key(Reason::StaleMountDetected);
+        let k = key(EventReason::StaleMountDetected);
         let first = b.publisher_for(&k, "dead", t0, &mk);
         let again = b.publisher_for(&k, "dead", t0 + Duration::from_secs(1), &mk);
         assert_eq!(
@@ -123,7 +123,7 @@ mod tests {
         let t0 = Instant::now();
         let mk = counter();
         let mut b = SeriesBook::new(16);
-        let k = key(Reason::RecoveryFailed);
+        let k = key(EventReason::RecoveryFailed);
         assert_eq!(b.publisher_for(&k, "attempt 1: timeout", t0, &mk), 1);
         assert_eq!(
             b.publisher_for(&k, "attempt 3: EIO", t0, &mk),
@@ -142,8 +142,8 @@ mod tests {
         let t0 = Instant::now();
         let mk = counter();
         let mut b = SeriesBook::new(16);
-        let a = b.publisher_for(&key(Reason::MountStorm), "n", t0, &mk);
-        let c = b.publisher_for(&key(Reason::MountFailure), "n", t0, &mk);
+        let a = b.publisher_for(&key(EventReason::MountStorm), "n", t0, &mk);
+        let c = b.publisher_for(&key(EventReason::MountFailure), "n", t0, &mk);
         assert_ne!(a, c, "distinct reasons must not share a series");
     }
 
@@ -152,7 +152,7 @@ mod tests {
         let t0 = Instant::now();
         let mk = counter();
         let mut b = SeriesBook::new(16);
-        let k = key(Reason::MountStorm);
+        let k = key(EventReason::MountStorm);
         b.publisher_for(&k, "n", t0, &mk);
         assert_eq!(
             b.publisher_for(&k, "n", t0 + SERIES_TTL, &mk),
@@ -166,7 +166,7 @@ mod tests {
         let t0 = Instant::now();
         let mk = counter();
         let mut b = SeriesBook::new(16);
-        let k = key(Reason::MountStorm);
+        let k = key(EventReason::MountStorm);
         b.publisher_for(&k, "n", t0, &mk);
         b.forget(&k);
         assert_eq!(

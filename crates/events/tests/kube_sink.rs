@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use fake_api::{client_for, closed_port_url, FakeApi, Recorded};
 use rds_events::{
-    EventSink, EventType, KubeSink, KubeSinkConfig, Reason, StatsSnapshot, VolumeEvent,
+    EventReason, EventSink, EventType, KubeSink, KubeSinkConfig, StatsSnapshot, VolumeEvent,
 };
 use serde_json::Value;
 use tokio::task::JoinHandle;
@@ -26,7 +26,7 @@ async fn drain(sink: KubeSink, task: JoinHandle<()>) -> StatsSnapshot {
 }
 
 fn stale(note: &str) -> VolumeEvent {
-    VolumeEvent::new("pvc-1", Reason::StaleMountDetected, "Monitor", note)
+    VolumeEvent::new("pvc-1", EventReason::StaleMountDetected, "Monitor", note)
 }
 
 fn body(r: &Recorded) -> &Value {
@@ -142,7 +142,8 @@ async fn a_changed_note_starts_a_new_event_instead_of_hiding_in_the_old_series()
     api.add_pv("pvc-1", "pv-uid", Some(("apps", "data", "claim-uid")));
     let (sink, task) = KubeSink::spawn(api.client(), KubeSinkConfig::new(NODE));
 
-    let failed = |note: &str| VolumeEvent::new("pvc-1", Reason::RecoveryFailed, "Recover", note);
+    let failed =
+        |note: &str| VolumeEvent::new("pvc-1", EventReason::RecoveryFailed, "Recover", note);
     sink.post(failed("attempt 1: timeout"));
     sink.post(failed("attempt 3: EIO"));
     drain(sink, task).await;
@@ -197,7 +198,7 @@ async fn pv_without_claim_gets_the_event_itself_in_default() {
 
     sink.post(VolumeEvent::new(
         "pvc-1",
-        Reason::ConnectionRecovery,
+        EventReason::ConnectionRecovery,
         "Connect",
         "back",
     ));
@@ -233,7 +234,7 @@ async fn unknown_pv_still_reports_on_the_pv_name() {
 
     sink.post(VolumeEvent::new(
         "pvc-gone",
-        Reason::MountFailure,
+        EventReason::MountFailure,
         "Stage",
         "x",
     ));
@@ -361,8 +362,13 @@ async fn warning_type_override_reaches_the_wire() {
     api.add_pv("pvc-1", "pv-uid", Some(("apps", "data", "claim-uid")));
     let (sink, task) = KubeSink::spawn(api.client(), KubeSinkConfig::new(NODE));
     sink.post(
-        VolumeEvent::new("pvc-1", Reason::ConnectionRecovery, "Connect", "flapping")
-            .with_type(EventType::Warning),
+        VolumeEvent::new(
+            "pvc-1",
+            EventReason::ConnectionRecovery,
+            "Connect",
+            "flapping",
+        )
+        .with_type(EventType::Warning),
     );
     drain(sink, task).await;
     let creates = api.requests_matching("POST", "/apis/events.k8s.io/");

@@ -115,17 +115,8 @@ pub struct ConnectOutcome {
     pub already_connected: bool,
 }
 
-/// NVMe controller states as `/sys/class/nvme/nvmeN/state` prints them: the device watcher's
-/// type, re-exported so the fabric and the watcher speak of one state.
-pub use rds_devices::model::ControllerState;
-
-/// A controller on its way out (`deleting`, `deleting (no IO)`): a connect must not reuse it.
-pub fn is_deleting(state: &ControllerState) -> bool {
-    matches!(
-        state,
-        ControllerState::Deleting | ControllerState::DeletingNoIo
-    )
-}
+/// NVMe controller states as `/sys/class/nvme/nvmeN/state` prints them: the shared vocabulary.
+pub use rds_types::ControllerState;
 
 /// One controller as sysfs describes it. `subsysnqn` stays a string: controllers outside this
 /// plugin (discovery controllers, boot volumes) need not follow the volume NQN rules.
@@ -283,20 +274,6 @@ mod tests {
                 ),
                 "host NQN {bad:?} must be refused"
             );
-        }
-    }
-
-    #[test]
-    fn only_deleting_states_are_deleting() {
-        assert!(is_deleting(&ControllerState::Deleting));
-        assert!(is_deleting(&ControllerState::DeletingNoIo));
-        for s in [
-            ControllerState::Live,
-            ControllerState::Connecting,
-            ControllerState::Resetting,
-            ControllerState::Dead,
-        ] {
-            assert!(!is_deleting(&s), "{s} is not deleting");
         }
     }
 }

@@ -15,8 +15,7 @@ pub mod loopdev;
 pub mod sysfs;
 
 pub use api::{
-    is_deleting, ConnectOutcome, ConnectRequest, ControllerInfo, ControllerState, Fabric,
-    FabricError, Transport,
+    ConnectOutcome, ConnectRequest, ControllerInfo, ControllerState, Fabric, FabricError, Transport,
 };
 pub use emulated::{EmulatedConfig, EmulatedFabric};
 pub use kernel::KernelFabric;

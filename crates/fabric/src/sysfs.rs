@@ -7,7 +7,7 @@ use std::io;
 use std::net::IpAddr;
 use std::path::Path;
 
-use crate::api::{is_deleting, ControllerInfo, ControllerState, FabricError};
+use crate::api::{ControllerInfo, ControllerState, FabricError};
 
 /// `<sys>/class/nvme`.
 pub fn class_nvme(sys_root: &Path) -> std::path::PathBuf {
@@ -132,7 +132,7 @@ pub fn find_controller<'a>(
     controllers.iter().find(|c| {
         c.subsysnqn == nqn
             && c.transport == transport
-            && !is_deleting(&c.state)
+            && !c.state.is_deleting()
             && parse_address(&c.address) == Some((traddr, trsvcid))
     })
 }

@@ -65,7 +65,7 @@ fn ns(n: u32, seq: u64) -> NamespaceFacts {
 
 fn stage(n: u32, adopted: bool) -> MonitorEvent {
     MonitorEvent::VolumeStaged {
-        volume_id: VolumeId::new(format!("pvc-{n}")),
+        volume_id: VolumeId::parse(&format!("pvc-{n}")).expect("valid volume id"),
         nqn: nqn(n),
         nsid: Some(1),
         staging_path: staging(n),

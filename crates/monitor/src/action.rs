@@ -1,6 +1,5 @@
 //! The machine's output: what the executor, the event recorder and the metrics should do.
 
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -35,48 +34,7 @@ impl RecoveryReason {
     }
 }
 
-/// Kubernetes Event reasons (the first five are the Go driver's, kept for dashboards).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EventReason {
-    StaleMountDetected,
-    RecoveryFailed,
-    MountFailure,
-    ConnectionFailure,
-    ConnectionRecovery,
-    MountStorm,
-    FilesystemFailed,
-    /// The staging path was healed; the message says which pods still hold the dead
-    /// filesystem.
-    RecoverySucceeded,
-}
-
-impl EventReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::StaleMountDetected => "StaleMountDetected",
-            Self::RecoveryFailed => "RecoveryFailed",
-            Self::MountFailure => "MountFailure",
-            Self::ConnectionFailure => "ConnectionFailure",
-            Self::ConnectionRecovery => "ConnectionRecovery",
-            Self::MountStorm => "MountStorm",
-            Self::FilesystemFailed => "FilesystemFailed",
-            Self::RecoverySucceeded => "RecoverySucceeded",
-        }
-    }
-}
-
-impl fmt::Display for EventReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Kubernetes Event type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EventType {
-    Normal,
-    Warning,
-}
+pub use rds_types::{EventReason, EventType};
 
 /// Outcome of one recovery attempt, for the metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

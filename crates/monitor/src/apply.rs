@@ -410,7 +410,7 @@ impl Monitor {
         match key {
             StormKey::Device(d) => aff.extend(self.by_dev.get(d)),
             // Rare: a linear pass beats maintaining a path trie.
-            StormKey::Path(_) => aff.all = true,
+            StormKey::MountPoint(_) => aff.all = true,
         }
     }
 

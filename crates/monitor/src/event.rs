@@ -65,50 +65,7 @@ pub struct NamespaceFacts {
     pub identity: BlockIdentity,
 }
 
-/// NVMe controller state (`/sys/class/nvme/nvmeN/state`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ControllerState {
-    Live,
-    Connecting,
-    Resetting,
-    /// `deleting` and `deleting (no IO)`.
-    Deleting,
-    Dead,
-    /// Anything else the kernel may print (`new`, future states).
-    Other(String),
-}
-
-impl ControllerState {
-    /// From the sysfs `state` attribute text.
-    pub fn from_sysfs(s: &str) -> Self {
-        match s.trim() {
-            "live" => Self::Live,
-            "connecting" => Self::Connecting,
-            "resetting" => Self::Resetting,
-            "dead" => Self::Dead,
-            t if t.starts_with("deleting") => Self::Deleting,
-            t => Self::Other(t.to_owned()),
-        }
-    }
-
-    /// The controller lost its transport and the kernel is trying to get it back.
-    pub fn is_reconnecting(&self) -> bool {
-        matches!(self, Self::Connecting | Self::Resetting)
-    }
-}
-
-impl fmt::Display for ControllerState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Live => f.write_str("live"),
-            Self::Connecting => f.write_str("connecting"),
-            Self::Resetting => f.write_str("resetting"),
-            Self::Deleting => f.write_str("deleting"),
-            Self::Dead => f.write_str("dead"),
-            Self::Other(s) => f.write_str(s),
-        }
-    }
-}
+pub use rds_types::ControllerState;
 
 /// One NVMe controller (a path to a subsystem).
 #[derive(Debug, Clone, PartialEq, Eq)]

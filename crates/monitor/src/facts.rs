@@ -121,7 +121,7 @@ impl Facts {
         }
         for p in paths {
             for a in p.ancestors() {
-                let key = StormKey::Path(a.to_path_buf());
+                let key = StormKey::MountPoint(a.to_path_buf());
                 if let Some(s) = self.storms.get(&key) {
                     return Some((key, s));
                 }

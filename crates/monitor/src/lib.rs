@@ -13,7 +13,7 @@
 //! let nqn = Nqn::parse("nqn.2000-02.com.mikrotik:pvc-1").unwrap();
 //! let dev = |seq| BlockIdentity { dev: DevNum::new(259, 1), diskseq: Some(DiskSeq(seq)) };
 //! let t = |s| Timestamp::from_duration(std::time::Duration::from_secs(s));
-//! let id = VolumeId::new("pvc-1");
+//! let id = VolumeId::parse("pvc-1").expect("valid volume id");
 //! m.on_event(MonitorEvent::VolumeStaged {
 //!     volume_id: id.clone(), nqn: nqn.clone(), nsid: Some(1),
 //!     staging_path: "/staging/pvc-1".into(),

@@ -371,9 +371,11 @@ pub(crate) fn latency(cause: &Cause, now: Timestamp) -> Option<std::time::Durati
 fn event_reason_for(kind: ConditionKind) -> Option<EventReason> {
     match kind {
         ConditionKind::Healthy | ConditionKind::Recovering => None,
-        ConditionKind::ControllerReconnecting | ConditionKind::DeviceGone => {
-            Some(EventReason::ConnectionFailure)
-        }
+        ConditionKind::ControllerReconnecting
+        | ConditionKind::DeviceRemoved
+        | ConditionKind::DeviceGone => Some(EventReason::ConnectionFailure),
+        ConditionKind::IoStalled => Some(EventReason::IoStalled),
+        ConditionKind::NamespaceMismatch => Some(EventReason::NamespaceMismatch),
         ConditionKind::MountMissing => Some(EventReason::MountFailure),
         ConditionKind::FilesystemFailed => Some(EventReason::FilesystemFailed),
         ConditionKind::DeviceReplaced => Some(EventReason::StaleMountDetected),

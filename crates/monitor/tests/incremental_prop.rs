@@ -59,7 +59,7 @@ fn any_state() -> impl Strategy<Value = ControllerState> {
         Just(ControllerState::Resetting),
         Just(ControllerState::Deleting),
         Just(ControllerState::Dead),
-        Just(ControllerState::Other("new".into())),
+        Just(ControllerState::Unknown("new".into())),
     ]
 }
 
@@ -96,9 +96,9 @@ fn any_opts() -> impl Strategy<Value = &'static str> {
 fn any_storm_key() -> impl Strategy<Value = StormKey> {
     prop_oneof![
         (1u32..=4).prop_map(|m| StormKey::Device(dev(m))),
-        (1u32..=3).prop_map(|n| StormKey::Path(staging(n))),
-        Just(StormKey::Path("/var/lib/kubelet/pods".into())),
-        (1u32..=3).prop_map(|n| StormKey::Path(target(n, 1))),
+        (1u32..=3).prop_map(|n| StormKey::MountPoint(staging(n))),
+        Just(StormKey::MountPoint("/var/lib/kubelet/pods".into())),
+        (1u32..=3).prop_map(|n| StormKey::MountPoint(target(n, 1))),
     ]
 }
 

@@ -410,7 +410,7 @@ fn a_storm_above_a_publish_target_is_mount_storm_for_that_volume_only() {
     h.add_volume(2);
     h.add_publish(1, 1);
     h.ev(MonitorEvent::MountStorm {
-        key: StormKey::Path("/var/lib/kubelet/pods/pod-1-1".into()),
+        key: StormKey::MountPoint("/var/lib/kubelet/pods/pod-1-1".into()),
         count: 150,
         message: "stacked".into(),
     });
@@ -626,20 +626,6 @@ fn time_never_goes_backwards() {
     let before = h.m.now();
     h.m.on_event(MonitorEvent::Tick, Timestamp::ZERO);
     assert_eq!(h.m.now(), before);
-}
-
-#[test]
-fn controller_states_parse_from_sysfs_text() {
-    assert_eq!(ControllerState::from_sysfs("live\n"), ControllerState::Live);
-    assert_eq!(
-        ControllerState::from_sysfs("deleting (no IO)"),
-        ControllerState::Deleting
-    );
-    assert_eq!(
-        ControllerState::from_sysfs("new"),
-        ControllerState::Other("new".into())
-    );
-    assert!(ControllerState::from_sysfs("connecting").is_reconnecting());
 }
 
 #[test]

@@ -13,11 +13,8 @@
 //! not flap) and the growth has stopped.
 
 use std::collections::{HashMap, VecDeque};
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-use rds_types::DevNum;
 
 use crate::mountinfo::escape;
 use crate::table::{MountChange, MountTable};
@@ -60,21 +57,8 @@ impl StormConfig {
     }
 }
 
-/// What a storm is about.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum StormKey {
-    Device(DevNum),
-    MountPoint(PathBuf),
-}
-
-impl fmt::Display for StormKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Device(d) => write!(f, "device {d}"),
-            Self::MountPoint(p) => write!(f, "mount point {}", p.display()),
-        }
-    }
-}
+/// What a storm is about: the shared vocabulary's key.
+pub use rds_types::StormKey;
 
 /// Why the episode started.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use crate::csi;
 use crate::error::NodeError;
 use crate::service::{NodeService, Usage};
-use crate::validate::{AbsPath, PublishArgs, StageArgs, VolumeId};
+use crate::validate::{AbsPath, PublishArgs, StageArgs};
 
 /// Records the outcome of each RPC (metrics); implemented by the metrics registry.
 pub trait RpcObserver: Send + Sync + 'static {
@@ -76,7 +76,7 @@ impl csi::node_server::Node for NodeGrpc {
     ) -> Result<Response<csi::NodeUnstageVolumeResponse>, Status> {
         let r = req.into_inner();
         self.run("NodeUnstageVolume", async {
-            let id = VolumeId::parse("volume_id", &r.volume_id)?;
+            let id = crate::validate::volume_id("volume_id", &r.volume_id)?;
             let staging = AbsPath::parse("staging_target_path", &r.staging_target_path)?;
             self.svc.unstage(id, staging).await?;
             Ok(csi::NodeUnstageVolumeResponse {})
@@ -103,7 +103,7 @@ impl csi::node_server::Node for NodeGrpc {
     ) -> Result<Response<csi::NodeUnpublishVolumeResponse>, Status> {
         let r = req.into_inner();
         self.run("NodeUnpublishVolume", async {
-            let id = VolumeId::parse("volume_id", &r.volume_id)?;
+            let id = crate::validate::volume_id("volume_id", &r.volume_id)?;
             let target = AbsPath::parse("target_path", &r.target_path)?;
             self.svc.unpublish(id, target).await?;
             Ok(csi::NodeUnpublishVolumeResponse {})
@@ -117,7 +117,7 @@ impl csi::node_server::Node for NodeGrpc {
     ) -> Result<Response<csi::NodeGetVolumeStatsResponse>, Status> {
         let r = req.into_inner();
         self.run("NodeGetVolumeStats", async {
-            let id = VolumeId::parse("volume_id", &r.volume_id)?;
+            let id = crate::validate::volume_id("volume_id", &r.volume_id)?;
             let path = AbsPath::parse("volume_path", &r.volume_path)?;
             let reply = self.svc.stats(id, path).await?;
             use csi::volume_usage::Unit;
@@ -163,7 +163,7 @@ impl csi::node_server::Node for NodeGrpc {
     ) -> Result<Response<csi::NodeExpandVolumeResponse>, Status> {
         let r = req.into_inner();
         self.run("NodeExpandVolume", async {
-            let id = VolumeId::parse("volume_id", &r.volume_id)?;
+            let id = crate::validate::volume_id("volume_id", &r.volume_id)?;
             let path = AbsPath::parse("volume_path", &r.volume_path)?;
             let required = r
                 .capacity_range

@@ -209,7 +209,7 @@ mod tests {
 
     fn rec(id: &str) -> VolumeRecord {
         VolumeRecord {
-            volume_id: VolumeId::parse("volume_id", id).unwrap(),
+            volume_id: crate::validate::volume_id("volume_id", id).unwrap(),
             target: Target {
                 nqn: rds_types::Nqn::parse("nqn.2000-02.com.mikrotik:pvc-1").unwrap(),
                 address: "10.0.0.5".parse().unwrap(),
@@ -256,7 +256,7 @@ mod tests {
     fn missing_record_is_none_and_remove_is_idempotent() {
         let dir = tempfile::tempdir().unwrap();
         let store = RecordStore::open(dir.path()).unwrap();
-        let id = VolumeId::parse("volume_id", "pvc-2").unwrap();
+        let id = crate::validate::volume_id("volume_id", "pvc-2").unwrap();
         assert_eq!(store.load(&id).unwrap(), None);
         store.remove(&id).unwrap();
         store.save(&rec("pvc-2")).unwrap();
@@ -269,7 +269,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = RecordStore::open(dir.path()).unwrap();
         fs::write(dir.path().join("volumes/pvc-3.json"), b"{ not json").unwrap();
-        let id = VolumeId::parse("volume_id", "pvc-3").unwrap();
+        let id = crate::validate::volume_id("volume_id", "pvc-3").unwrap();
         assert!(matches!(store.load(&id), Err(RecordError::Corrupt { .. })));
         assert!(store.list().unwrap().iter().any(|r| r.is_err()));
     }

@@ -1,4 +1,6 @@
-//! Identities shared by the mount engine, the device watcher, the monitor and the node service.
+//! The vocabulary every part of the node plugin speaks: kernel identities (device numbers,
+//! diskseq, NQNs), volume and mount identities, storm keys, NVMe controller states and
+//! namespace identifiers, Kubernetes Event reasons and the volume condition.
 //!
 //! Identity is the kernel's, never a path string: a block device is its `major:minor` plus its
 //! `diskseq` (a device that comes back under the same name and number is a new device when its
@@ -6,6 +8,34 @@
 
 use std::fmt;
 use std::str::FromStr;
+
+pub mod condition;
+pub mod event;
+pub mod nvme;
+pub mod storm;
+pub mod volume;
+
+pub use condition::{ConditionKind, Health};
+pub use event::{EventReason, EventType};
+pub use nvme::{ControllerState, NamespaceIds};
+pub use storm::StormKey;
+pub use volume::{MountKey, VolumeId, VolumeIdError};
+
+/// At most this many bytes of any input are quoted in an error message or a log line.
+pub const QUOTE_MAX: usize = 256;
+
+/// `s` as a quoted string for a message, cut to [`QUOTE_MAX`] bytes (on a character boundary)
+/// with its full length noted when longer.
+pub fn quote(s: &str) -> String {
+    if s.len() <= QUOTE_MAX {
+        return format!("{s:?}");
+    }
+    let mut end = QUOTE_MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}... ({} bytes)", &s[..end], s.len())
+}
 
 /// A device number as the kernel prints it (`259:3`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

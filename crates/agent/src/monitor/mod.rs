@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use dashmap::DashMap;
-use rds_monitor::{Action, Monitor, MonitorConfig, MonitorEvent, Timestamp, VolumeId as MVolumeId};
+use rds_monitor::{Action, Monitor, MonitorConfig, MonitorEvent, Timestamp};
 use rds_mounts::watch::MountEvent;
 use tokio::sync::mpsc;
 
@@ -442,7 +442,7 @@ impl Task {
                 self.conditions.remove(id.as_str());
                 self.feed(
                     MonitorEvent::VolumeUnstaged {
-                        volume_id: MVolumeId::new(id.as_str()),
+                        volume_id: id.clone(),
                     },
                     None,
                 );
@@ -472,7 +472,7 @@ impl Task {
                 }
                 self.feed(
                     MonitorEvent::VolumeUnpublished {
-                        volume_id: MVolumeId::new(id.as_str()),
+                        volume_id: id.clone(),
                         target,
                     },
                     None,
@@ -571,14 +571,12 @@ impl Task {
             MountEvent::Storm(r) => {
                 tracing::warn!(key = %r.key, count = r.count, "{}", r.message);
                 MonitorEvent::MountStorm {
-                    key: translate::storm_key(&r.key),
+                    key: r.key.clone(),
                     count: r.count as u64,
                     message: r.message,
                 }
             }
-            MountEvent::StormCleared(c) => MonitorEvent::MountStormCleared {
-                key: translate::storm_key(&c.key),
-            },
+            MountEvent::StormCleared(c) => MonitorEvent::MountStormCleared { key: c.key.clone() },
             MountEvent::Overflow => {
                 tracing::warn!("mount watcher overflowed; a resync follows");
                 return;
@@ -645,7 +643,7 @@ impl Task {
                 controllers.push(rds_monitor::ControllerFacts {
                     nqn: nqn.clone(),
                     controller: c.name.clone(),
-                    state: translate::controller_state(&c.state),
+                    state: c.state.clone(),
                 });
             }
         }
@@ -722,7 +720,7 @@ impl Task {
                 type_,
                 message,
             } => {
-                let r = event_reason(reason);
+                let r = reason;
                 let ty = match type_ {
                     rds_monitor::EventType::Normal => rds_events::EventType::Normal,
                     rds_monitor::EventType::Warning => rds_events::EventType::Warning,
@@ -799,7 +797,7 @@ impl Task {
                     tracing::warn!(volume.id = %pv, "{note}");
                     events.post(rds_events::VolumeEvent::new(
                         pv,
-                        rds_events::Reason::StaleMountDetected,
+                        rds_events::EventReason::StaleMountDetected,
                         "EvictPods",
                         note,
                     ));
@@ -822,23 +820,6 @@ impl Task {
         }
         let v: Vec<_> = counts.into_iter().collect();
         m.conditions(&v);
-    }
-}
-
-fn event_reason(r: rds_monitor::EventReason) -> rds_events::Reason {
-    use rds_events::Reason as E;
-    use rds_monitor::EventReason as M;
-    match r {
-        M::StaleMountDetected => E::StaleMountDetected,
-        M::RecoveryFailed => E::RecoveryFailed,
-        M::MountFailure => E::MountFailure,
-        M::ConnectionFailure => E::ConnectionFailure,
-        M::ConnectionRecovery => E::ConnectionRecovery,
-        M::MountStorm => E::MountStorm,
-        M::FilesystemFailed => E::FilesystemFailed,
-        // The staging path was healed but running pods still hold the dead filesystem: that is
-        // a stale mount the user has to act on (recreate the pod).
-        M::RecoverySucceeded => E::StaleMountDetected,
     }
 }
 

@@ -4,10 +4,7 @@
 use std::path::Path;
 
 use rds_devices::DeviceEvent;
-use rds_monitor::{
-    ControllerFacts, ControllerState, MonitorEvent, MountFacts, MountKey, NamespaceFacts, StormKey,
-    VolumeId,
-};
+use rds_monitor::{ControllerFacts, MonitorEvent, MountFacts, MountKey, NamespaceFacts};
 use rds_mounts::mountinfo::MountInfo;
 use rds_types::Nqn;
 
@@ -33,17 +30,6 @@ pub fn mount_key(m: &MountInfo) -> MountKey {
         id: u64::from(m.id),
         dev: m.dev,
     }
-}
-
-pub fn storm_key(k: &rds_mounts::storm::StormKey) -> StormKey {
-    match k {
-        rds_mounts::storm::StormKey::Device(d) => StormKey::Device(*d),
-        rds_mounts::storm::StormKey::MountPoint(p) => StormKey::Path(p.clone()),
-    }
-}
-
-pub fn controller_state(s: &rds_devices::ControllerState) -> ControllerState {
-    ControllerState::from_sysfs(s.as_str())
 }
 
 /// A device event in the machine's terms; `None` for events it does not need (plain block
@@ -74,13 +60,13 @@ pub fn device_event(ev: &DeviceEvent) -> Option<MonitorEvent> {
         DeviceEvent::ControllerAdded(c) => MonitorEvent::ControllerState(ControllerFacts {
             nqn: Nqn::parse(&c.subsysnqn).ok()?,
             controller: c.name.clone(),
-            state: controller_state(&c.state),
+            state: c.state.clone(),
         }),
         DeviceEvent::ControllerState { name, nqn, new, .. } => {
             MonitorEvent::ControllerState(ControllerFacts {
                 nqn: Nqn::parse(nqn).ok()?,
                 controller: name.clone(),
-                state: controller_state(new),
+                state: new.clone(),
             })
         }
         DeviceEvent::ControllerRemoved(c) => MonitorEvent::ControllerRemoved {
@@ -104,7 +90,7 @@ pub fn staged(
         Access::Block => None,
     };
     Some(MonitorEvent::VolumeStaged {
-        volume_id: VolumeId::new(rec.volume_id.as_str()),
+        volume_id: rec.volume_id.clone(),
         nqn: rec.target.nqn.clone(),
         nsid: rec.device.nsid,
         staging_path: rec.staging_path.as_path().to_owned(),
@@ -124,7 +110,7 @@ pub fn published(
     adopted: bool,
 ) -> MonitorEvent {
     MonitorEvent::VolumePublished {
-        volume_id: VolumeId::new(rec.volume_id.as_str()),
+        volume_id: rec.volume_id.clone(),
         target: target.to_owned(),
         mount: mount.map(mount_key),
         read_only,

@@ -338,11 +338,9 @@ impl crate::monitor::RecoveryRunner for Recovery {
             rds_monitor::RecoveryReason::FilesystemFailed => RecoveryKind::FilesystemFailed,
             rds_monitor::RecoveryReason::MountMissing => RecoveryKind::MountMissing,
         };
-        let id = VolumeId::parse("volume_id", volume_id).map_err(|e| {
-            crate::monitor::RecoveryFailure {
-                error: e.to_string(),
-                final_: true,
-            }
+        let id = VolumeId::parse(volume_id).map_err(|e| crate::monitor::RecoveryFailure {
+            error: e.to_string(),
+            final_: true,
         })?;
         match Recovery::recover(self, &id, kind).await {
             Ok(o) => Ok(crate::monitor::RecoveryDone {

@@ -9,7 +9,7 @@ use rds_monitor::*;
 use rds_types::{BlockIdentity, DevNum, DiskSeq, Nqn};
 
 pub fn vid(n: u32) -> VolumeId {
-    VolumeId::new(format!("pvc-{n}"))
+    VolumeId::parse(&format!("pvc-{n}")).expect("valid volume id")
 }
 
 pub fn nqn(n: u32) -> Nqn {
