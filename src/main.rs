@@ -54,12 +54,7 @@ fn main() -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            let mut src = std::error::Error::source(e.as_ref());
-            while let Some(s) = src {
-                tracing::error!("  caused by: {s}");
-                src = s.source();
-            }
+            tracing::error!("{}", rds_types::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -163,10 +163,8 @@ impl Env {
 
 /// The visible (topmost) mount at `path`, from this process's mount table.
 pub fn top(path: &Path) -> Option<rds_mounts::mountinfo::MountInfo> {
-    rds_mounts::mountinfo::read_mountinfo(Path::new("/proc"), "self")
+    rds_mounts::MountView::read_now(Path::new("/proc"), "self")
         .expect("mountinfo")
-        .entries
-        .into_iter()
-        .rev()
-        .find(|m| m.mount_point == path)
+        .top_at(path)
+        .cloned()
 }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rds_mounts::mountinfo::ParsedTable;
+use rds_mounts::MountView;
 use rds_types::DevNum;
 
 use crate::blockdev;
@@ -52,8 +52,6 @@ pub fn classify_fsck_exit(code: i32) -> Option<FsckOutcome> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsckError {
-    #[error("the mount table could not be fully parsed ({0} bad lines); refusing to fsck without proof the device is unmounted")]
-    MountTableIncomplete(usize),
     #[error("{device} ({dev}) is mounted at {mount_point}; refusing to fsck a mounted filesystem")]
     Mounted {
         device: PathBuf,
@@ -93,13 +91,10 @@ pub enum FsckError {
 /// device mounted elsewhere is caught by the `O_EXCL` open). Blocking, bounded by `deadline`.
 pub fn fsck_ext4(
     device: &Path,
-    table: &ParsedTable,
+    table: &MountView,
     deadline: Duration,
 ) -> Result<FsckOutcome, FsckError> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    if !table.errors.is_empty() {
-        return Err(FsckError::MountTableIncomplete(table.errors.len()));
-    }
     let meta = std::fs::metadata(device).map_err(|source| FsckError::Stat {
         device: device.to_owned(),
         source,
@@ -110,7 +105,7 @@ pub fn fsck_ext4(
         });
     }
     let dev = DevNum::from_dev_t(meta.rdev());
-    if let Some(m) = table.entries.iter().find(|m| m.dev == dev) {
+    if let Some(m) = table.mounts_of(dev).next() {
         return Err(FsckError::Mounted {
             device: device.to_owned(),
             dev,

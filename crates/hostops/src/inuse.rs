@@ -189,15 +189,16 @@ impl Scan<'_> {
         if !self.seen_ns.insert(ns.clone()) {
             return Ok(());
         }
-        let table = rds_mounts::mountinfo::read_mountinfo(self.proc, pid)?;
-        if !table.errors.is_empty() {
-            self.note_unknown(format!(
-                "mount table of {ns} (pid {pid}) has {} unparsable lines",
-                table.errors.len()
-            ));
-        }
+        let table = match rds_mounts::MountView::read_now(self.proc, pid) {
+            Ok(t) => t,
+            Err(rds_mounts::ViewError::Io { source, .. }) => return Err(source),
+            Err(e) => {
+                self.note_unknown(format!("mount table of {ns} (pid {pid}): {e}"));
+                return Ok(());
+            }
+        };
         let own = self.own_ns.as_deref() == Some(ns.as_str());
-        let mut mine: Vec<_> = table.entries.iter().filter(|m| m.dev == self.dev).collect();
+        let mut mine: Vec<_> = table.mounts_of(self.dev).collect();
         if own {
             // Exclude the one mount being removed: the topmost at that mount point.
             if let Some(mp) = self.mount_point {
@@ -325,9 +326,9 @@ fn visibility_problem(proc: &Path) -> Option<String> {
         }
     }
     // hidepid / subset=pid hide processes without an error.
-    if let Ok(table) = rds_mounts::mountinfo::read_mountinfo(proc, "self") {
+    if let Ok(table) = rds_mounts::MountView::read_now(proc, "self") {
         if let Some(m) = table
-            .entries
+            .entries()
             .iter()
             .rev()
             .find(|m| m.mount_point == proc && m.fs_type == "proc")

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags};
-use rds_mounts::mountinfo::ParsedTable;
+use rds_mounts::MountView;
 
 use crate::inuse::{in_use, Holder, HostRoots, Usage};
 
@@ -236,7 +236,7 @@ pub enum UnmountError {
     MountTable {
         target: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: rds_mounts::ViewError,
     },
     #[error("unmounting {target} failed")]
     Syscall {
@@ -283,19 +283,13 @@ pub fn unmount(
         }
     }
     let waited = start.elapsed();
-    let table = rds_mounts::mountinfo::read_mountinfo(&roots.proc, "self").map_err(|source| {
-        UnmountError::MountTable {
+    let table =
+        MountView::read_now(&roots.proc, "self").map_err(|source| UnmountError::MountTable {
             target: target.to_owned(),
             source,
-        }
-    })?;
+        })?;
     let resolved = resolved_path(target);
-    let Some(entry) = table
-        .entries
-        .iter()
-        .rev()
-        .find(|m| m.mount_point == resolved || m.mount_point == target)
-    else {
+    let Some(entry) = table.top_at(&resolved).or_else(|| table.top_at(target)) else {
         return Err(UnmountError::NotMounted {
             target: target.to_owned(),
         });
@@ -335,10 +329,6 @@ pub fn unmount(
 pub enum MountPointError {
     #[error("{0} is not an absolute path")]
     NotAbsolute(PathBuf),
-    #[error(
-        "the mount table has {0} unparsable lines; cannot prove anything is not a mount point"
-    )]
-    TableIncomplete(usize),
     #[error("cannot resolve the parent of {path}")]
     Resolve {
         path: PathBuf,
@@ -383,22 +373,15 @@ fn resolve_parent(path: &Path) -> Result<Option<PathBuf>, MountPointError> {
 /// is an error: an unparsable table, a failing stat (EIO on a dead mount, EACCES).
 /// A path that does not exist is not a mount point. Blocking (the stat can hang on a dead
 /// filesystem): wrap it in [`crate::deadline::run_blocking`].
-pub fn is_mount_point(path: &Path, table: &ParsedTable) -> Result<bool, MountPointError> {
+pub fn is_mount_point(path: &Path, table: &MountView) -> Result<bool, MountPointError> {
     use std::os::unix::fs::MetadataExt;
     if !path.is_absolute() {
         return Err(MountPointError::NotAbsolute(path.to_owned()));
     }
-    if !table.errors.is_empty() {
-        return Err(MountPointError::TableIncomplete(table.errors.len()));
-    }
     let Some(resolved) = resolve_parent(path)? else {
         return Ok(false);
     };
-    if table
-        .entries
-        .iter()
-        .any(|m| m.mount_point == resolved || m.mount_point == path)
-    {
+    if table.top_at(&resolved).is_some() || table.top_at(path).is_some() {
         return Ok(true);
     }
     let Some(parent) = resolved.parent() else {
@@ -451,7 +434,7 @@ pub enum RemoveError {
 
 /// Remove a publish/staging target directory: only after proving it is not a mount point, and
 /// only if it is empty (`rmdir`, never a recursive delete: incident 3).
-pub fn remove_target_dir(path: &Path, table: &ParsedTable) -> Result<Removal, RemoveError> {
+pub fn remove_target_dir(path: &Path, table: &MountView) -> Result<Removal, RemoveError> {
     match is_mount_point(path, table) {
         Ok(true) => return Err(RemoveError::StillMounted(path.to_owned())),
         Ok(false) => {}

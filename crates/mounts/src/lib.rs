@@ -35,8 +35,12 @@
 //!   scan), `Overflow`, `Storm`, `StormCleared`, `Error`. [`Strategy`](watch::Strategy):
 //!   `Fanotify` (6.15+), `ListStat` (6.8+), `Reread` (any), `Auto`.
 //!   `WatcherHandle::{track, untrack, table, strategy}`.
-//! * [`sys`] — the raw `listmount(2)`/`statmount(2)`/fanotify-mount wrappers the watcher uses
-//!   (constants and layouts defined here: Debian 12's headers predate them).
+//! * [`MountView`] — the one way to read the table for a decision: `MountView::read(proc_root,
+//!   deadline)` off the runtime, or `MountView::read_now` on a blocking thread, with
+//!   `top_at(path)` and `mounts_of(dev)`. One error policy: a line that does not parse makes
+//!   the whole read an error (a table that could not be fully parsed proves nothing absent).
+//! * `sys` (private) — the raw `listmount(2)`/`statmount(2)`/fanotify-mount wrappers the
+//!   watcher uses (constants and layouts defined there: Debian 12's headers predate them).
 //!
 //! ```
 //! use rds_mounts::mountinfo::{parse_line, parse_table};
@@ -62,6 +66,20 @@
 
 pub mod mountinfo;
 pub mod storm;
-pub mod sys;
+mod sys;
 pub mod table;
+mod view;
 pub mod watch;
+
+pub use view::{MountView, ViewError};
+
+/// The kernel-reply decoders, for the fuzz targets only (`--features fuzzing`).
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    pub use crate::sys::{decode_fanotify, decode_statmount, FanMountEvent};
+}
+
+// The crate's unit tests include privileged ones (the syscall wrappers against the live kernel):
+// the whole unit-test binary enters private mount and network namespaces before main.
+#[cfg(test)]
+rds_testkit::private_namespaces!();

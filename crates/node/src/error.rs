@@ -70,20 +70,19 @@ impl NodeError {
     }
 }
 
+impl From<rds_mounts::ViewError> for NodeError {
+    fn from(e: rds_mounts::ViewError) -> Self {
+        match e {
+            rds_mounts::ViewError::TimedOut { .. } => Self::DeadlineExceeded(e.to_string()),
+            e => Self::internal("reading the mount table", e),
+        }
+    }
+}
+
 impl From<NodeError> for Status {
     fn from(e: NodeError) -> Self {
         // Include the whole source chain: it is what an operator reads in kubelet's events.
-        let mut msg = e.to_string();
-        let mut src = std::error::Error::source(&e);
-        while let Some(s) = src {
-            let s_str = s.to_string();
-            if !msg.contains(&s_str) {
-                msg.push_str(": ");
-                msg.push_str(&s_str);
-            }
-            src = s.source();
-        }
-        Status::new(e.code(), msg)
+        Status::new(e.code(), rds_types::error_chain(&e))
     }
 }
 

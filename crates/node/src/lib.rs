@@ -20,7 +20,6 @@ pub mod options;
 pub mod record;
 pub mod server;
 pub mod service;
-pub mod table;
 pub mod validate;
 pub mod volumes;
 

@@ -21,6 +21,22 @@ pub use nvme::{ControllerState, NamespaceIds};
 pub use storm::StormKey;
 pub use volume::{MountKey, VolumeId, VolumeIdError};
 
+/// An error and its sources on one line (`outer: cause: root cause`), a source whose text the
+/// message already contains skipped.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !msg.contains(&t) {
+            msg.push_str(": ");
+            msg.push_str(&t);
+        }
+        cur = c.source();
+    }
+    msg
+}
+
 /// At most this many bytes of any input are quoted in an error message or a log line.
 pub const QUOTE_MAX: usize = 256;
 

@@ -848,6 +848,8 @@ const FIRST_SNAPSHOT_WAIT: Duration = Duration::from_secs(60);
 /// The topmost mount at `path`, read from this process's mount table (only for a path the
 /// node service just mounted: its attach event may not have reached the watcher yet).
 fn read_top(proc_root: &Path, path: &Path) -> Option<rds_mounts::mountinfo::MountInfo> {
-    let t = rds_mounts::mountinfo::read_mountinfo(proc_root, "self").ok()?;
-    t.entries.into_iter().rev().find(|m| m.mount_point == path)
+    rds_mounts::MountView::read_now(proc_root, "self")
+        .ok()?
+        .top_at(path)
+        .cloned()
 }

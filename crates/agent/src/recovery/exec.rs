@@ -8,7 +8,7 @@ use nix::mount::MsFlags;
 use rds_hostops::inuse::HostRoots;
 use rds_hostops::mknod::NodeState;
 use rds_hostops::mount::{BindOptions, UnmountError, UnmountPolicy};
-use rds_mounts::mountinfo::{MountInfo, ParsedTable};
+use rds_mounts::MountView;
 use rds_types::{BlockIdentity, DevNum};
 
 use super::{RecoveryError, RecoveryOutcome};
@@ -80,17 +80,8 @@ impl Exec {
         }
     }
 
-    fn table(&self) -> std::io::Result<ParsedTable> {
-        let t = rds_mounts::mountinfo::read_mountinfo(&self.roots.proc, "self")?;
-        if t.errors.is_empty() {
-            Ok(t)
-        } else {
-            // A table we could not fully parse cannot prove anything is absent.
-            Err(std::io::Error::other(format!(
-                "{} unparsable mountinfo lines",
-                t.errors.len()
-            )))
-        }
+    fn table(&self) -> Result<MountView, rds_mounts::ViewError> {
+        MountView::read_now(&self.roots.proc, "self")
     }
 
     /// Steps 4 to 8, blocking. Owns the guard, so it is released only when everything is done,
@@ -149,10 +140,13 @@ impl Exec {
         let table = self
             .table()
             .map_err(|e| self.host("reading the mount table", "nothing was changed", e))?;
-        let stale = match top(&table, &staging).map(|m| (m.dev, self.classify(m.dev))) {
+        let stale = match table
+            .top_at(&staging)
+            .map(|m| (m.dev, self.classify(m.dev)))
+        {
             Some((dev, Layer::Current)) => {
                 tracing::info!(staging = %staging.display(), %dev, "staging path already on the new device");
-                let m = top(&table, &staging).map(|m| (m.id, m.dev));
+                let m = table.top_at(&staging).map(|m| (m.id, m.dev));
                 return m.ok_or_else(|| {
                     self.host(
                         "reading the mount table",
@@ -201,7 +195,7 @@ impl Exec {
             (!data.is_empty()).then_some(data.as_str()),
         ) {
             let _ = std::fs::remove_dir(&temp);
-            return Err(new_fs(error_chain(&e)));
+            return Err(new_fs(rds_types::error_chain(&e)));
         }
         if let Err(why) = self.verify(&temp, fs) {
             self.undo_temp(&temp);
@@ -233,7 +227,7 @@ impl Exec {
                 e,
             )
         })?;
-        match top(&table, &staging) {
+        match table.top_at(&staging) {
             Some(m) if m.dev == self.new.identity.dev => {
                 tracing::info!(staging = %staging.display(), mount_id = m.id, dev = %m.dev, "new staging mount in place");
                 Ok((m.id, m.dev))
@@ -248,9 +242,9 @@ impl Exec {
 
     /// statvfs answers and the table shows the new device with the recorded type at `temp`.
     fn verify(&self, temp: &Path, fs: FsType) -> Result<(), String> {
-        rds_hostops::statfs::volume_stats(temp).map_err(|e| error_chain(&e))?;
+        rds_hostops::statfs::volume_stats(temp).map_err(|e| rds_types::error_chain(&e))?;
         let table = self.table().map_err(|e| e.to_string())?;
-        match top(&table, temp) {
+        match table.top_at(temp) {
             Some(m) if m.dev == self.new.identity.dev && m.fs_type == fs.as_str() => Ok(()),
             Some(m) => Err(format!(
                 "the temporary mount shows device {} with {}, expected {} with {}",
@@ -269,7 +263,7 @@ impl Exec {
             let table = self
                 .table()
                 .map_err(|e| self.host("reading the mount table", "nothing was changed", e))?;
-            if top(&table, temp).is_none() {
+            if table.top_at(temp).is_none() {
                 return Ok(());
             }
             match rds_hostops::mount::unmount(temp, self.policy(), &self.roots) {
@@ -313,7 +307,7 @@ impl Exec {
                     ));
                 }
             };
-            match top(&table, staging).map(|m| (m.dev, self.classify(m.dev))) {
+            match table.top_at(staging).map(|m| (m.dev, self.classify(m.dev))) {
                 None => return Ok(()),
                 Some((_, Layer::Stale)) => {}
                 Some((found, _)) => {
@@ -399,7 +393,7 @@ impl Exec {
                 let restored = stale
                     && self.rec.publishes.iter().any(|p| {
                         self.table().ok().is_some_and(|t| {
-                            top(&t, &p.target).is_some_and(|m| m.dev == self.old.dev)
+                            t.top_at(&p.target).is_some_and(|m| m.dev == self.old.dev)
                         }) && rds_hostops::mount::bind(&p.target, staging, opts).is_ok()
                     });
                 if restored {
@@ -442,7 +436,7 @@ impl Exec {
                         continue 'targets;
                     }
                 };
-                match top(&table, t).map(|m| (m.id, m.dev, self.classify(m.dev))) {
+                match table.top_at(t).map(|m| (m.id, m.dev, self.classify(m.dev))) {
                     None => break,
                     Some((id, dev, Layer::Current)) => {
                         out.republished.push((t.clone(), Some((id, dev))));
@@ -481,7 +475,7 @@ impl Exec {
                     let id = self
                         .table()
                         .ok()
-                        .and_then(|tb| top(&tb, t).map(|m| (m.id, m.dev)));
+                        .and_then(|tb| tb.top_at(t).map(|m| (m.id, m.dev)));
                     out.republished.push((t.clone(), id));
                 }
                 Err(e) => {
@@ -572,20 +566,15 @@ fn bind_target(
     Ok(())
 }
 
-/// The visible (topmost) mount at `path`.
-fn top<'a>(table: &'a ParsedTable, path: &Path) -> Option<&'a MountInfo> {
-    table.entries.iter().rev().find(|m| m.mount_point == path)
-}
-
 /// Create `dir` and make sure a mount under it can be moved (its mount must not be shared):
 /// if the mount containing it is shared, bind `dir` onto itself and make that private.
 /// Returns the canonical path (the form the mount table uses).
 fn ensure_private_dir(dir: &Path, proc: &Path) -> Result<PathBuf, std::io::Error> {
     std::fs::create_dir_all(dir)?;
     let dir = std::fs::canonicalize(dir)?;
-    let table = rds_mounts::mountinfo::read_mountinfo(proc, "self")?;
+    let table = MountView::read_now(proc, "self").map_err(std::io::Error::other)?;
     let containing = table
-        .entries
+        .entries()
         .iter()
         .filter(|m| dir.starts_with(&m.mount_point))
         .max_by_key(|m| m.mount_point.as_os_str().len())
@@ -613,18 +602,6 @@ fn ensure_private_dir(dir: &Path, proc: &Path) -> Result<PathBuf, std::io::Error
     .map_err(std::io::Error::from)?;
     tracing::info!(dir = %dir.display(), "recovery directory made a private mount (MS_MOVE needs an unshared parent)");
     Ok(dir)
-}
-
-/// An error with its sources, on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -152,12 +152,12 @@ pub fn sleeper_in(cwd: &Path) -> Child {
     )
 }
 
-pub fn table() -> rds_mounts::mountinfo::ParsedTable {
-    rds_mounts::mountinfo::read_mountinfo(Path::new("/proc"), "self").expect("read our mountinfo")
+pub fn table() -> rds_mounts::MountView {
+    rds_mounts::MountView::read_now(Path::new("/proc"), "self").expect("read our mountinfo")
 }
 
 pub fn is_mounted(p: &Path) -> bool {
-    table().entries.iter().any(|m| m.mount_point == p)
+    table().top_at(p).is_some()
 }
 
 /// A stand-in `/proc` in which every "process" is inspectable, for the verdicts this machine's

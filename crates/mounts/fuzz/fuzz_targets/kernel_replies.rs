@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rds_mounts::sys::{decode_fanotify, decode_statmount};
+use rds_mounts::fuzzing::{decode_fanotify, decode_statmount};
 
 fuzz_target!(|data: &[u8]| {
     let _ = decode_statmount(data);

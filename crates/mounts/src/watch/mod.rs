@@ -234,27 +234,16 @@ fn choose(
             Ok(fan) => Ok((Strategy::Fanotify, Some(fan))),
             Err(e) => match liststat() {
                 Ok(()) => {
-                    tracing::warn!(error = %error_chain(&e), "mount watcher falls back to listmount/statmount on POLLPRI");
+                    tracing::warn!(error = %rds_types::error_chain(&e), "mount watcher falls back to listmount/statmount on POLLPRI");
                     Ok((Strategy::ListStat, None))
                 }
                 Err(e2) => {
-                    tracing::warn!(fanotify = %error_chain(&e), listmount = %error_chain(&e2), "mount watcher falls back to re-reading mountinfo on POLLPRI");
+                    tracing::warn!(fanotify = %rds_types::error_chain(&e), listmount = %rds_types::error_chain(&e2), "mount watcher falls back to re-reading mountinfo on POLLPRI");
                     Ok((Strategy::Reread, None))
                 }
             },
         },
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn open_pollpri(proc_root: &Path) -> Result<AsyncFd<std::fs::File>, WatchError> {

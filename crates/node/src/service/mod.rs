@@ -19,9 +19,9 @@ pub use crate::devices::{NamespaceSource, NsDevice};
 use crate::error::NodeError;
 use crate::guard::VolumeGuards;
 pub use crate::observer::VolumeObserver;
-use crate::table::MountView;
 use crate::validate::Target;
 pub use crate::volumes::Volumes;
+use rds_mounts::MountView;
 pub use stage::check_device_node;
 pub use stats::{StatsReply, Usage};
 
@@ -181,8 +181,12 @@ impl NodeService {
         }
     }
 
+    /// A fresh mount table off the runtime, bounded: idempotency decisions come from the
+    /// kernel's table, never from our own notes.
     pub(crate) async fn mount_view(&self) -> Result<MountView, NodeError> {
-        MountView::read(&self.cfg.roots.proc, self.cfg.deadlines.mountinfo).await
+        MountView::read(&self.cfg.roots.proc, self.cfg.deadlines.mountinfo)
+            .await
+            .map_err(NodeError::from)
     }
 
     /// The device node of block device `name` under the configured dev root.

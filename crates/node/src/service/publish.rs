@@ -75,7 +75,7 @@ impl NodeService {
         match &args.access {
             Access::Mount { flags, .. } => {
                 let view = self.mount_view().await?;
-                match view.top(rec.staging_path.as_path()) {
+                match view.top_at(rec.staging_path.as_path()) {
                     Some(m) if m.dev == staged.dev => {}
                     Some(m) => {
                         return Err(NodeError::FailedPrecondition(format!(
@@ -90,7 +90,7 @@ impl NodeService {
                         )))
                     }
                 }
-                if let Some(m) = view.top(args.target_path.as_path()) {
+                if let Some(m) = view.top_at(args.target_path.as_path()) {
                     if m.dev == staged.dev && m.is_read_only() == args.read_only {
                         tracing::info!("already published");
                         return self.remember_publish(&mut rec, &args).await;
@@ -150,7 +150,7 @@ impl NodeService {
                     )));
                 }
                 let view = self.mount_view().await?;
-                if view.top(args.target_path.as_path()).is_some() {
+                if view.top_at(args.target_path.as_path()).is_some() {
                     return Err(NodeError::AlreadyExists(format!(
                         "{} is a mount point",
                         args.target_path
@@ -226,7 +226,7 @@ impl NodeService {
 
         for _ in 0..crate::defaults::MAX_UNMOUNT_LAYERS {
             let view = self.mount_view().await?;
-            let Some(top) = view.top(target.as_path()) else {
+            let Some(top) = view.top_at(target.as_path()) else {
                 break;
             };
             if !ours(top.dev) {
@@ -239,7 +239,7 @@ impl NodeService {
         }
 
         let view = self.mount_view().await?;
-        if view.top(target.as_path()).is_some() {
+        if view.top_at(target.as_path()).is_some() {
             return Err(NodeError::FailedPrecondition(format!(
                 "{target} still has more than {} mounts stacked on it (mount storm?)",
                 crate::defaults::MAX_UNMOUNT_LAYERS
@@ -250,7 +250,7 @@ impl NodeService {
             .and_then(|r| r.device.identity())
             .map(|i| i.dev);
         let t = target.as_path().to_owned();
-        let table = view.table.clone();
+        let table = view.clone();
         self.blocking("removing the target", self.cfg.deadlines.mount, move || {
             remove_target(&t, &table, staged_dev)
         })
@@ -334,7 +334,7 @@ fn create_node(dst: &Path, dev: DevNum, mode: u32) -> Result<(), NodeError> {
 /// placeholder file, or a block node of this volume's device. Never recursive.
 fn remove_target(
     t: &Path,
-    table: &rds_mounts::mountinfo::ParsedTable,
+    table: &rds_mounts::MountView,
     staged: Option<DevNum>,
 ) -> Result<(), NodeError> {
     let md = match std::fs::symlink_metadata(t) {

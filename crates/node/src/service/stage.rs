@@ -40,7 +40,7 @@ impl NodeService {
                 if let Some(id) = rec.device.identity() {
                     if !rec.access.is_block()
                         && view
-                            .top(rec.staging_path.as_path())
+                            .top_at(rec.staging_path.as_path())
                             .is_some_and(|m| m.dev == id.dev)
                     {
                         return Err(NodeError::FailedPrecondition(format!(
@@ -70,7 +70,7 @@ impl NodeService {
 
         let mut mounted_here = false;
         if let Access::Mount { fs_type, flags } = &args.access {
-            match view.top(args.staging_path.as_path()) {
+            match view.top_at(args.staging_path.as_path()) {
                 Some(m) if m.dev == ns.identity.dev => {
                     if m.is_read_only() != args.read_only {
                         return Err(NodeError::AlreadyExists(format!(
@@ -304,7 +304,7 @@ impl NodeService {
         // Peel every layer we placed at the staging path (normally one).
         for _ in 0..crate::defaults::MAX_UNMOUNT_LAYERS {
             let view = self.mount_view().await?;
-            let Some(top) = view.top(staging.as_path()) else {
+            let Some(top) = view.top_at(staging.as_path()) else {
                 break;
             };
             if !ours(top.dev) {
@@ -316,7 +316,7 @@ impl NodeService {
             self.unmount_path(staging).await?;
         }
         let view = self.mount_view().await?;
-        if view.top(staging.as_path()).is_some() {
+        if view.top_at(staging.as_path()).is_some() {
             return Err(NodeError::FailedPrecondition(format!(
                 "{staging} still has more than {} mounts stacked on it (mount storm?)",
                 crate::defaults::MAX_UNMOUNT_LAYERS
@@ -340,7 +340,7 @@ impl NodeService {
         &self,
         rec: &VolumeRecord,
         current: Option<&NsDevice>,
-        view: &crate::table::MountView,
+        view: &rds_mounts::MountView,
     ) -> Result<(), NodeError> {
         if self.volumes.others_on(&rec.volume_id, &rec.target.nqn) {
             tracing::info!("another staged volume uses this subsystem: staying connected");
@@ -379,7 +379,7 @@ impl NodeService {
                 }
                 rds_hostops::inuse::Usage::NotInUse => {}
             }
-            let users = view.mounts_of(dev);
+            let users: Vec<_> = view.mounts_of(dev).map(|m| m.mount_point.clone()).collect();
             if !users.is_empty() {
                 return Err(NodeError::FailedPrecondition(format!(
                     "device {dev} of volume {} is still mounted at {}; not disconnecting",

@@ -154,11 +154,6 @@ pub fn listmount_all() -> io::Result<Vec<u64>> {
     }
 }
 
-/// `listmount(2)` is available (Linux 6.8+) and allowed.
-pub fn listmount_supported() -> bool {
-    listmount_all().is_ok()
-}
-
 /// `statmount(2)` of one mount by unique id, turned into the mountinfo view of it. `buf` is
 /// reused across calls and grows on `EOVERFLOW`. `ENOENT` means the mount is gone.
 pub fn statmount(unique_id: u64, buf: &mut Vec<u8>) -> io::Result<MountInfo> {
@@ -443,3 +438,8 @@ pub fn decode_fanotify(mut b: &[u8], out: &mut Vec<FanMountEvent>) {
         b = &b[len..];
     }
 }
+
+#[cfg(test)]
+mod decode_tests;
+#[cfg(test)]
+mod kernel_tests;

@@ -1,11 +1,11 @@
-//! listmount/statmount/fanotify wrappers against the live kernel, in a private namespace.
-rds_testkit::private_namespaces!();
+//! listmount/statmount/fanotify wrappers against the live kernel, in a private namespace (the
+//! crate's unit tests enter it before main: see lib.rs).
 
 use std::path::{Path, PathBuf};
 
+use crate::mountinfo::read_mountinfo;
+use crate::sys::{listmount_all, statmount, FanMountEvent, MountFanotify};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use rds_mounts::mountinfo::read_mountinfo;
-use rds_mounts::sys::{listmount_all, statmount, FanMountEvent, MountFanotify};
 
 struct Unmount(Vec<PathBuf>);
 impl Drop for Unmount {
