@@ -36,8 +36,8 @@ use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
 use rds_harness::harness::*;
 use rds_node::csi;
 use rds_node::csi::volume_capability::access_mode::Mode;
-use rds_node::observer::Condition;
 use rds_types::Nqn;
+use rds_types::{Health as Condition, VolumeId};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -53,7 +53,7 @@ fn ext4() -> csi::VolumeCapability {
 }
 
 fn kind_is(kind: &'static str) -> impl Fn(&Condition) -> bool {
-    move |c: &Condition| c.abnormal && c.message.starts_with(kind)
+    move |c: &Condition| c.kind.as_str() == kind
 }
 
 async fn stage(e: &mut Env, vol: &str) {
@@ -64,7 +64,9 @@ async fn stage(e: &mut Env, vol: &str) {
     e.plugin
         .running
         .monitor
-        .wait_for(vol, WAIT, |c| !c.abnormal)
+        .wait_for(&VolumeId::parse(vol).unwrap(), None, WAIT, |c| {
+            !c.abnormal()
+        })
         .await
         .expect("healthy after stage");
 }
@@ -93,7 +95,9 @@ async fn condition_waiter(
     let (ready_tx, ready_rx) = oneshot::channel();
     let h = tokio::spawn(async move {
         let _ = ready_tx.send(());
-        let seen = monitor.wait_for(vol, WAIT, kind_is(kind)).await;
+        let seen = monitor
+            .wait_for(&VolumeId::parse(vol).unwrap(), None, WAIT, kind_is(kind))
+            .await;
         let at = Instant::now();
         seen.ok().map(|_| at)
     });

@@ -124,6 +124,13 @@ pub struct ServeArgs {
     /// reported as device gone.
     #[arg(long, env = "GONE_GRACE", value_parser = humantime::parse_duration, default_value = "10s")]
     pub gone_grace: Duration,
+    /// A staged device with requests in flight and none completed for this long is reported
+    /// `io_stalled`.
+    #[arg(long, env = "IO_STALL_AFTER", value_parser = humantime::parse_duration, default_value = "30s")]
+    pub io_stall_after: Duration,
+    /// How often the staged devices' request counters are read (for stall detection).
+    #[arg(long, env = "IO_SAMPLE_PERIOD", value_parser = humantime::parse_duration, default_value = "5s")]
+    pub io_sample_period: Duration,
     /// Recovery attempts before giving up (backoff 1s, 2s, 4s, ...).
     #[arg(long, env = "RECOVERY_ATTEMPTS", default_value_t = 3)]
     pub recovery_attempts: u32,

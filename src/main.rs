@@ -123,6 +123,7 @@ async fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error + Send + Sy
         },
         monitor: rds_monitor::MonitorConfig {
             gone_grace: a.gone_grace,
+            io_stall_after: a.io_stall_after,
             recovery_attempts: a.recovery_attempts,
             evict_pods_on_stale: a.evict_pods_on_stale,
             ..rds_monitor::MonitorConfig::default()
@@ -131,6 +132,7 @@ async fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error + Send + Sy
             kubeconfig: a.kubeconfig.clone(),
         },
         metrics_address: a.metrics_address,
+        io_sample_period: a.io_sample_period,
     };
     app::run(cfg, fabric, rds_node::server::shutdown_signal(), |_| {}).await?;
     Ok(())

@@ -7,13 +7,13 @@ rds_testkit::private_namespaces!();
 use std::sync::Arc;
 
 use rds_harness::harness::*;
-use rds_node::observer::Condition;
+use rds_types::{Health as Condition, VolumeId};
 
 mod common;
 use common::*;
 
 fn kind_is(kind: &'static str) -> impl Fn(&Condition) -> bool {
-    move |c: &Condition| c.abnormal && c.message.starts_with(kind)
+    move |c: &Condition| c.kind.as_str() == kind
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -33,7 +33,10 @@ async fn a_reconnect_that_renames_the_device_is_flagged_device_replaced() {
         .wait(vol, kind_is("device_replaced"))
         .await
         .expect("DeviceReplaced");
-    assert!(c.dead, "a replaced device's old mount is never statvfs'd");
+    assert!(
+        !c.io_safe(),
+        "a replaced device's old mount is never statvfs'd"
+    );
     let (cond, usage) = e.stats_condition(vol).await;
     assert!(
         cond.abnormal,
@@ -42,17 +45,13 @@ async fn a_reconnect_that_renames_the_device_is_flagged_device_replaced() {
     );
     assert!(cond.message.contains("device_replaced"), "{}", cond.message);
     assert_eq!(usage, 0, "no usage measured on a stale mount");
-    let ev = e
-        .plugin
+    e.plugin
         .events
-        .wait_for(WAIT, |ev| ev.volume_id == vol)
+        .wait_for(WAIT, |ev| {
+            ev.volume_id == vol && ev.reason == rds_events::EventReason::StaleMountDetected
+        })
         .await
-        .expect("an event is posted on the volume");
-    assert_eq!(
-        ev.reason,
-        rds_events::EventReason::StaleMountDetected,
-        "{ev:?}"
-    );
+        .expect("a StaleMountDetected event is posted on the volume");
     e.plugin.stop().await.unwrap();
 }
 
@@ -90,7 +89,7 @@ async fn a_device_that_goes_and_does_not_come_back_is_flagged_device_gone() {
         .wait(vol, kind_is("device_gone"))
         .await
         .expect("DeviceGone after the grace");
-    assert!(c.dead);
+    assert!(!c.io_safe());
     let (cond, _) = e.stats_condition(vol).await;
     assert!(
         cond.abnormal && cond.message.contains("device_gone"),
@@ -147,7 +146,7 @@ async fn a_storm_of_bind_mounts_of_the_volume_is_flagged_and_clears() {
     for d in &made {
         nix::mount::umount(d).unwrap();
     }
-    e.wait(vol, |c| !c.abnormal)
+    e.wait(vol, |c| !c.abnormal())
         .await
         .expect("healthy once the storm is gone");
     e.plugin.stop().await.unwrap();
@@ -172,10 +171,10 @@ async fn after_a_restart_stale_mounts_are_found_in_the_first_reconcile() {
     let c = plugin
         .running
         .monitor
-        .volume_condition(vol)
+        .volume_condition(&VolumeId::parse(vol).unwrap())
         .expect("the volume was re-adopted");
     assert!(
-        c.abnormal && c.message.starts_with("device_replaced"),
+        c.kind == rds_types::ConditionKind::DeviceReplaced,
         "decided within the first scan: {c:?}"
     );
     plugin.stop().await.unwrap();
@@ -251,7 +250,7 @@ async fn a_dead_path_is_flagged_filesystem_failed_from_the_kernels_fs_error() {
         .wait(vol, kind_is("filesystem_failed"))
         .await
         .expect("FilesystemFailed");
-    assert!(c.dead, "statvfs is skipped on a failed filesystem");
+    assert!(!c.io_safe(), "statvfs is skipped on a failed filesystem");
     let (cond, usage) = e.stats_condition(vol).await;
     assert!(
         cond.abnormal && cond.message.contains("filesystem_failed"),
@@ -282,7 +281,7 @@ async fn a_replaced_device_is_recovered_automatically_and_running_pods_are_told_
         .expect("flagged first");
     // The monitor asks for recovery (after its 1 s debounce) and the executor heals the
     // staging path onto the new device.
-    e.wait(vol, |c| !c.abnormal)
+    e.wait(vol, |c| !c.abnormal())
         .await
         .expect("the staging path is healed");
     let staging = e.plugin.staging_path(vol);
@@ -368,10 +367,10 @@ async fn after_a_restart_adopted_mounts_are_watched_like_fresh_ones() {
     let healthy = plugin
         .running
         .monitor
-        .volume_condition(vol)
+        .volume_condition(&VolumeId::parse(vol).unwrap())
         .expect("re-adopted");
     assert!(
-        !healthy.abnormal,
+        !healthy.abnormal(),
         "nothing changed while it was down: {healthy:?}"
     );
     // The re-adopted staging mount is known by its identity: its disappearance is noticed.
@@ -379,7 +378,12 @@ async fn after_a_restart_adopted_mounts_are_watched_like_fresh_ones() {
     plugin
         .running
         .monitor
-        .wait_for(vol, WAIT, kind_is("mount_missing"))
+        .wait_for(
+            &VolumeId::parse(vol).unwrap(),
+            None,
+            WAIT,
+            kind_is("mount_missing"),
+        )
         .await
         .expect("MountMissing for an adopted volume");
     plugin.stop().await.unwrap();

@@ -9,7 +9,7 @@ use std::time::Duration;
 use rds_harness::harness::*;
 use rds_node::csi;
 use rds_node::csi::volume_capability::access_mode::Mode;
-use rds_node::observer::Condition;
+use rds_types::{Health as Condition, VolumeId};
 
 /// One plugin at a time in a test process: every emulated fabric injects udev events into the
 /// same network namespace, and a plugin must only see its own.
@@ -131,7 +131,7 @@ impl Env {
         self.publish(vol, "pod", ext4(), false)
             .await
             .expect("publish");
-        self.wait(vol, |c| !c.abnormal)
+        self.wait(vol, |c| !c.abnormal())
             .await
             .expect("healthy after stage");
     }
@@ -142,7 +142,26 @@ impl Env {
         vol: &str,
         pred: impl Fn(&Condition) -> bool,
     ) -> Result<Condition, Option<Condition>> {
-        self.plugin.running.monitor.wait_for(vol, WAIT, pred).await
+        self.plugin
+            .running
+            .monitor
+            .wait_for(&vid(vol), None, WAIT, pred)
+            .await
+    }
+
+    /// Wait until the monitor's condition of `vol` at `path` (a publish target, or the
+    /// staging path) satisfies `pred`: a test waits on exactly what it asserts.
+    pub async fn wait_at(
+        &self,
+        vol: &str,
+        path: &Path,
+        pred: impl Fn(&Condition) -> bool,
+    ) -> Result<Condition, Option<Condition>> {
+        self.plugin
+            .running
+            .monitor
+            .wait_for(&vid(vol), Some(path), WAIT, pred)
+            .await
     }
 
     /// NodeGetVolumeStats at the volume's target in "pod": its condition and how many usage
@@ -159,6 +178,10 @@ impl Env {
     pub async fn finish(self) {
         self.plugin.stop().await.expect("plugin stops cleanly");
     }
+}
+
+pub fn vid(vol: &str) -> VolumeId {
+    VolumeId::parse(vol).expect("test volume ids are valid")
 }
 
 /// The visible (topmost) mount at `path`, from this process's mount table.

@@ -25,6 +25,8 @@ pub struct AppConfig {
     pub events: EventsMode,
     /// Serve Prometheus metrics here (off when `None`).
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// How often the staged devices' request counters are sampled (stall detection).
+    pub io_sample_period: std::time::Duration,
 }
 
 /// Where Kubernetes Events go.
@@ -109,30 +111,12 @@ pub async fn run(
     let readiness = Readiness::default();
     let guards = VolumeGuards::default();
     let source: Arc<dyn NamespaceSource> = Arc::new(devices.clone());
-    let (monitor, monitor_task) = crate::monitor::spawn(crate::monitor::MonitorParts {
-        config: cfg.monitor.clone(),
-        mounts: mounts.clone(),
-        mount_events,
-        devices: devices.clone(),
-        device_events,
-        fs_errors,
-        events_stats,
-        records: volumes.all(),
-        events,
-        recovery: None,
-        metrics: Some(Arc::new(sink.clone()) as Arc<dyn crate::monitor::MonitorMetrics>),
-        readiness: readiness.clone(),
-        proc_root: cfg.node.roots.proc.clone(),
-        evictor: client
-            .filter(|_| cfg.monitor.evict_pods_on_stale)
-            .map(|client| crate::monitor::Evictor {
-                client,
-                node_name: cfg.node.node_id.clone(),
-            }),
-    });
+    let conditions = crate::monitor::Conditions::default();
+    let (monitor, notes) = crate::monitor::MonitorHandle::new(conditions.clone());
 
     let observer: Arc<dyn VolumeObserver> = Arc::new(monitor.clone());
     let rpcs: Arc<dyn RpcObserver> = Arc::new(sink.clone());
+    let records = volumes.all();
     let service = NodeService::new(cfg.node.clone(), volumes, fabric, source, observer, guards)
         .with_connect_observer(Arc::new(sink.clone()));
     let recovery: Option<Arc<dyn crate::monitor::RecoveryRunner>> =
@@ -148,10 +132,51 @@ pub async fn run(
             );
             Arc::new(r) as Arc<dyn crate::monitor::RecoveryRunner>
         });
-    let monitor_future = monitor_task.run(recovery);
-    tasks.spawn(async move {
-        monitor_future.await;
-        Ok::<(), AppError>(())
+    let io = crate::monitor::io::IoWatchSet::default();
+    // I/O samples: a full channel drops a sample (the next period brings a fresher one).
+    let (io_tx, io_rx) = tokio::sync::mpsc::channel(1024);
+    tasks.spawn({
+        let (io, sys) = (io.clone(), cfg.node.roots.sys.clone());
+        let period = cfg.io_sample_period;
+        async move {
+            crate::monitor::io::run_sampler(io, sys, period, io_tx).await;
+            Ok::<(), AppError>(())
+        }
+    });
+    let seams = crate::monitor::Seams {
+        devices: Arc::new(devices.clone()),
+        mounts: mounts.clone(),
+        fs_errors: fs_errors
+            .as_ref()
+            .map(|(h, _)| Arc::new(h.clone()) as Arc<dyn crate::monitor::FsWatcher>),
+        io,
+        events,
+        recovery,
+        evictor: client
+            .filter(|_| cfg.monitor.evict_pods_on_stale)
+            .map(|client| {
+                Arc::new(crate::monitor::KubeEvictor {
+                    client,
+                    node_name: cfg.node.node_id.clone(),
+                }) as Arc<dyn crate::monitor::Evictor>
+            }),
+        metrics: Some(Arc::new(sink.clone()) as Arc<dyn crate::monitor::MonitorMetrics>),
+    };
+    let sources = crate::monitor::Sources {
+        notes,
+        mounts: mount_events,
+        devices: device_events,
+        fs_errors: fs_errors.map(|(_, rx)| rx),
+        io: io_rx,
+        events_stats,
+    };
+    let shell = crate::monitor::Shell::new(cfg.monitor.clone(), conditions, seams);
+    tasks.spawn({
+        let ready = readiness.clone();
+        async move {
+            shell.run(sources, records, ready).await;
+            Ok::<(), AppError>(())
+        }
     });
 
     let listener = rds_node::server::bind(&cfg.endpoint)?;
@@ -174,6 +199,9 @@ pub async fn run(
             let _ = stop_rx.await;
         });
     tasks.spawn(async move { grpc.await.map_err(AppError::from) });
+    // The servers' tasks drain on shutdown; the monitor shell and the I/O sampler never end
+    // by themselves and are stopped once the servers are done.
+    let servers = 1 + usize::from(cfg.metrics_address.is_some());
 
     // First of: the shutdown signal, or a task ending (one failing server stops the others).
     let first = tokio::select! {
@@ -189,14 +217,15 @@ pub async fn run(
     }
     // Let in-flight RPCs finish, within the grace period.
     let grace = rds_node::server::grace();
+    let background = tasks.len().saturating_sub(servers);
     let drain = async {
-        while let Some(r) = tasks.join_next().await {
-            if let Ok(Err(e)) = r {
-                tracing::warn!(error = %e, "task ended with an error during shutdown");
-            }
-            // The monitor never ends by itself: stop once the server is done.
-            if tasks.len() <= 1 {
-                break;
+        while tasks.len() > background {
+            match tasks.join_next().await {
+                Some(Ok(Err(e))) => {
+                    tracing::warn!(error = %e, "task ended with an error during shutdown")
+                }
+                Some(_) => {}
+                None => break,
             }
         }
     };

@@ -73,17 +73,7 @@ impl MonitorMetrics for MetricsSink {
         self.set_mount_table_size(n as u64);
     }
 
-    fn resync(&self, devices: bool, overflow: bool) {
-        let source = if devices {
-            rds_metrics::ResyncSource::Devices
-        } else {
-            rds_metrics::ResyncSource::Mounts
-        };
-        let reason = if overflow {
-            rds_metrics::ResyncReason::Overflow
-        } else {
-            rds_metrics::ResyncReason::Startup
-        };
+    fn resync(&self, source: rds_metrics::ResyncSource, reason: rds_metrics::ResyncReason) {
         Metrics::resync(&self.0, source, reason);
     }
 

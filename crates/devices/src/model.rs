@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use rds_types::{BlockIdentity, DevNum};
+use rds_types::{BlockIdentity, DevNum, NamespaceIds};
 
 /// An NVMe controller's state: the shared vocabulary's.
 pub use rds_types::ControllerState;
@@ -88,6 +88,13 @@ pub struct NvmeNamespace {
     pub wwid: Option<String>,
 }
 
+impl NvmeNamespace {
+    /// The identifiers, normalised (an all-zero uuid or nguid means "not reported").
+    pub fn ids(&self) -> NamespaceIds {
+        NamespaceIds::new(self.uuid.clone(), self.nguid.clone(), self.wwid.clone())
+    }
+}
+
 /// Any block device (loop, NVMe, partitions...).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockInfo {
@@ -118,9 +125,8 @@ pub struct NamespaceDevice {
     pub state: Option<ControllerState>,
     /// Device node name relative to the dev root (`nvme0n1`).
     pub dev_path_name: String,
-    pub uuid: Option<String>,
-    pub nguid: Option<String>,
-    pub wwid: Option<String>,
+    /// What the target says the namespace is.
+    pub ids: NamespaceIds,
 }
 
 /// What the watcher reports.
@@ -139,6 +145,8 @@ pub enum DeviceEvent {
         nsid: u32,
         name: String,
         identity: BlockIdentity,
+        /// What the target says the namespace is (uuid, nguid, wwid).
+        ids: NamespaceIds,
     },
     NamespaceRemoved {
         nqn: String,
@@ -356,6 +364,7 @@ impl Model {
                 nsid: ns.nsid,
                 name: b.name.clone(),
                 identity: b.identity,
+                ids: ns.ids(),
             });
         }
         self.blocks.insert(b.name.clone(), b);
@@ -427,9 +436,7 @@ impl Model {
             controller,
             state,
             dev_path_name: b.devname.clone(),
-            uuid: ns.and_then(|n| n.uuid.clone()),
-            nguid: ns.and_then(|n| n.nguid.clone()),
-            wwid: ns.and_then(|n| n.wwid.clone()),
+            ids: ns.map(NvmeNamespace::ids).unwrap_or_default(),
         }
     }
 

@@ -532,8 +532,9 @@ fn log_event(ev: &DeviceEvent) {
             nsid,
             name,
             identity,
+            ids,
         } => {
-            info!(%nqn, nsid, dev = %identity.dev, diskseq = ?identity.diskseq.map(|d| d.0), name = %name, "namespace added")
+            info!(%nqn, nsid, dev = %identity.dev, diskseq = ?identity.diskseq.map(|d| d.0), name = %name, %ids, "namespace added")
         }
         DeviceEvent::NamespaceRemoved {
             nqn,

@@ -39,8 +39,13 @@ fn scan_reads_non_multipath_layout_and_resolves_the_nqn() {
                 dev: DevNum::new(259, 3),
                 diskseq: Some(DiskSeq(41))
             },
+            ids: rds_types::NamespaceIds::new(
+                Some("0b5a6c1e-1234-4d2b-9c3a-000000000001".into()),
+                None,
+                Some("uuid.0b5a6c1e-1234-4d2b-9c3a-000000000001".into())
+            ),
         }),
-        "scan replay should announce the namespace: {evs:?}"
+        "scan replay should announce the namespace with its identifiers: {evs:?}"
     );
     assert_eq!(evs.last(), Some(&DeviceEvent::Resynced));
     let d = m

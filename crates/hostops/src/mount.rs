@@ -454,3 +454,39 @@ pub fn remove_target_dir(path: &Path, table: &MountView) -> Result<Removal, Remo
         }),
     }
 }
+
+/// The mount at `path` as the kernel identifies it: its mount id (mountinfo's first field)
+/// and the `major:minor` of its superblock, from `statx(STATX_MNT_ID)` without following a
+/// final symlink. Blocking (a dead filesystem can hang it): call it off the async runtime,
+/// right after mounting.
+pub fn mount_key_at(path: &Path) -> std::io::Result<rds_types::MountKey> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: all-zero is a valid `statx` value; the kernel overwrites what it reports.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path alive for the call; `st` is a valid, writable
+    // `statx` buffer of the right size.
+    let rc = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT,
+            libc::STATX_MNT_ID,
+            &mut st,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if st.stx_mask & libc::STATX_MNT_ID == 0 {
+        return Err(std::io::Error::other(format!(
+            "statx of {} reported no mount id (kernel before 5.8?)",
+            path.display()
+        )));
+    }
+    Ok(rds_types::MountKey {
+        id: st.stx_mnt_id,
+        dev: rds_types::DevNum::new(st.stx_dev_major, st.stx_dev_minor),
+    })
+}

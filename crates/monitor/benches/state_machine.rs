@@ -60,6 +60,7 @@ fn ns(n: u32, seq: u64) -> NamespaceFacts {
         nsid: 1,
         name: format!("nvme{n}n1"),
         identity: ident(n, seq),
+        ids: Default::default(),
     }
 }
 
@@ -68,6 +69,7 @@ fn stage(n: u32, adopted: bool) -> MonitorEvent {
         volume_id: VolumeId::parse(&format!("pvc-{n}")).expect("valid volume id"),
         nqn: nqn(n),
         nsid: Some(1),
+        ids: Default::default(),
         staging_path: staging(n),
         mount: Some(MountKey {
             id: u64::from(n) + 1,

@@ -3,11 +3,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use rds_types::BlockIdentity;
+use rds_types::{BlockIdentity, DevNum};
 
 use crate::condition::{ConditionKind, VolumeCondition};
 use crate::event::EventKind;
-use crate::ids::{StormKey, VolumeId};
+use crate::ids::{MountKey, StormKey, VolumeId};
 use crate::time::Timestamp;
 
 /// Why a recovery is asked for.
@@ -22,6 +22,12 @@ pub enum RecoveryReason {
     FilesystemFailed,
     /// The staging mount vanished while the device is fine: mount it again.
     MountMissing,
+    /// The namespace's controller is gone (the kernel deleted it once `ctrl_loss_tmo` expired,
+    /// or someone disconnected it) and nothing brings it back by itself: connect with the
+    /// volume's recorded parameters, check that the namespace is the same volume, then heal
+    /// the staging path as for a replaced device. Retried with backoff and no end while the
+    /// volume is staged.
+    Reconnect,
 }
 
 impl RecoveryReason {
@@ -30,7 +36,13 @@ impl RecoveryReason {
             Self::DeviceReplaced { .. } => ConditionKind::DeviceReplaced,
             Self::FilesystemFailed => ConditionKind::FilesystemFailed,
             Self::MountMissing => ConditionKind::MountMissing,
+            Self::Reconnect => ConditionKind::DeviceGone,
         }
+    }
+
+    /// Reconnects never give up while the volume is staged; the remount steps are bounded.
+    pub fn is_unbounded(&self) -> bool {
+        matches!(self, Self::Reconnect)
     }
 }
 
@@ -121,6 +133,34 @@ pub enum Action {
     EvictPods {
         volume_id: VolumeId,
         targets: Vec<PathBuf>,
+    },
+    /// Re-read this mount on every remount wake-up of the mount watcher (a staging mount: its
+    /// remount to read-only is a fault); `UntrackMount` ends it.
+    TrackMount {
+        id: u64,
+    },
+    UntrackMount {
+        id: u64,
+    },
+    /// Watch the filesystem mounted at `mount_point` (`mount.dev`) for `FAN_FS_ERROR` on
+    /// behalf of the volume. A volume's previous watch is always ended first (with
+    /// `UnwatchFilesystem`, in order): a healed filesystem keeps its fsid.
+    WatchFilesystem {
+        volume_id: VolumeId,
+        mount: MountKey,
+        mount_point: PathBuf,
+    },
+    UnwatchFilesystem {
+        volume_id: VolumeId,
+        dev: DevNum,
+    },
+    /// Sample this device's request counters (`MonitorEvent::IoProgress`), for stall
+    /// detection; `UnwatchIo` ends it.
+    WatchIo {
+        dev: DevNum,
+    },
+    UnwatchIo {
+        dev: DevNum,
     },
     /// Deliver a `MonitorEvent::Tick` at or after `at`. Extra or late ticks are harmless;
     /// `Monitor::next_deadline` gives the earliest pending one.

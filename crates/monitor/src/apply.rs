@@ -5,17 +5,19 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 
-use rds_types::{BlockIdentity, Nqn};
+use rds_types::{BlockIdentity, NamespaceIds, Nqn};
 
 use crate::action::{Action, EventReason, EventType, IgnoreReason, MetricEvent, RecoveryResult};
 use crate::condition::ConditionKind;
-use crate::event::{EventKind, MonitorEvent, MountFacts, NamespaceFacts, PublishedMount};
+use crate::event::{
+    EventKind, MonitorEvent, MountFacts, NamespaceFacts, RecoveryReport, StaleMark,
+};
 use crate::facts::{Resolution, Storm};
 use crate::ids::{MountKey, StormKey, VolumeId};
 use crate::machine::{Affected, Monitor};
 use crate::recovery::{Phase, RecoveryCycle};
 use crate::timers::TimerKey;
-use crate::volume::{FsFailure, Publish, StaleMark, Volume};
+use crate::volume::{FsFailure, Publish, Volume};
 
 /// NSID 0 is invalid in NVMe: used as the removal key of a volume staged without an nsid.
 const ANY_NSID: u32 = 0;
@@ -29,6 +31,7 @@ impl Monitor {
                 volume_id,
                 nqn,
                 nsid,
+                ids,
                 staging_path,
                 mount,
                 device,
@@ -39,6 +42,7 @@ impl Monitor {
                 let record = StageRecord {
                     nqn,
                     nsid,
+                    ids,
                     staging_path,
                     mount,
                     device,
@@ -55,8 +59,9 @@ impl Monitor {
                 mount,
                 read_only,
                 adopted,
+                stale,
             } => {
-                if self.publish(&volume_id, target, mount, read_only, adopted) {
+                if self.publish(&volume_id, target, mount, read_only, adopted, stale) {
                     aff.one(&volume_id);
                 } else {
                     ignored(out, kind, IgnoreReason::UnknownVolume);
@@ -138,6 +143,32 @@ impl Monitor {
                 }
                 aff.all = true;
             }
+            MonitorEvent::ConnectFailed {
+                volume_id,
+                nqn,
+                error,
+            } => {
+                out.push(Action::PostEvent {
+                    volume_id,
+                    reason: EventReason::ConnectionFailure,
+                    type_: EventType::Warning,
+                    message: format!(
+                        "Staging the volume could not connect to its NVMe/TCP target; the stage is \
+                         retried. Connecting {nqn} failed: {}",
+                        rds_types::quote(&error)
+                    ),
+                });
+            }
+            MonitorEvent::IoProgress {
+                dev,
+                inflight,
+                completed,
+            } => {
+                if self.by_dev.contains(&dev) {
+                    self.facts.io_sample(dev, inflight, completed, self.now);
+                    aff.extend(self.by_dev.get(&dev));
+                }
+            }
             MonitorEvent::FsError { dev, errno, count } => {
                 let ids: Vec<VolumeId> = self.by_dev.get(&dev).cloned().collect();
                 for id in ids {
@@ -167,14 +198,9 @@ impl Monitor {
                     ignored(out, kind, IgnoreReason::UnexpectedFeedback);
                 }
             }
-            MonitorEvent::RecoverySucceeded {
-                volume_id,
-                new_device,
-                new_mount,
-                republished,
-            } => {
+            MonitorEvent::RecoverySucceeded { volume_id, report } => {
                 if self.volumes.contains_key(&volume_id) {
-                    self.recovery_succeeded(&volume_id, new_device, new_mount, republished, out);
+                    self.recovery_succeeded(&volume_id, report, out);
                     aff.one(&volume_id);
                 } else {
                     ignored(out, kind, IgnoreReason::UnknownVolume);
@@ -216,6 +242,9 @@ impl Monitor {
         };
         self.by_nqn.remove(&v.nqn, id);
         self.by_dev.remove(&v.device.dev, id);
+        if !self.by_dev.contains(&v.device.dev) {
+            self.facts.io.remove(&v.device.dev);
+        }
         for m in v.mount_ids() {
             self.by_mount.remove(&m, id);
         }
@@ -254,6 +283,7 @@ impl Monitor {
             let mut v = Volume {
                 nqn: r.nqn.clone(),
                 nsid: r.nsid,
+                ids: NamespaceIds::default(),
                 staging_path: PathBuf::new(),
                 mount: None,
                 device: r.device,
@@ -265,6 +295,8 @@ impl Monitor {
                 publishes: BTreeMap::new(),
                 condition: None,
                 history: VecDeque::new(),
+                outage_since: None,
+                watches: Default::default(),
             };
             r.write_into(&mut v);
             self.volumes.insert(id.clone(), v);
@@ -282,6 +314,7 @@ impl Monitor {
             ignored(out, kind, IgnoreReason::UnknownVolume);
             return;
         }
+        self.drop_watches(id, out);
         self.unindex(id);
         let Some(v) = self.volumes.remove(id) else {
             return;
@@ -313,6 +346,7 @@ impl Monitor {
         mount: Option<MountKey>,
         read_only: bool,
         adopted: bool,
+        stale: Option<StaleMark>,
     ) -> bool {
         if !self.volumes.contains_key(id) {
             return false;
@@ -333,6 +367,10 @@ impl Monitor {
                     stale: None,
                     condition: None,
                 });
+            if p.stale.is_none() {
+                // A mark persisted by an earlier recovery (a plugin restart keeps it).
+                p.stale = stale;
+            }
             if p.mount != mount {
                 p.mount = mount;
                 p.mount_tracked = tracked;
@@ -489,7 +527,6 @@ impl Monitor {
         final_: bool,
         out: &mut Vec<Action>,
     ) -> bool {
-        let max = self.config.max_attempts();
         let now = self.now;
         let Some(c) = self.volumes.get_mut(id).and_then(|v| v.recovery.as_mut()) else {
             return false;
@@ -498,11 +535,11 @@ impl Monitor {
             Phase::Requested { attempt: a } | Phase::Running { attempt: a } if a == attempt => {}
             _ => return false,
         }
+        let max = self.config.attempts_for(&c.reason);
         if final_ || attempt >= max {
             let message = format!(
-                "recovery of the staging mount ({}) failed after {attempt} attempt(s): {error}; \
-                 the volume stays abnormal and is not retried until the fault changes; pods \
-                 using it see I/O errors",
+                "Healing the volume failed and is not retried until the fault changes: its pods \
+                 see I/O errors. Recovery ({}) failed after {attempt} attempt(s): {error}.",
                 crate::evaluate::describe_reason(&c.reason)
             );
             c.phase = Phase::Exhausted {
@@ -519,6 +556,22 @@ impl Monitor {
                 message,
             });
         } else {
+            let delay = self.config.delay_before(&c.reason, attempt + 1);
+            // No attempt number for the endless reconnect: its repeats aggregate into one
+            // Event series.
+            let message = if c.reason.is_unbounded() {
+                format!(
+                    "Reconnecting the volume's NVMe/TCP target failed; retrying while the volume \
+                     is staged. {error}"
+                )
+            } else {
+                format!(
+                    "Healing the volume failed; the plugin retries in {}. Attempt {attempt} of \
+                     {max} ({}): {error}.",
+                    humantime::format_duration(delay),
+                    crate::evaluate::describe_reason(&c.reason)
+                )
+            };
             let next = RecoveryCycle::waiting(c.reason.clone(), attempt + 1, now, &self.config);
             let at = match next.phase {
                 Phase::Waiting { not_before, .. } => not_before,
@@ -528,19 +581,24 @@ impl Monitor {
             out.push(Action::Metric(MetricEvent::Recovery {
                 result: RecoveryResult::Failed,
             }));
+            out.push(Action::PostEvent {
+                volume_id: id.clone(),
+                reason: EventReason::RecoveryFailed,
+                type_: EventType::Warning,
+                message,
+            });
             self.schedule(at, TimerKey::Recovery(id.clone()), out);
         }
         true
     }
 
-    fn recovery_succeeded(
-        &mut self,
-        id: &VolumeId,
-        new_device: BlockIdentity,
-        new_mount: Option<MountKey>,
-        republished: Vec<PublishedMount>,
-        out: &mut Vec<Action>,
-    ) {
+    fn recovery_succeeded(&mut self, id: &VolumeId, report: RecoveryReport, out: &mut Vec<Action>) {
+        let RecoveryReport {
+            new_device,
+            new_mount,
+            republished,
+            stale_targets,
+        } = report;
         let present = new_mount.is_some_and(|k| self.facts.mount(&k).is_some());
         let bind_present: BTreeMap<PathBuf, bool> = republished
             .iter()
@@ -549,25 +607,20 @@ impl Monitor {
                 (r.target.clone(), ok)
             })
             .collect();
-        let mut stale_targets = Vec::new();
+        let mut stranded = Vec::new();
         let mut old_device = new_device;
         let mut staging = PathBuf::new();
         self.reindexed(id, |v| {
             old_device = v.device;
             staging = v.staging_path.clone();
-            // Which filesystem did the running pods lose? Only a dead superblock strands
-            // them; a staging mount that merely vanished left their binds intact.
-            let lost = match v.recovery.as_ref().map(|c| c.reason.kind()) {
-                Some(k @ (ConditionKind::DeviceReplaced | ConditionKind::FilesystemFailed)) => {
-                    Some(k)
-                }
-                Some(_) => None,
-                None if !v.device.same_device(&new_device) => Some(ConditionKind::DeviceReplaced),
-                None if v.fs_failure.is_some() => Some(ConditionKind::FilesystemFailed),
-                None => None,
+            // The executor says which running pods were left on the old superblock (and has
+            // persisted it in the record); what their filesystem died of is this cycle's fault.
+            let kind = match v.recovery.as_ref().map(|c| c.reason.kind()) {
+                Some(ConditionKind::FilesystemFailed) => ConditionKind::FilesystemFailed,
+                _ => ConditionKind::DeviceReplaced,
             };
-            if let Some(kind) = lost {
-                for p in v.publishes.values_mut() {
+            for t in &stale_targets {
+                if let Some(p) = v.publishes.get_mut(t) {
                     if p.stale.is_none() {
                         p.stale = Some(StaleMark {
                             kind,
@@ -575,7 +628,7 @@ impl Monitor {
                             new_device,
                         });
                     }
-                    stale_targets.push(p.target.clone());
+                    stranded.push(p.target.clone());
                 }
             }
             v.device = new_device;
@@ -596,48 +649,50 @@ impl Monitor {
                 }
             }
         });
-        stale_targets.sort();
+        stranded.sort();
         out.push(Action::Metric(MetricEvent::Recovery {
             result: RecoveryResult::Succeeded,
         }));
-        let mut message = format!(
-            "the staging path {} is mounted again, on {new_device} (was {old_device}); new pods \
-             get a working filesystem",
-            staging.display()
-        );
-        if !stale_targets.is_empty() {
-            let list: Vec<String> = stale_targets
-                .iter()
-                .map(|t| t.display().to_string())
-                .collect();
-            message.push_str(&format!(
-                ". {} running pod(s) still hold the dead filesystem and no remount can heal \
-                 them ({}); ",
-                stale_targets.len(),
-                list.join(", ")
-            ));
-            if self.config.evict_pods_on_stale {
-                message.push_str("they are being deleted so their controllers recreate them");
-            } else {
-                message.push_str(
-                    "recreate them; their volume condition stays abnormal until they are",
-                );
-            }
-        }
+        let healed = if new_mount.is_some() {
+            format!(
+                "The volume is healed: new pods get a working filesystem. The staging path {} is \
+                 mounted again, on {new_device} (was {old_device}).",
+                staging.display()
+            )
+        } else {
+            format!(
+                "The volume is healed: its device nodes point at {new_device} (was {old_device})."
+            )
+        };
         out.push(Action::PostEvent {
             volume_id: id.clone(),
             reason: EventReason::RecoverySucceeded,
-            type_: if stale_targets.is_empty() {
-                EventType::Normal
-            } else {
-                EventType::Warning
-            },
-            message,
+            type_: EventType::Normal,
+            message: healed,
         });
-        if self.config.evict_pods_on_stale && !stale_targets.is_empty() {
+        if !stranded.is_empty() {
+            let list: Vec<String> = stranded.iter().map(|t| t.display().to_string()).collect();
+            let what = if self.config.evict_pods_on_stale {
+                "they are being deleted so their controllers recreate them"
+            } else {
+                "recreate them; their volume condition stays abnormal until they are"
+            };
+            out.push(Action::PostEvent {
+                volume_id: id.clone(),
+                reason: EventReason::PodRestartRequired,
+                type_: EventType::Warning,
+                message: format!(
+                    "{} running pod(s) still hold the dead filesystem and no remount can heal \
+                     them: {what}. Their targets: {}.",
+                    stranded.len(),
+                    list.join(", ")
+                ),
+            });
+        }
+        if self.config.evict_pods_on_stale && !stranded.is_empty() {
             out.push(Action::EvictPods {
                 volume_id: id.clone(),
-                targets: stale_targets,
+                targets: stranded,
             });
         }
     }
@@ -651,6 +706,7 @@ fn ignored(out: &mut Vec<Action>, event: EventKind, reason: IgnoreReason) {
 struct StageRecord {
     nqn: Nqn,
     nsid: Option<u32>,
+    ids: NamespaceIds,
     staging_path: PathBuf,
     mount: Option<MountKey>,
     device: BlockIdentity,
@@ -662,6 +718,7 @@ impl StageRecord {
     fn same_as(&self, v: &Volume) -> bool {
         self.nqn == v.nqn
             && self.nsid == v.nsid
+            && self.ids == v.ids
             && self.staging_path == v.staging_path
             && self.mount == v.mount
             && self.device == v.device
@@ -671,6 +728,7 @@ impl StageRecord {
     fn write_into(&self, v: &mut Volume) {
         v.nqn = self.nqn.clone();
         v.nsid = self.nsid;
+        v.ids = self.ids.clone();
         v.staging_path = self.staging_path.clone();
         v.mount = self.mount;
         v.device = self.device;

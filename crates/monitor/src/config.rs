@@ -13,6 +13,18 @@ pub const DEFAULT_RECOVERY_BACKOFF: [Duration; 3] = [
     Duration::from_secs(2),
     Duration::from_secs(4),
 ];
+/// Delay before each reconnect attempt of a volume whose controller is gone; the last repeats
+/// for as long as the volume is staged.
+pub const DEFAULT_RECONNECT_BACKOFF: [Duration; 6] = [
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+    Duration::from_secs(8),
+    Duration::from_secs(16),
+    Duration::from_secs(30),
+];
+/// Requests in flight and none completed for this long: the device is stalled.
+pub const DEFAULT_IO_STALL_AFTER: Duration = Duration::from_secs(30);
 /// Transitions kept per volume.
 pub const DEFAULT_HISTORY_LEN: usize = 32;
 
@@ -27,6 +39,11 @@ pub struct MonitorConfig {
     /// The first delay is also a debounce: kernel races (a mount attach reported after a
     /// resync, a namespace re-added) settle before anything is remounted.
     pub recovery_backoff: Vec<Duration>,
+    /// `reconnect_backoff[n]` is the delay before reconnect attempt `n + 1`; the last entry
+    /// repeats, with no end while the volume is staged.
+    pub reconnect_backoff: Vec<Duration>,
+    /// A device with requests in flight and no completion for this long is `IoStalled`.
+    pub io_stall_after: Duration,
     /// Ask for the pods that still hold a dead filesystem to be deleted after a recovery.
     pub evict_pods_on_stale: bool,
     pub history_len: usize,
@@ -38,6 +55,8 @@ impl Default for MonitorConfig {
             gone_grace: DEFAULT_GONE_GRACE,
             recovery_attempts: DEFAULT_RECOVERY_ATTEMPTS,
             recovery_backoff: DEFAULT_RECOVERY_BACKOFF.to_vec(),
+            reconnect_backoff: DEFAULT_RECONNECT_BACKOFF.to_vec(),
+            io_stall_after: DEFAULT_IO_STALL_AFTER,
             evict_pods_on_stale: false,
             history_len: DEFAULT_HISTORY_LEN,
         }
@@ -57,6 +76,34 @@ impl MonitorConfig {
 
     pub fn max_attempts(&self) -> u32 {
         self.recovery_attempts.max(1)
+    }
+
+    /// Delay before reconnect `attempt` (1-based).
+    pub fn reconnect_backoff_before(&self, attempt: u32) -> Duration {
+        let i = usize::try_from(attempt.saturating_sub(1)).unwrap_or(usize::MAX);
+        self.reconnect_backoff
+            .get(i)
+            .or(self.reconnect_backoff.last())
+            .copied()
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// Delay before `attempt` of a cycle for `reason`.
+    pub fn delay_before(&self, reason: &crate::action::RecoveryReason, attempt: u32) -> Duration {
+        if reason.is_unbounded() {
+            self.reconnect_backoff_before(attempt)
+        } else {
+            self.backoff_before(attempt)
+        }
+    }
+
+    /// Attempts a cycle for `reason` may take (`u32::MAX`: no end).
+    pub fn attempts_for(&self, reason: &crate::action::RecoveryReason) -> u32 {
+        if reason.is_unbounded() {
+            u32::MAX
+        } else {
+            self.max_attempts()
+        }
     }
 }
 

@@ -3,6 +3,12 @@
 //! Used both by the incremental machine (for the volumes an event touches) and by
 //! [`crate::recompute`] (for all of them), so the two cannot disagree by construction of the
 //! rules, only by the machine forgetting to re-evaluate a volume.
+//!
+//! Every message starts with one sentence that says what is wrong and what to do (under 120
+//! characters: kubelet shows it in pod Events); the details (devices, diskseq, attempt counts)
+//! follow it.
+
+use std::time::Duration;
 
 use rds_types::{BlockIdentity, DevNum};
 
@@ -24,20 +30,36 @@ pub(crate) enum FsEvidence {
     ReadOnlyFlip { mount: u64 },
 }
 
+/// The namespace behind the NQN is another volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Mismatch<'f> {
+    pub what: &'static str,
+    pub recorded: String,
+    pub found: String,
+    pub ns: &'f NamespaceFacts,
+}
+
 /// Every fault that holds for a volume, independent of its recovery cycle.
 #[derive(Debug, Clone)]
 pub(crate) struct Assessment<'f> {
     pub storm: Option<(StormKey, &'f Storm)>,
     pub resolution: Resolution<'f>,
-    /// Removed at this time and still absent after the grace period.
-    pub gone_since: Option<Timestamp>,
+    /// The namespace was removed at this time and has not come back.
+    pub removed_at: Option<Timestamp>,
+    /// ... and the gone-grace has passed.
+    pub gone: bool,
+    pub mismatch: Option<Mismatch<'f>>,
     pub replaced_by: Option<&'f NamespaceFacts>,
     pub fs: Option<FsEvidence>,
-    pub mount_missing: Option<MountKey>,
+    /// The staging mount is missing: the recorded one left the table, or a filesystem volume
+    /// was re-adopted without one.
+    pub mount_missing: Option<Option<MountKey>>,
     pub link: Link<'f>,
+    /// Requests in flight and none completed since then, for at least the stall period.
+    pub stalled_since: Option<Timestamp>,
     /// The fault recovery would fix, most specific first.
     pub recoverable: Option<RecoveryReason>,
-    /// Recovery can act now: the namespace is present, a path is up, no storm.
+    /// Recovery can act now.
     pub gate_open: bool,
     /// The staging mount is in the table (always true for raw block).
     pub mount_confirmed: bool,
@@ -62,18 +84,36 @@ pub(crate) fn assess<'f>(
         .chain(vol.publishes.keys().map(|p| p.as_path()));
     let storm = facts.storm_for(&vol.device.dev, paths);
     let resolution = facts.resolve(&vol.nqn, vol.nsid, &vol.device);
-    let gone_since = match resolution {
-        Resolution::Removed { at } if now >= at.saturating_add(cfg.gone_grace) => Some(at),
+    let removed_at = match resolution {
+        Resolution::Removed { at } => Some(at),
         _ => None,
     };
-    let replaced_by = match resolution {
-        Resolution::Present(ns) if !ns.identity.same_device(&vol.device) => Some(ns),
+    let gone = removed_at.is_some_and(|at| now >= at.saturating_add(cfg.gone_grace));
+    let present = match resolution {
+        Resolution::Present(ns) => Some(ns),
         _ => None,
     };
+    let mismatch = present.and_then(|ns| {
+        vol.ids
+            .conflict(&ns.ids)
+            .map(|(what, recorded, found)| Mismatch {
+                what,
+                recorded: recorded.to_owned(),
+                found: found.to_owned(),
+                ns,
+            })
+    });
+    let replaced_by =
+        present.filter(|ns| mismatch.is_none() && !ns.identity.same_device(&vol.device));
     let staging = vol.mount.as_ref().and_then(|k| facts.mount(k));
-    let mount_missing = match vol.mount {
-        Some(k) if vol.mount_tracked && staging.is_none() => Some(k),
-        _ => None,
+    let mount_missing = if !vol.is_filesystem() || !vol.mount_tracked {
+        None
+    } else {
+        match vol.mount {
+            Some(k) if staging.is_none() => Some(Some(k)),
+            Some(_) => None,
+            None => Some(None),
+        }
     };
     let fs = if let Some(f) = &vol.fs_failure {
         Some(FsEvidence::Error {
@@ -93,7 +133,18 @@ pub(crate) fn assess<'f>(
         None
     };
     let link = facts.link(&vol.nqn);
-    let recoverable = if let Some(ns) = replaced_by {
+    let controllers_gone = facts.controllers_gone(&vol.nqn);
+    let stalled_since = facts
+        .io
+        .get(&vol.device.dev)
+        .and_then(|t| t.stalled_since())
+        .filter(|since| now >= since.saturating_add(cfg.io_stall_after));
+    let recoverable = if mismatch.is_some() {
+        // Never mounted as this volume: a human must look at the target.
+        None
+    } else if removed_at.is_some() && controllers_gone {
+        Some(RecoveryReason::Reconnect)
+    } else if let Some(ns) = replaced_by {
         Some(RecoveryReason::DeviceReplaced {
             old: vol.device,
             new: ns.identity,
@@ -105,26 +156,32 @@ pub(crate) fn assess<'f>(
     } else {
         None
     };
-    let gate_open = recoverable.is_some()
-        && matches!(resolution, Resolution::Present(_))
-        && link == Link::Fine
-        && storm.is_none();
+    let gate_open = match &recoverable {
+        None => false,
+        Some(_) if storm.is_some() => false,
+        Some(RecoveryReason::Reconnect) => true,
+        Some(_) => present.is_some() && link == Link::Fine,
+    };
     Assessment {
-        mount_confirmed: vol.mount.is_none() || staging.is_some(),
+        mount_confirmed: !vol.is_filesystem() || staging.is_some(),
         storm,
         resolution,
-        gone_since,
+        removed_at,
+        gone,
+        mismatch,
         replaced_by,
         fs,
         mount_missing,
         link,
+        stalled_since,
         recoverable,
         gate_open,
     }
 }
 
-const RUNNING_PODS: &str = "remounting heals the staging path for new pods, but a running \
-container keeps its reference to the dead filesystem and must be recreated";
+fn secs(d: Duration) -> String {
+    humantime::format_duration(Duration::from_secs(d.as_secs().max(1))).to_string()
+}
 
 /// The volume's condition kind and message: the highest-priority fault, then what recovery
 /// is doing about it.
@@ -136,32 +193,44 @@ pub(crate) fn verdict(
     let running = vol
         .recovery
         .as_ref()
+        .filter(|c| !c.reason.is_unbounded())
         .and_then(RecoveryCycle::running_attempt);
     let (kind, mut message) = if let Some((key, s)) = &a.storm {
         (
             ConditionKind::MountStorm,
             format!(
-                "mount storm on {key}: {} mount entries ({}); nothing is mounted for this \
-                 volume until it clears",
+                "A mount storm on {key} ({} entries): nothing is remounted until it clears. {}",
                 s.count, s.message
             ),
         )
-    } else if a.gone_since.is_some() {
+    } else if a.gone {
         (
             ConditionKind::DeviceGone,
             format!(
-                "the namespace of {} was removed and nothing replaced it within {:?}; \
-                 every read and write through the mount on {} fails until the target is \
-                 reachable again",
-                vol.nqn, cfg.gone_grace, vol.device
+                "The volume's NVMe namespace is gone: I/O fails until the target is back and the \
+                 plugin reconnects. {} was removed and did not come back within {}; the mount \
+                 is on {}.",
+                vol.nqn,
+                secs(cfg.gone_grace),
+                vol.device
+            ),
+        )
+    } else if let Some(m) = &a.mismatch {
+        (
+            ConditionKind::NamespaceMismatch,
+            format!(
+                "Another namespace is behind this volume's NQN; it is never mounted as this \
+                 volume: check the target. {} {}: recorded {}, found {} on {} ({}).",
+                vol.nqn, m.what, m.recorded, m.found, m.ns.name, m.ns.identity
             ),
         )
     } else if let (Some(attempt), Some(c)) = (running, &vol.recovery) {
         (
             ConditionKind::Recovering,
             format!(
-                "recovery attempt {attempt} of {} running ({})",
-                cfg.max_attempts(),
+                "The plugin is remounting the volume's staging path; new pods get it when it \
+                 is done. Attempt {attempt} of {} ({}).",
+                cfg.attempts_for(&c.reason),
                 describe_reason(&c.reason)
             ),
         )
@@ -169,37 +238,61 @@ pub(crate) fn verdict(
         (
             ConditionKind::DeviceReplaced,
             format!(
-                "{} now resolves to {} ({}), but the volume is mounted from {}, which the \
-                 kernel replaced: every read and write through that mount fails; {RUNNING_PODS}",
+                "The volume's device was replaced after a reconnect: the plugin remounts it, \
+                 running pods must be recreated. {} now resolves to {} ({}); the mount is on {}, \
+                 which the kernel replaced: every read and write through it fails; a running \
+                 container keeps its reference to the dead filesystem and must be recreated.",
                 vol.nqn, ns.name, ns.identity, vol.device
+            ),
+        )
+    } else if a.removed_at.is_some() {
+        (
+            ConditionKind::DeviceRemoved,
+            format!(
+                "The volume's NVMe namespace was removed: I/O fails while the plugin waits for \
+                 it to come back. {} was removed (the mount is on {}); waiting up to {} for it \
+                 to come back.",
+                vol.nqn,
+                vol.device,
+                secs(cfg.gone_grace)
             ),
         )
     } else if let Some(fs) = &a.fs {
         let what = match fs {
             FsEvidence::Error { dev, errno, count } => {
-                format!("the filesystem on {dev} reported {count} error(s) (last errno {errno})")
+                format!("The filesystem on {dev} reported {count} error(s) (last errno {errno}).")
             }
             FsEvidence::KernelFlag { mount, flag } => {
-                format!("the kernel marked the filesystem of staging mount {mount} {flag}")
+                format!("The kernel marked the filesystem of staging mount {mount} {flag}.")
             }
             FsEvidence::ReadOnlyFlip { mount } => format!(
-                "staging mount {mount} turned read-only although the volume was staged \
-                 read-write"
+                "Staging mount {mount} turned read-only although the volume was staged \
+                 read-write."
             ),
         };
         (
             ConditionKind::FilesystemFailed,
-            format!("{what}; {RUNNING_PODS}"),
+            format!(
+                "The volume's filesystem failed: its pods see I/O errors and must be recreated \
+                 once it is healed. {what} Remounting heals the staging path for new pods; a \
+                 running container keeps its reference to the dead filesystem and must be \
+                 recreated."
+            ),
         )
     } else if let Some(k) = a.mount_missing {
         let device = match a.resolution {
             Resolution::Present(ns) => format!("the device {} is present", ns.identity),
             _ => "the device is not present".to_owned(),
         };
+        let which = match k {
+            Some(k) => format!("{k}"),
+            None => "the staging mount".to_owned(),
+        };
         (
             ConditionKind::MountMissing,
             format!(
-                "the staging {k} at {} disappeared without an unstage; {device}",
+                "The volume's staging mount disappeared without an unstage: the plugin mounts it \
+                 again. {which} at {}; {device}.",
                 vol.staging_path.display()
             ),
         )
@@ -207,40 +300,66 @@ pub(crate) fn verdict(
         (
             ConditionKind::ControllerReconnecting,
             format!(
-                "controller {controller} of {} is {state} and no path is live: I/O waits \
-                 until it reconnects",
+                "The NVMe connection to the target is lost: I/O waits while the kernel \
+                 reconnects. Controller {controller} of {} is {state} and no path is live.",
                 vol.nqn
+            ),
+        )
+    } else if a.stalled_since.is_some() {
+        (
+            ConditionKind::IoStalled,
+            format!(
+                "I/O to the volume's device is stalled: requests are in flight and none \
+                 completes; check the target. {}: no request completed for {} or more.",
+                vol.device,
+                secs(cfg.io_stall_after)
             ),
         )
     } else {
         let on = match vol.mount {
             Some(k) => format!("{k}"),
+            None if vol.is_filesystem() => "no staging mount".to_owned(),
             None => "raw block".to_owned(),
         };
         (
             ConditionKind::Healthy,
-            format!("staged on {} ({on})", vol.device),
+            format!("Healthy. Staged on {} ({on}).", vol.device),
         )
     };
     if kind.is_abnormal() && kind != ConditionKind::Recovering {
         if let Some(c) = &vol.recovery {
+            let of = |c: &RecoveryCycle| {
+                if c.reason.is_unbounded() {
+                    "reconnect".to_owned()
+                } else {
+                    format!("recovery, of {}", cfg.attempts_for(&c.reason))
+                }
+            };
             match &c.phase {
                 Phase::Waiting { attempt, .. } => message.push_str(&format!(
-                    "; recovery attempt {attempt} of {} pending",
-                    cfg.max_attempts()
+                    " {} attempt {attempt} pending (after {}).",
+                    capitalised(&of(c)),
+                    secs(cfg.delay_before(&c.reason, *attempt))
                 )),
-                Phase::Requested { attempt } => message.push_str(&format!(
-                    "; recovery attempt {attempt} of {} requested",
-                    cfg.max_attempts()
-                )),
+                Phase::Requested { attempt } | Phase::Running { attempt } => message.push_str(
+                    &format!(" {} attempt {attempt} running.", capitalised(&of(c))),
+                ),
                 Phase::Exhausted { attempts, error } => message.push_str(&format!(
-                    "; automatic recovery gave up after {attempts} attempt(s): {error}"
+                    " Automatic recovery gave up after {attempts} attempt(s): {error}."
                 )),
-                Phase::Running { .. } | Phase::Verifying { .. } => {}
+                Phase::Verifying { .. } => {}
             }
         }
     }
     (kind, message)
+}
+
+fn capitalised(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
 }
 
 pub(crate) fn describe_reason(r: &RecoveryReason) -> String {
@@ -250,6 +369,7 @@ pub(crate) fn describe_reason(r: &RecoveryReason) -> String {
         }
         RecoveryReason::FilesystemFailed => "filesystem failed".to_owned(),
         RecoveryReason::MountMissing => "staging mount missing".to_owned(),
+        RecoveryReason::Reconnect => "controller gone: reconnecting".to_owned(),
     }
 }
 
@@ -263,7 +383,8 @@ pub(crate) struct PublishVerdict {
 }
 
 /// Priority: a pod holding a replaced filesystem (permanent for that pod) > its bind mount
-/// gone > the volume's condition > a read-only flip of the bind mount alone.
+/// gone > the volume's condition > a read-only flip of the bind mount alone. While the
+/// volume is recovering, the plugin's own re-binds are not faults.
 pub(crate) fn publish_verdict(
     facts: &Facts,
     volume: Option<&VolumeCondition>,
@@ -274,23 +395,25 @@ pub(crate) fn publish_verdict(
         return PublishVerdict {
             kind: s.kind,
             message: format!(
-                "the volume was recovered onto {}, but the pod using {target} was \
-                 running before: it still holds the dead filesystem of {}. No remount can reach \
-                 into a running container; recreate the pod. This stays abnormal until this \
-                 target is unpublished.",
+                "This pod still holds the volume's old, dead filesystem: recreate the pod to get \
+                 the healed volume. The volume was recovered onto {}, but the pod using {target} \
+                 was running before and holds the filesystem of {}; no remount can reach into a \
+                 running container. This stays abnormal until the target is unpublished.",
                 s.new_device, s.old_device
             ),
             own: false,
         };
     }
+    let recovering = volume.is_some_and(|v| v.kind == ConditionKind::Recovering);
     let bind = p.mount.as_ref().and_then(|k| facts.mount(k));
     if let Some(k) = p.mount {
-        if p.mount_tracked && bind.is_none() {
+        if p.mount_tracked && bind.is_none() && !recovering {
             return PublishVerdict {
                 kind: ConditionKind::MountMissing,
                 message: format!(
-                    "the bind {k} at {target} disappeared without an unpublish: the pod's \
-                     path no longer shows the volume"
+                    "The pod's bind mount of the volume disappeared: the pod no longer sees it; \
+                     recreate the pod. The bind {k} at {target} left the table without an \
+                     unpublish."
                 ),
                 own: true,
             };
@@ -307,8 +430,8 @@ pub(crate) fn publish_verdict(
         return PublishVerdict {
             kind: ConditionKind::FilesystemFailed,
             message: format!(
-                "the bind mount {} at {target} turned read-only although it was published \
-                 read-write",
+                "The pod's mount of the volume turned read-only although it was published \
+                 read-write; recreate the pod. Bind mount {} at {target}.",
                 m.id
             ),
             own: true,
@@ -316,7 +439,16 @@ pub(crate) fn publish_verdict(
     }
     PublishVerdict {
         kind: ConditionKind::Healthy,
-        message: format!("published at {target}"),
+        message: format!("Healthy. Published at {target}."),
         own: false,
+    }
+}
+
+/// The first sentence of a condition message: up to its first full stop followed by a space
+/// (or the whole message).
+pub fn headline(message: &str) -> &str {
+    match message.find(". ") {
+        Some(i) => &message[..=i],
+        None => message,
     }
 }

@@ -6,7 +6,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use rds_types::{BlockIdentity, DevNum, Nqn};
+use rds_types::{BlockIdentity, DevNum, NamespaceIds, Nqn};
 
 use crate::ids::{MountKey, StormKey, VolumeId};
 
@@ -63,6 +63,8 @@ pub struct NamespaceFacts {
     /// Kernel name (`nvme1n1`), for messages only: names are reused.
     pub name: String,
     pub identity: BlockIdentity,
+    /// What the target says the namespace is (uuid, nguid, wwid).
+    pub ids: NamespaceIds,
 }
 
 pub use rds_types::ControllerState;
@@ -83,6 +85,30 @@ pub struct PublishedMount {
     pub mount: Option<MountKey>,
 }
 
+/// What a successful recovery did, as the executor reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// The device the volume lives on now (also in its record).
+    pub new_device: BlockIdentity,
+    /// The new staging mount (`None` for raw block).
+    pub new_mount: Option<MountKey>,
+    /// The publish bind mounts re-made.
+    pub republished: Vec<PublishedMount>,
+    /// Publishes whose pods were running when the volume moved to another device incarnation:
+    /// they still hold the old superblock. The executor persisted these marks in the volume's
+    /// record (so a plugin restart keeps them).
+    pub stale_targets: Vec<PathBuf>,
+}
+
+/// A pod that still holds the filesystem of a device a recovery replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleMark {
+    /// `DeviceReplaced` or `FilesystemFailed`: what the pod's filesystem died of.
+    pub kind: crate::condition::ConditionKind,
+    pub old_device: BlockIdentity,
+    pub new_device: BlockIdentity,
+}
+
 /// Everything the monitor learns. `now` is passed beside each event, never inside.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MonitorEvent {
@@ -93,10 +119,17 @@ pub enum MonitorEvent {
         volume_id: VolumeId,
         nqn: Nqn,
         nsid: Option<u32>,
+        /// The namespace's identifiers recorded at stage time: a namespace that comes back
+        /// with others is another volume.
+        ids: NamespaceIds,
         staging_path: PathBuf,
-        /// The staging mount; `None` for raw block volumes.
+        /// The staging mount. `None` for raw block volumes, and for a filesystem volume whose
+        /// staging mount was not found (re-adoption): that one is missing once the table is
+        /// authoritative.
         mount: Option<MountKey>,
         device: BlockIdentity,
+        /// The filesystem (`None`: a raw block volume). Decided by the record, never inferred
+        /// from the mount table.
         fs_type: Option<String>,
         read_only: bool,
         /// True when replayed from a persisted record at start-up rather than just mounted:
@@ -114,6 +147,14 @@ pub enum MonitorEvent {
         read_only: bool,
         /// As for `VolumeStaged`.
         adopted: bool,
+        /// Persisted by an earlier recovery: the pod still holds a replaced filesystem.
+        stale: Option<StaleMark>,
+    },
+    /// NodeStageVolume could not connect the volume's controller (for an Event on the PVC).
+    ConnectFailed {
+        volume_id: VolumeId,
+        nqn: Nqn,
+        error: String,
     },
     VolumeUnpublished {
         volume_id: VolumeId,
@@ -158,6 +199,14 @@ pub enum MonitorEvent {
         controllers: Vec<ControllerFacts>,
     },
 
+    /// One sample of a staged device's request counters (`/sys/block/X/inflight` and the
+    /// completed requests of `/sys/block/X/stat`), taken now.
+    IoProgress {
+        dev: DevNum,
+        inflight: u64,
+        completed: u64,
+    },
+
     // ---- filesystems, from fanotify FAN_FS_ERROR ----
     /// `count` errors (last `errno`) on the superblock of `dev`. Sticky until the volume is
     /// recovered or restaged. See the crate docs on keeping errors of a superseded superblock
@@ -173,13 +222,10 @@ pub enum MonitorEvent {
         volume_id: VolumeId,
         attempt: u32,
     },
-    /// The staging path is mounted again (`new_mount`, on `new_device`); `republished` lists
-    /// publish bind mounts the executor re-made.
+    /// The staging path is mounted again: see [`RecoveryReport`].
     RecoverySucceeded {
         volume_id: VolumeId,
-        new_device: BlockIdentity,
-        new_mount: Option<MountKey>,
-        republished: Vec<PublishedMount>,
+        report: RecoveryReport,
     },
     /// `final_` = the executor knows retrying cannot help.
     RecoveryFailed {
@@ -211,6 +257,8 @@ pub enum EventKind {
     ControllerState,
     ControllerRemoved,
     DeviceResync,
+    IoProgress,
+    ConnectFailed,
     FsError,
     RecoveryStarted,
     RecoverySucceeded,
@@ -236,6 +284,8 @@ impl EventKind {
             Self::ControllerState => "controller_state",
             Self::ControllerRemoved => "controller_removed",
             Self::DeviceResync => "device_resync",
+            Self::IoProgress => "io_progress",
+            Self::ConnectFailed => "connect_failed",
             Self::FsError => "fs_error",
             Self::RecoveryStarted => "recovery_started",
             Self::RecoverySucceeded => "recovery_succeeded",
@@ -269,6 +319,8 @@ impl MonitorEvent {
             Self::ControllerState(_) => EventKind::ControllerState,
             Self::ControllerRemoved { .. } => EventKind::ControllerRemoved,
             Self::DeviceResync { .. } => EventKind::DeviceResync,
+            Self::IoProgress { .. } => EventKind::IoProgress,
+            Self::ConnectFailed { .. } => EventKind::ConnectFailed,
             Self::FsError { .. } => EventKind::FsError,
             Self::RecoveryStarted { .. } => EventKind::RecoveryStarted,
             Self::RecoverySucceeded { .. } => EventKind::RecoverySucceeded,
@@ -322,8 +374,8 @@ impl MonitorEvent {
             } => format!("mount storm on {key}: {count} entries ({message})"),
             Self::MountStormCleared { key } => format!("mount storm on {key} cleared"),
             Self::NamespaceAdded(ns) => format!(
-                "namespace {} (nsid {}) of {} added as {}",
-                ns.name, ns.nsid, ns.nqn, ns.identity
+                "namespace {} (nsid {}) of {} added as {}, {}",
+                ns.name, ns.nsid, ns.nqn, ns.identity, ns.ids
             ),
             Self::NamespaceRemoved {
                 nqn,
@@ -344,17 +396,23 @@ impl MonitorEvent {
                 namespaces.len(),
                 controllers.len()
             ),
+            Self::IoProgress {
+                dev,
+                inflight,
+                completed,
+            } => format!("{dev}: {inflight} request(s) in flight, {completed} completed"),
+            Self::ConnectFailed { volume_id, nqn, .. } => {
+                format!("connecting {nqn} for {volume_id} failed")
+            }
             Self::FsError { dev, errno, count } => {
                 format!("filesystem error on {dev}: errno {errno}, {count} error(s)")
             }
             Self::RecoveryStarted { volume_id, attempt } => {
                 format!("recovery attempt {attempt} of {volume_id} started")
             }
-            Self::RecoverySucceeded {
-                volume_id,
-                new_device,
-                ..
-            } => format!("recovery of {volume_id} succeeded on {new_device}"),
+            Self::RecoverySucceeded { volume_id, report } => {
+                format!("recovery of {volume_id} succeeded on {}", report.new_device)
+            }
             Self::RecoveryFailed {
                 volume_id,
                 attempt,

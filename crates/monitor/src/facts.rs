@@ -42,6 +42,22 @@ pub(crate) enum Link<'a> {
     },
 }
 
+/// Request counters of one staged device, as last sampled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct IoTrack {
+    pub inflight: u64,
+    pub completed: u64,
+    /// The last time a request completed (the completed count moved) or none was in flight.
+    pub progress_at: Timestamp,
+}
+
+impl IoTrack {
+    /// Requests are in flight and none completed since `progress_at`.
+    pub fn stalled_since(&self) -> Option<Timestamp> {
+        (self.inflight > 0).then_some(self.progress_at)
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Facts {
     pub mounts: HashMap<u64, MountFacts>,
@@ -55,6 +71,8 @@ pub(crate) struct Facts {
     /// A full device scan has been seen.
     pub devices_synced: bool,
     pub storms: HashMap<StormKey, Storm>,
+    /// Request counters of the staged devices, as sampled.
+    pub io: HashMap<rds_types::DevNum, IoTrack>,
 }
 
 impl Facts {
@@ -88,6 +106,34 @@ impl Facts {
             Some(at) => Resolution::Removed { at },
             None => Resolution::Unknown,
         }
+    }
+
+    /// No controller of `nqn` exists that could bring its namespace back by itself (none, or
+    /// every one on its way out): only a new connect can.
+    pub fn controllers_gone(&self, nqn: &Nqn) -> bool {
+        self.controllers
+            .get(nqn)
+            .is_none_or(|c| c.values().all(ControllerState::is_deleting))
+    }
+
+    /// Records one sample of a device's counters at `now`.
+    pub fn io_sample(
+        &mut self,
+        dev: rds_types::DevNum,
+        inflight: u64,
+        completed: u64,
+        now: Timestamp,
+    ) {
+        let t = self.io.entry(dev).or_insert(IoTrack {
+            inflight,
+            completed,
+            progress_at: now,
+        });
+        if inflight == 0 || completed != t.completed {
+            t.progress_at = now;
+        }
+        t.inflight = inflight;
+        t.completed = completed;
     }
 
     pub fn link(&self, nqn: &Nqn) -> Link<'_> {

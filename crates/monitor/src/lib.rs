@@ -15,14 +15,14 @@
 //! let t = |s| Timestamp::from_duration(std::time::Duration::from_secs(s));
 //! let id = VolumeId::parse("pvc-1").expect("valid volume id");
 //! m.on_event(MonitorEvent::VolumeStaged {
-//!     volume_id: id.clone(), nqn: nqn.clone(), nsid: Some(1),
+//!     volume_id: id.clone(), nqn: nqn.clone(), nsid: Some(1), ids: Default::default(),
 //!     staging_path: "/staging/pvc-1".into(),
 //!     mount: Some(MountKey { id: 42, dev: DevNum::new(259, 1) }),
 //!     device: dev(7), fs_type: Some("ext4".into()), read_only: false, adopted: false,
 //! }, t(1));
 //! // The namespace comes back under the same number with a new diskseq.
 //! let actions = m.on_event(MonitorEvent::NamespaceAdded(NamespaceFacts {
-//!     nqn, nsid: 1, name: "nvme1n1".into(), identity: dev(8),
+//!     nqn, nsid: 1, name: "nvme1n1".into(), identity: dev(8), ids: Default::default(),
 //! }), t(2));
 //! assert_eq!(m.condition(&id).unwrap().kind, ConditionKind::DeviceReplaced);
 //! assert!(actions.iter().any(|a| matches!(a, Action::ScheduleTick { .. })));
@@ -167,12 +167,13 @@ pub use action::{
 };
 pub use condition::{Cause, ConditionKind, Transition, VolumeCondition};
 pub use config::{
-    MonitorConfig, DEFAULT_GONE_GRACE, DEFAULT_HISTORY_LEN, DEFAULT_RECOVERY_ATTEMPTS,
-    DEFAULT_RECOVERY_BACKOFF,
+    MonitorConfig, DEFAULT_GONE_GRACE, DEFAULT_HISTORY_LEN, DEFAULT_IO_STALL_AFTER,
+    DEFAULT_RECONNECT_BACKOFF, DEFAULT_RECOVERY_ATTEMPTS, DEFAULT_RECOVERY_BACKOFF,
 };
+pub use evaluate::headline;
 pub use event::{
     ControllerFacts, ControllerState, EventKind, MonitorEvent, MountFacts, NamespaceFacts,
-    PublishedMount,
+    PublishedMount, RecoveryReport, StaleMark,
 };
 pub use ids::{MountKey, StormKey, VolumeId};
 pub use machine::Monitor;

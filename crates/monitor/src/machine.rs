@@ -16,7 +16,7 @@ use crate::ids::VolumeId;
 use crate::recovery;
 use crate::time::Timestamp;
 use crate::timers::{TimerKey, Timers};
-use crate::volume::{Index, Volume};
+use crate::volume::{Index, Volume, Watches};
 
 /// The sans-IO state machine. Feed it events with [`Monitor::on_event`]; execute the actions
 /// it returns; query conditions in O(1).
@@ -124,6 +124,7 @@ impl Monitor {
                 self.by_mount.contains(&m.id)
             }
             MonitorEvent::MountDetached { id } => self.by_mount.contains(id),
+            MonitorEvent::IoProgress { dev, .. } => self.by_dev.contains(dev),
             _ => true,
         }
     }
@@ -146,6 +147,7 @@ impl Monitor {
                 TimerKey::Recovery(id) => {
                     ids.insert(id);
                 }
+                TimerKey::Io(dev) => ids.extend(self.by_dev.get(&dev).cloned()),
             }
         }
         for id in ids {
@@ -202,15 +204,35 @@ impl Monitor {
                 device: a.resolved(),
             });
         }
+        // The stall period of in-flight requests ends: re-evaluate then.
+        let io_due = self
+            .facts
+            .io
+            .get(&vol.device.dev)
+            .and_then(|t| t.stalled_since())
+            .map(|since| since.saturating_add(self.config.io_stall_after))
+            .filter(|due| *due > now);
         vol.recovery = step.cycle;
         let (kind, message) = verdict(&a, vol, &self.config);
         let history_len = self.config.history_len;
+        let watches = desired_watches(&self.facts, vol);
+        if watches != vol.watches {
+            watch_changes(id, &vol.watches, &watches, out);
+            vol.watches = watches;
+        }
         if let Some(old) = set_condition(&mut vol.condition, kind, message, cause, now) {
             let new = vol.condition.clone();
             if let Some(new) = &new {
                 if old.as_ref().map(|o| o.kind) != Some(new.kind) {
                     record(&mut vol.history, old.as_ref(), new, cause, now, history_len);
-                    volume_side_effects(id, old.as_ref().map(|o| o.kind), new, cause, out);
+                    volume_side_effects(
+                        id,
+                        old.as_ref().map(|o| o.kind),
+                        new,
+                        cause,
+                        &mut vol.outage_since,
+                        out,
+                    );
                 }
             }
             out.push(Action::ConditionChanged {
@@ -247,6 +269,18 @@ impl Monitor {
                 old,
                 new,
             });
+        }
+        if let Some(due) = io_due {
+            let dev = vol.device.dev;
+            self.schedule(due, TimerKey::Io(dev), out);
+        }
+    }
+
+    /// Ends every watch the volume holds (it is being unstaged).
+    pub(crate) fn drop_watches(&mut self, id: &VolumeId, out: &mut Vec<Action>) {
+        if let Some(v) = self.volumes.get_mut(id) {
+            watch_changes(id, &v.watches, &Watches::default(), out);
+            v.watches = Watches::default();
         }
     }
 
@@ -296,6 +330,11 @@ impl Monitor {
             .into_iter()
             .flat_map(|v| v.publishes.values())
             .filter_map(|p| p.condition.as_ref().map(|c| (p.target.as_path(), c)))
+    }
+
+    /// Every NQN a staged volume uses (for a device resync).
+    pub fn nqns(&self) -> impl Iterator<Item = &Nqn> + '_ {
+        self.by_nqn.keys()
     }
 
     /// The earliest tick the machine is waiting for.
@@ -367,7 +406,7 @@ pub(crate) fn latency(cause: &Cause, now: Timestamp) -> Option<std::time::Durati
     cause.observed_at.map(|o| now.saturating_since(o))
 }
 
-/// The Kubernetes Event reason announcing that a volume entered `kind`.
+/// The Kubernetes Event reason announcing that a volume (or publish) entered `kind`.
 fn event_reason_for(kind: ConditionKind) -> Option<EventReason> {
     match kind {
         ConditionKind::Healthy | ConditionKind::Recovering => None,
@@ -383,51 +422,138 @@ fn event_reason_for(kind: ConditionKind) -> Option<EventReason> {
     }
 }
 
-/// Events and metrics for a change of a volume's condition kind.
+/// The kinds during which the volume has no connection to its namespace.
+fn is_outage(kind: ConditionKind) -> bool {
+    matches!(
+        kind,
+        ConditionKind::ControllerReconnecting
+            | ConditionKind::DeviceRemoved
+            | ConditionKind::DeviceGone
+    )
+}
+
+/// Events and metrics for a change of a volume's condition kind. A connection loss posts one
+/// Event when it starts and one when the namespace is back (with the outage's duration),
+/// whatever the kinds it passes through in between.
 fn volume_side_effects(
     id: &VolumeId,
     old: Option<ConditionKind>,
     new: &VolumeCondition,
     cause: &Cause,
+    outage_since: &mut Option<Timestamp>,
     out: &mut Vec<Action>,
 ) {
-    let post = |out: &mut Vec<Action>, reason, type_, message: String| {
+    let post = |out: &mut Vec<Action>, reason: EventReason, message: String| {
         out.push(Action::PostEvent {
             volume_id: id.clone(),
             reason,
-            type_,
+            type_: reason.default_type(),
             message,
         })
     };
-    // After a failed attempt the fault is back; the final failure posts its own event.
+    let detection = |out: &mut Vec<Action>| {
+        out.push(Action::Metric(MetricEvent::Detection {
+            kind: new.kind,
+            latency: latency(cause, new.since),
+        }))
+    };
+    if is_outage(new.kind) {
+        if outage_since.is_none() {
+            *outage_since = Some(new.since);
+            post(out, EventReason::ConnectionFailure, new.message.clone());
+            detection(out);
+        }
+        return;
+    }
+    if let Some(since) = outage_since.take() {
+        let lasted = new.since.saturating_since(since);
+        post(
+            out,
+            EventReason::ConnectionRecovery,
+            format!(
+                "The connection to the volume's namespace is back after {} ({}).",
+                humantime::format_duration(std::time::Duration::from_millis(
+                    u64::try_from(lasted.as_millis()).unwrap_or(u64::MAX)
+                )),
+                cause.detail
+            ),
+        );
+    }
+    // After a failed attempt the fault is back: the failure posted its own event.
     let after_attempt = old == Some(ConditionKind::Recovering);
-    if new.kind.is_abnormal() && !(after_attempt && new.kind != ConditionKind::DeviceGone) {
+    if new.kind.is_abnormal() && !after_attempt {
         if let Some(reason) = event_reason_for(new.kind) {
-            post(out, reason, EventType::Warning, new.message.clone());
-            out.push(Action::Metric(MetricEvent::Detection {
-                kind: new.kind,
-                latency: latency(cause, new.since),
-            }));
+            post(out, reason, new.message.clone());
+            detection(out);
         }
     }
     if new.kind == ConditionKind::Healthy {
         let back = match old {
-            Some(ConditionKind::ControllerReconnecting | ConditionKind::DeviceGone) => Some((
-                EventReason::ConnectionRecovery,
-                "the connection is back and the volume is healthy".to_owned(),
-            )),
             Some(ConditionKind::MountStorm) => Some((
-                EventReason::MountStorm,
-                "the mount storm cleared".to_owned(),
+                EventReason::MountStormCleared,
+                "The mount storm cleared.".to_owned(),
             )),
             Some(ConditionKind::MountMissing) => Some((
-                EventReason::MountFailure,
-                "the staging mount is present again".to_owned(),
+                EventReason::MountRecovered,
+                "The staging mount is present again.".to_owned(),
+            )),
+            Some(ConditionKind::IoStalled) => Some((
+                EventReason::IoResumed,
+                "The device completes requests again.".to_owned(),
             )),
             _ => None,
         };
         if let Some((reason, message)) = back {
-            post(out, reason, EventType::Normal, message);
+            post(out, reason, message);
+        }
+    }
+}
+
+/// The watches the volume needs now: its staging mount tracked for remounts, its mounted
+/// filesystem watched for errors, its device sampled for stalls.
+fn desired_watches(facts: &crate::facts::Facts, v: &Volume) -> Watches {
+    let filesystem = v
+        .mount
+        .filter(|k| v.is_filesystem() && facts.mount(k).is_some())
+        .map(|k| (k, v.staging_path.clone()));
+    Watches {
+        mount: v.mount.filter(|_| v.is_filesystem()).map(|k| k.id),
+        filesystem,
+        io: Some(v.device.dev),
+    }
+}
+
+/// The actions that turn `old` watches into `new` (ends before starts).
+fn watch_changes(id: &VolumeId, old: &Watches, new: &Watches, out: &mut Vec<Action>) {
+    if old.mount != new.mount {
+        if let Some(m) = old.mount {
+            out.push(Action::UntrackMount { id: m });
+        }
+        if let Some(m) = new.mount {
+            out.push(Action::TrackMount { id: m });
+        }
+    }
+    if old.filesystem != new.filesystem {
+        if let Some((k, _)) = &old.filesystem {
+            out.push(Action::UnwatchFilesystem {
+                volume_id: id.clone(),
+                dev: k.dev,
+            });
+        }
+        if let Some((k, p)) = &new.filesystem {
+            out.push(Action::WatchFilesystem {
+                volume_id: id.clone(),
+                mount: *k,
+                mount_point: p.clone(),
+            });
+        }
+    }
+    if old.io != new.io {
+        if let Some(d) = old.io {
+            out.push(Action::UnwatchIo { dev: d });
+        }
+        if let Some(d) = new.io {
+            out.push(Action::WatchIo { dev: d });
         }
     }
 }

@@ -97,6 +97,12 @@ pub enum Divergence {
         volume_id: VolumeId,
         what: &'static str,
     },
+    /// The volume's namespace is known removed (I/O through its mount fails) and yet the
+    /// volume or one of its publishes reads healthy.
+    HealthyWhileRemoved {
+        volume_id: VolumeId,
+        target: Option<PathBuf>,
+    },
 }
 
 impl fmt::Display for Divergence {
@@ -132,6 +138,17 @@ impl fmt::Display for Divergence {
                     "volume {volume_id}: {what} is pending with no tick scheduled"
                 )
             }
+            Self::HealthyWhileRemoved { volume_id, target } => match target {
+                Some(t) => write!(
+                    f,
+                    "publish {volume_id} at {} reads healthy while the namespace is removed",
+                    t.display()
+                ),
+                None => write!(
+                    f,
+                    "volume {volume_id} reads healthy while its namespace is removed"
+                ),
+            },
         }
     }
 }
@@ -190,6 +207,37 @@ pub fn check(m: &Monitor) -> Vec<Divergence> {
                     volume_id: id.clone(),
                     what: "a recovery attempt",
                 });
+            }
+        }
+        if let Some(since) = m
+            .facts
+            .io
+            .get(&v.device.dev)
+            .and_then(|t| t.stalled_since())
+        {
+            let due = since.saturating_add(m.config.io_stall_after);
+            if due > m.now && !m.timers.contains(due, &TimerKey::Io(v.device.dev)) {
+                bad.push(Divergence::MissingTick {
+                    volume_id: id.clone(),
+                    what: "the end of an I/O stall period",
+                });
+            }
+        }
+        if matches!(a.resolution, Resolution::Removed { .. }) {
+            let healthy = |c: Option<&VolumeCondition>| c.is_some_and(|c| !c.is_abnormal());
+            if healthy(v.condition.as_ref()) {
+                bad.push(Divergence::HealthyWhileRemoved {
+                    volume_id: id.clone(),
+                    target: None,
+                });
+            }
+            for (t, p) in &v.publishes {
+                if healthy(p.condition.as_ref()) {
+                    bad.push(Divergence::HealthyWhileRemoved {
+                        volume_id: id.clone(),
+                        target: Some(t.clone()),
+                    });
+                }
             }
         }
         if let Resolution::Removed { at } = a.resolution {

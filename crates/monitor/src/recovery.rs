@@ -2,7 +2,8 @@
 //!
 //! A cycle starts when a recoverable fault appears, asks for attempt 1 after the first backoff
 //! (a debounce), waits for the executor's feedback, retries after each failure with the next
-//! backoff, and stops after `recovery_attempts` (or a final failure). A different fault (another
+//! backoff, and stops after `recovery_attempts` (or a final failure). A reconnect of a volume
+//! whose controller is gone never stops while the volume is staged (its own, longer backoff). A different fault (another
 //! reason, or the device replaced again) starts a new cycle; the fault clearing ends it. An
 //! attempt in flight is never touched: the executor's answer ends it.
 //!
@@ -66,11 +67,12 @@ impl RecoveryCycle {
         now: Timestamp,
         cfg: &MonitorConfig,
     ) -> Self {
+        let not_before = now.saturating_add(cfg.delay_before(&reason, attempt));
         Self {
             reason,
             phase: Phase::Waiting {
                 attempt,
-                not_before: now.saturating_add(cfg.backoff_before(attempt)),
+                not_before,
             },
         }
     }
@@ -115,7 +117,7 @@ pub(crate) fn step(
             match r {
                 None if confirmed => None,
                 None => Some(c.clone()),
-                Some(r) if *r == c.reason && attempt >= cfg.max_attempts() => {
+                Some(r) if *r == c.reason && attempt >= cfg.attempts_for(&c.reason) => {
                     gave_up = Some(attempt);
                     Some(RecoveryCycle {
                         reason: c.reason.clone(),

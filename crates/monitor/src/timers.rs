@@ -14,6 +14,8 @@ pub(crate) enum TimerKey {
     Gone(Nqn),
     /// A recovery attempt of this volume is due.
     Recovery(VolumeId),
+    /// The stall period of this device's in-flight requests ends.
+    Io(rds_types::DevNum),
 }
 
 #[derive(Debug, Clone, Default)]

@@ -4,11 +4,13 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 
-use rds_types::{BlockIdentity, DevNum, Nqn};
+use rds_types::{BlockIdentity, DevNum, NamespaceIds, Nqn};
 
-use crate::condition::{ConditionKind, Transition, VolumeCondition};
+use crate::condition::{Transition, VolumeCondition};
+pub use crate::event::StaleMark;
 use crate::ids::{MountKey, VolumeId};
 use crate::recovery::RecoveryCycle;
+use crate::time::Timestamp;
 
 /// A `FAN_FS_ERROR` seen on the volume's device since it was (re)mounted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +24,8 @@ pub(crate) struct FsFailure {
 pub(crate) struct Volume {
     pub nqn: Nqn,
     pub nsid: Option<u32>,
+    /// The namespace's identifiers at stage time (empty for records that predate them).
+    pub ids: NamespaceIds,
     pub staging_path: PathBuf,
     /// The staging mount (`None` for raw block).
     pub mount: Option<MountKey>,
@@ -40,9 +44,27 @@ pub(crate) struct Volume {
     /// `None` only between creation and the first evaluation.
     pub condition: Option<VolumeCondition>,
     pub history: VecDeque<Transition>,
+    /// When the connection was lost (the volume entered an outage condition); cleared when
+    /// the namespace is back, for the restored Event's duration.
+    pub outage_since: Option<Timestamp>,
+    /// What the shell was last asked to watch for this volume.
+    pub watches: Watches,
+}
+
+/// The kernel-side watches a volume needs, as last requested from the shell.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Watches {
+    pub mount: Option<u64>,
+    pub filesystem: Option<(MountKey, PathBuf)>,
+    pub io: Option<DevNum>,
 }
 
 impl Volume {
+    /// Is this a filesystem volume (it has, or should have, a staging mount)?
+    pub fn is_filesystem(&self) -> bool {
+        self.fs_type.is_some()
+    }
+
     /// Mount ids this volume owns (staging and publishes).
     pub fn mount_ids(&self) -> impl Iterator<Item = u64> + '_ {
         self.mount
@@ -50,14 +72,6 @@ impl Volume {
             .chain(self.publishes.values().filter_map(|p| p.mount.as_ref()))
             .map(|m| m.id)
     }
-}
-
-/// A pod still holding the filesystem that a recovery replaced.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct StaleMark {
-    pub kind: ConditionKind,
-    pub old_device: BlockIdentity,
-    pub new_device: BlockIdentity,
 }
 
 #[derive(Debug, Clone)]
@@ -118,5 +132,9 @@ impl<K: std::hash::Hash + Eq> Index<K> {
 
     pub fn contains(&self, key: &K) -> bool {
         self.map.contains_key(key)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &K> + '_ {
+        self.map.keys()
     }
 }

@@ -64,11 +64,15 @@ fn any_state() -> impl Strategy<Value = ControllerState> {
 }
 
 fn any_ns() -> impl Strategy<Value = NamespaceFacts> {
-    (1u32..=3, 1u32..=2, 1u32..=4, 1u64..=3).prop_map(|(n, nsid, minor, seq)| NamespaceFacts {
-        nqn: nqn(n),
-        nsid,
-        name: format!("nvme{n}n{nsid}"),
-        identity: ident(minor, seq),
+    (1u32..=3, 1u32..=2, 1u32..=4, 1u64..=3, 0u32..5).prop_map(|(n, nsid, minor, seq, other)| {
+        NamespaceFacts {
+            nqn: nqn(n),
+            nsid,
+            name: format!("nvme{n}n{nsid}"),
+            identity: ident(minor, seq),
+            // Now and then another volume's namespace behind the NQN.
+            ids: if other == 0 { ids(n + 10) } else { ids(n) },
+        }
     })
 }
 
@@ -109,6 +113,7 @@ fn any_event() -> impl Strategy<Value = MonitorEvent> {
                 volume_id: vid(n),
                 nqn: nqn(n),
                 nsid: if no_nsid { None } else { Some(1) },
+                ids: Default::default(),
                 staging_path: staging(n),
                 mount: Some(key(mid, minor)),
                 device: ident(minor, seq),
@@ -124,7 +129,15 @@ fn any_event() -> impl Strategy<Value = MonitorEvent> {
                 mount: Some(key(mid, minor)),
                 read_only: ro,
                 adopted,
+                stale: (adopted && ro).then(|| StaleMark {
+                    kind: ConditionKind::DeviceReplaced,
+                    old_device: ident(minor, 1),
+                    new_device: ident(minor, 2),
+                }),
             }),
+        2 => (1u32..=4, 0u64..=2, 0u64..=2).prop_map(|(minor, inflight, completed)| {
+            MonitorEvent::IoProgress { dev: dev(minor), inflight, completed }
+        }),
         1 => (1u32..=3, 1u32..=2).prop_map(|(n, pod)| MonitorEvent::VolumeUnpublished {
             volume_id: vid(n),
             target: target(n, pod),
@@ -167,12 +180,15 @@ fn any_event() -> impl Strategy<Value = MonitorEvent> {
         2 => (1u32..=3, 1u32..=4, 1u64..=3, 100u64..=105, any::<bool>()).prop_map(
             |(n, minor, seq, mid, rebind)| MonitorEvent::RecoverySucceeded {
                 volume_id: vid(n),
-                new_device: ident(minor, seq),
-                new_mount: Some(key(mid, minor)),
-                republished: if rebind {
-                    vec![PublishedMount { target: target(n, 1), mount: Some(key(204, minor)) }]
-                } else {
-                    vec![]
+                report: RecoveryReport {
+                    new_device: ident(minor, seq),
+                    new_mount: Some(key(mid, minor)),
+                    republished: if rebind {
+                        vec![PublishedMount { target: target(n, 1), mount: Some(key(204, minor)) }]
+                    } else {
+                        vec![]
+                    },
+                    stale_targets: if rebind { vec![] } else { vec![target(n, 1), target(n, 2)] },
                 },
             },
         ),

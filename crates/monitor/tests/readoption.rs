@@ -130,10 +130,14 @@ fn a_fresh_stage_before_any_device_report_is_not_gone() {
 }
 
 #[test]
-fn a_device_resync_that_lost_a_namespace_starts_its_grace() {
+fn a_device_resync_that_lost_a_namespace_is_abnormal_at_once_and_gone_after_its_grace() {
     let mut h = H::with_volume(1);
     h.ev(devices(vec![]));
-    assert_eq!(h.kind(1), ConditionKind::Healthy);
+    assert_eq!(
+        h.kind(1),
+        ConditionKind::DeviceRemoved,
+        "I/O through the mount fails from the first instant"
+    );
     h.tick_after(DEFAULT_GONE_GRACE);
     assert_eq!(h.kind(1), ConditionKind::DeviceGone);
 }
@@ -170,6 +174,7 @@ fn an_adopted_publish_whose_bind_is_absent_from_the_resync_is_mount_missing() {
         }),
         read_only: false,
         adopted: true,
+        stale: None,
     });
     h.ev(mounts_with_staging(1));
     h.ev(devices(vec![ns(1, 1, 7)]));

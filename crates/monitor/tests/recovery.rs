@@ -33,15 +33,25 @@ fn failed(attempt: u32, final_: bool) -> MonitorEvent {
     }
 }
 
+/// What the executor reports: the pods of a volume that moved to another device incarnation
+/// hold the old superblock (the machine marks those of them that are published).
 fn succeeded(minor: u32, seq: u64, mount_id: u64) -> MonitorEvent {
+    let moved = ident(minor, seq) != ident(1, 7);
     MonitorEvent::RecoverySucceeded {
         volume_id: vid(1),
-        new_device: ident(minor, seq),
-        new_mount: Some(MountKey {
-            id: mount_id,
-            dev: DevNum::new(259, minor),
-        }),
-        republished: vec![],
+        report: RecoveryReport {
+            new_device: ident(minor, seq),
+            new_mount: Some(MountKey {
+                id: mount_id,
+                dev: DevNum::new(259, minor),
+            }),
+            republished: vec![],
+            stale_targets: if moved {
+                vec![target(1, 1), target(1, 2)]
+            } else {
+                vec![]
+            },
+        },
     }
 }
 
@@ -336,11 +346,17 @@ fn after_recovery_the_running_pods_stay_abnormal_with_an_honest_message() {
     assert!(
         events
             .iter()
-            .any(|(r, t, m)| *r == EventReason::RecoverySucceeded
+            .any(|(r, t, _)| *r == EventReason::RecoverySucceeded && *t == EventType::Normal),
+        "the healing itself is good news: {events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|(r, t, m)| *r == EventReason::PodRestartRequired
                 && *t == EventType::Warning
                 && m.contains("2 running pod(s)")
                 && m.contains("no remount can heal")),
-        "the success event names the stranded pods: {events:?}"
+        "a separate warning names the stranded pods: {events:?}"
     );
     assert!(
         !out.iter().any(|a| matches!(a, Action::EvictPods { .. })),
@@ -375,6 +391,7 @@ fn a_stale_publish_heals_only_when_unpublished_and_republished() {
         }),
         read_only: false,
         adopted: false,
+        stale: None,
     });
     assert_eq!(h.publish_kind(1, 1), Some(ConditionKind::Healthy));
     assert_eq!(h.publish_kind(1, 2), Some(ConditionKind::DeviceReplaced));

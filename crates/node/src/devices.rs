@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use rds_types::{BlockIdentity, Nqn};
+use rds_types::{BlockIdentity, NamespaceIds, Nqn};
 
 /// The namespace block device an NQN resolves to now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -11,6 +11,8 @@ pub struct NsDevice {
     pub name: String,
     pub nsid: Option<u32>,
     pub identity: BlockIdentity,
+    /// What the target says the namespace is.
+    pub ids: NamespaceIds,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,5 +107,6 @@ fn from_watcher(d: rds_devices::NamespaceDevice) -> NsDevice {
         name,
         nsid: Some(d.nsid),
         identity: d.identity,
+        ids: d.ids,
     }
 }

@@ -11,6 +11,16 @@ use crate::error::NodeError;
 use crate::service::{NodeService, Usage};
 use crate::validate::{AbsPath, PublishArgs, StageArgs};
 
+/// The condition as kubelet shows it: `kind: message (since RFC 3339)`.
+pub fn condition_message(h: &rds_types::Health) -> String {
+    format!(
+        "{}: {} (since {})",
+        h.kind,
+        h.message,
+        humantime::format_rfc3339_seconds(h.since)
+    )
+}
+
 /// Records the outcome of each RPC (metrics); implemented by the metrics registry.
 pub trait RpcObserver: Send + Sync + 'static {
     fn rpc_done(&self, rpc: &'static str, code: tonic::Code, elapsed: std::time::Duration);
@@ -149,8 +159,8 @@ impl csi::node_server::Node for NodeGrpc {
             Ok(csi::NodeGetVolumeStatsResponse {
                 usage,
                 volume_condition: Some(csi::VolumeCondition {
-                    abnormal: reply.condition.abnormal,
-                    message: reply.condition.message,
+                    abnormal: reply.condition.abnormal(),
+                    message: crate::grpc::condition_message(&reply.condition),
                 }),
             })
         })

@@ -10,7 +10,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use rds_types::{BlockIdentity, DevNum, DiskSeq};
+use rds_types::{BlockIdentity, ConditionKind, DevNum, DiskSeq, NamespaceIds};
 use serde::{Deserialize, Serialize};
 
 use crate::validate::{AbsPath, Access, Target, VolumeId};
@@ -23,15 +23,21 @@ pub struct DeviceRecord {
     pub dev: String,
     pub diskseq: Option<u64>,
     pub nsid: Option<u32>,
+    /// What the target said the namespace was at stage time (uuid, nguid, wwid): a namespace
+    /// behind the same NQN with other identifiers is another volume and is never mounted as
+    /// this one. Empty in records written before they were kept.
+    #[serde(default, skip_serializing_if = "NamespaceIds::is_empty")]
+    pub ids: NamespaceIds,
 }
 
 impl DeviceRecord {
-    pub fn new(name: &str, id: BlockIdentity, nsid: Option<u32>) -> Self {
+    pub fn new(name: &str, id: BlockIdentity, nsid: Option<u32>, ids: NamespaceIds) -> Self {
         Self {
             name: name.to_owned(),
             dev: id.dev.to_string(),
             diskseq: id.diskseq.map(|d| d.0),
             nsid,
+            ids,
         }
     }
 
@@ -63,6 +69,52 @@ pub struct VolumeRecord {
 pub struct PublishEntry {
     pub target: PathBuf,
     pub read_only: bool,
+    /// Set by a recovery that moved the volume to another device incarnation while this
+    /// target's pod was running: the pod still holds the old, dead filesystem until the target
+    /// is unpublished. Kept here so a plugin restart does not forget it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale: Option<StaleRecord>,
+}
+
+/// A pod left on the filesystem of a replaced device.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct StaleRecord {
+    /// `device_replaced` or `filesystem_failed`.
+    pub reason: String,
+    pub old_dev: String,
+    pub old_diskseq: Option<u64>,
+    pub new_dev: String,
+    pub new_diskseq: Option<u64>,
+}
+
+impl StaleRecord {
+    pub fn new(kind: ConditionKind, old: BlockIdentity, new: BlockIdentity) -> Self {
+        Self {
+            reason: kind.as_str().to_owned(),
+            old_dev: old.dev.to_string(),
+            old_diskseq: old.diskseq.map(|d| d.0),
+            new_dev: new.dev.to_string(),
+            new_diskseq: new.diskseq.map(|d| d.0),
+        }
+    }
+
+    /// What it died of, and the two incarnations (`None` if the record is unreadable).
+    pub fn decode(&self) -> Option<(ConditionKind, BlockIdentity, BlockIdentity)> {
+        let kind = ConditionKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == self.reason)?;
+        let id = |dev: &str, seq: Option<u64>| {
+            Some(BlockIdentity {
+                dev: dev.parse::<DevNum>().ok()?,
+                diskseq: seq.map(DiskSeq),
+            })
+        };
+        Some((
+            kind,
+            id(&self.old_dev, self.old_diskseq)?,
+            id(&self.new_dev, self.new_diskseq)?,
+        ))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -231,6 +283,11 @@ mod tests {
                     diskseq: Some(DiskSeq(17)),
                 },
                 Some(1),
+                NamespaceIds::new(
+                    Some("0b5a6c1e-1234-4d2b-9c3a-7f8e9d0a1b2c".into()),
+                    None,
+                    None,
+                ),
             ),
             publishes: BTreeSet::new(),
             staged_at: 1,
@@ -262,6 +319,40 @@ mod tests {
         store.save(&rec("pvc-2")).unwrap();
         store.remove(&id).unwrap();
         assert_eq!(store.load(&id).unwrap(), None);
+    }
+
+    #[test]
+    fn a_record_written_before_ids_and_stale_marks_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RecordStore::open(dir.path()).unwrap();
+        let mut old = serde_json::to_value(rec("pvc-4")).unwrap();
+        old["device"].as_object_mut().unwrap().remove("ids");
+        old["publishes"] = serde_json::json!([{"target": "/t", "read_only": false}]);
+        fs::write(
+            dir.path().join("volumes/pvc-4.json"),
+            serde_json::to_vec(&old).unwrap(),
+        )
+        .unwrap();
+        let got = store
+            .load(&crate::validate::volume_id("volume_id", "pvc-4").unwrap())
+            .unwrap()
+            .expect("loads");
+        assert!(got.device.ids.is_empty());
+        assert_eq!(got.publishes.iter().next().unwrap().stale, None);
+    }
+
+    #[test]
+    fn a_stale_mark_round_trips() {
+        let old = BlockIdentity {
+            dev: DevNum::new(259, 1),
+            diskseq: Some(DiskSeq(7)),
+        };
+        let new = BlockIdentity {
+            dev: DevNum::new(259, 1),
+            diskseq: Some(DiskSeq(9)),
+        };
+        let s = StaleRecord::new(ConditionKind::DeviceReplaced, old, new);
+        assert_eq!(s.decode(), Some((ConditionKind::DeviceReplaced, old, new)));
     }
 
     #[test]

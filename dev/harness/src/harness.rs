@@ -25,6 +25,9 @@ pub const DRIVER: &str = "rds.csi.srvlab.io";
 pub const NODE_ID: &str = "node-under-test";
 /// The harness's grace before a removed namespace is called gone (production: 10 s).
 pub const GONE_GRACE: Duration = Duration::from_secs(1);
+/// The harness's stall period (production: 30 s) and sampling period (production: 5 s).
+pub const IO_STALL_AFTER: Duration = Duration::from_secs(3);
+pub const IO_SAMPLE_PERIOD: Duration = Duration::from_millis(250);
 
 /// The NQN the existing controller derives for a volume.
 pub fn nqn_for(volume_id: &str) -> Nqn {
@@ -155,10 +158,12 @@ impl Plugin {
             mounts: rds_mounts::watch::WatcherConfig::new("/proc"),
             monitor: rds_monitor::MonitorConfig {
                 gone_grace: GONE_GRACE,
+                io_stall_after: IO_STALL_AFTER,
                 ..rds_monitor::MonitorConfig::default()
             },
             events: rds_agent::app::EventsMode::Sink(sink),
             metrics_address: opts.metrics_address,
+            io_sample_period: IO_SAMPLE_PERIOD,
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (started_tx, started_rx) = tokio::sync::oneshot::channel::<Running>();

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::harness::*;
 use rds_node::csi;
 use rds_node::csi::volume_capability::access_mode::Mode;
-use rds_node::observer::Condition;
+use rds_types::{Health as Condition, VolumeId};
 
 /// Every scenario, in the order the demo plays them.
 pub const ALL: &[&str] = &[
@@ -115,7 +115,7 @@ async fn one_volume(root: &Path, vol: &str, kind: &str) -> Result<(Plugin, Kubel
     let mut k = p.kubelet().await?;
     p.fabric.add_target(&nqn_for(vol), size(kind))?;
     stage_publish(&p, &mut k, vol, kind, "pod").await?;
-    wait(&p, vol, |c| !c.abnormal).await?;
+    wait(&p, vol, |c| !c.abnormal()).await?;
     Ok((p, k))
 }
 
@@ -184,7 +184,7 @@ async fn wait(
 ) -> Result<Condition, DynError> {
     p.running
         .monitor
-        .wait_for(vol, WAIT, pred)
+        .wait_for(&vid(vol), None, WAIT, pred)
         .await
         .map_err(|last| {
             fail(format!(
@@ -194,7 +194,11 @@ async fn wait(
 }
 
 fn is(kind: &'static str) -> impl Fn(&Condition) -> bool {
-    move |c| c.abnormal && c.message.starts_with(kind)
+    move |c| c.abnormal() && c.kind.as_str() == kind
+}
+
+fn vid(vol: &str) -> VolumeId {
+    VolumeId::parse(vol).expect("scenario volume ids are valid")
 }
 
 async fn lifecycle(t: &mut Timeline, root: &Path, kind: &str) -> Result<(), DynError> {
@@ -276,7 +280,7 @@ async fn reconnect(t: &mut Timeline, root: &Path, same_name: bool) -> Result<(),
         condition_text(&s),
         s.usage.is_empty()
     ));
-    let healed = wait(&p, vol, |c| !c.abnormal).await?;
+    let healed = wait(&p, vol, |c| !c.abnormal()).await?;
     t.step(format!(
         "recovery: new device mounted aside, verified, moved onto the staging path; {}",
         healed.message
@@ -364,9 +368,9 @@ async fn dead_path(t: &mut Timeline, root: &Path) -> Result<(), DynError> {
     let still = p
         .running
         .monitor
-        .volume_condition(vol)
+        .volume_condition(&vid(vol))
         .ok_or_else(|| fail("condition lost"))?;
-    if !still.abnormal {
+    if !still.abnormal() {
         return Err(fail("a dead filesystem was reported healthy"));
     }
     t.step(
@@ -414,7 +418,7 @@ async fn storm(t: &mut Timeline, root: &Path) -> Result<(), DynError> {
     for d in &made {
         nix::mount::umount(d)?;
     }
-    wait(&p, vol, |c| !c.abnormal).await?;
+    wait(&p, vol, |c| !c.abnormal()).await?;
     t.step("storm unmounted: condition cleared");
     teardown(&p, &mut k, vol, &["pod"]).await?;
     p.stop().await?;
@@ -441,7 +445,7 @@ async fn restart(t: &mut Timeline, root: &Path) -> Result<(), DynError> {
     let c = p
         .running
         .monitor
-        .volume_condition(vol)
+        .volume_condition(&vid(vol))
         .ok_or_else(|| fail("the volume was not re-adopted"))?;
     t.detected_after = Some(started.elapsed());
     t.step(format!(
@@ -449,13 +453,13 @@ async fn restart(t: &mut Timeline, root: &Path) -> Result<(), DynError> {
         started.elapsed().as_millis(),
         c.message
     ));
-    if !c.message.starts_with("device_replaced") {
+    if c.kind != rds_types::ConditionKind::DeviceReplaced {
         return Err(fail(format!(
             "expected device_replaced after the restart, got {}",
             c.message
         )));
     }
-    let healed = wait(&p, vol, |c| !c.abnormal).await?;
+    let healed = wait(&p, vol, |c| !c.abnormal()).await?;
     t.step(format!("recovered after the restart: {}", healed.message));
     let mut k = p.kubelet().await?;
     unpublish(&p, &mut k, vol, "pod").await?;

@@ -1,16 +1,15 @@
 //! Pure translations from the watchers' and the node service's vocabulary to the state
-//! machine's. No IO.
+//! machine's, and from the machine's conditions to the published ones. No IO.
 
 use std::path::Path;
+use std::time::SystemTime;
 
 use rds_devices::DeviceEvent;
-use rds_monitor::{ControllerFacts, MonitorEvent, MountFacts, MountKey, NamespaceFacts};
+use rds_monitor::{ControllerFacts, MonitorEvent, MountFacts, NamespaceFacts, StaleMark};
 use rds_mounts::mountinfo::MountInfo;
-use rds_types::Nqn;
-
-use rds_node::observer::Condition;
-use rds_node::record::VolumeRecord;
+use rds_node::record::{StaleRecord, VolumeRecord};
 use rds_node::validate::Access;
+use rds_types::{Health, MountKey, Nqn};
 
 /// The state machine keys mounts by the mountinfo id (with the device, so a reused id on
 /// another device is another mount). Every strategy of the mount watcher reports it.
@@ -33,7 +32,7 @@ pub fn mount_key(m: &MountInfo) -> MountKey {
 }
 
 /// A device event in the machine's terms; `None` for events it does not need (plain block
-/// devices, NQNs this plugin could never manage).
+/// devices, NQNs this plugin could never manage, the watcher's own bookkeeping).
 pub fn device_event(ev: &DeviceEvent) -> Option<MonitorEvent> {
     Some(match ev {
         DeviceEvent::NamespaceAdded {
@@ -41,11 +40,13 @@ pub fn device_event(ev: &DeviceEvent) -> Option<MonitorEvent> {
             nsid,
             name,
             identity,
+            ids,
         } => MonitorEvent::NamespaceAdded(NamespaceFacts {
             nqn: Nqn::parse(nqn).ok()?,
             nsid: *nsid,
             name: name.clone(),
             identity: *identity,
+            ids: ids.clone(),
         }),
         DeviceEvent::NamespaceRemoved {
             nqn,
@@ -77,13 +78,10 @@ pub fn device_event(ev: &DeviceEvent) -> Option<MonitorEvent> {
     })
 }
 
-/// The replay of one persisted record at start-up (or of a fresh stage): `mount` is the
-/// staging mount found in the mount table, if any.
-pub fn staged(
-    rec: &VolumeRecord,
-    mount: Option<&MountInfo>,
-    adopted: bool,
-) -> Option<MonitorEvent> {
+/// A stage (fresh, or replayed from its record at start-up with `adopted`). `mount` is the
+/// staging mount as the node service made it or the start-up scan found it; a filesystem
+/// volume without one is missing it, never taken for raw block: the record decides the kind.
+pub fn staged(rec: &VolumeRecord, mount: Option<MountKey>, adopted: bool) -> Option<MonitorEvent> {
     let device = rec.device.identity()?;
     let fs_type = match &rec.access {
         Access::Mount { fs_type, .. } => Some(fs_type.as_str().to_owned()),
@@ -93,8 +91,10 @@ pub fn staged(
         volume_id: rec.volume_id.clone(),
         nqn: rec.target.nqn.clone(),
         nsid: rec.device.nsid,
+        ids: rec.device.ids.clone(),
         staging_path: rec.staging_path.as_path().to_owned(),
-        mount: mount.filter(|m| m.dev == device.dev).map(mount_key),
+        // A mount of another device at the staging path is not the volume's.
+        mount: mount.filter(|m| fs_type.is_some() && m.dev == device.dev),
         device,
         fs_type,
         read_only: rec.read_only,
@@ -102,43 +102,45 @@ pub fn staged(
     })
 }
 
+/// The staging mount of a record in a scanned table (re-adoption).
+pub fn adopted_mount(
+    rec: &VolumeRecord,
+    table: &rds_mounts::table::MountTable,
+) -> Option<MountKey> {
+    table.top_at(rec.staging_path.as_path()).map(mount_key)
+}
+
 pub fn published(
     rec: &VolumeRecord,
     target: &Path,
-    mount: Option<&MountInfo>,
-    read_only: bool,
+    mount: Option<MountKey>,
     adopted: bool,
 ) -> MonitorEvent {
+    let entry = rec.publishes.iter().find(|p| p.target == target);
     MonitorEvent::VolumePublished {
         volume_id: rec.volume_id.clone(),
         target: target.to_owned(),
-        mount: mount.map(mount_key),
-        read_only,
+        mount: mount.filter(|_| !rec.access.is_block()),
+        read_only: entry.map_or(rec.read_only, |p| p.read_only),
         adopted,
+        stale: entry.and_then(|p| p.stale.as_ref()).and_then(stale_mark),
     }
 }
 
-/// What NodeGetVolumeStats reports for a condition. "Dead" conditions skip statvfs: on a
-/// replaced, gone, failed or reconnecting device it can fail or hang.
-pub fn csi_condition(c: &rds_monitor::VolumeCondition, since: std::time::SystemTime) -> Condition {
-    use rds_monitor::ConditionKind as K;
-    let dead = matches!(
-        c.kind,
-        K::DeviceReplaced
-            | K::DeviceGone
-            | K::FilesystemFailed
-            | K::MountMissing
-            | K::ControllerReconnecting
-            | K::Recovering
-    );
-    let since = humantime::format_rfc3339_seconds(since);
-    Condition {
-        abnormal: c.is_abnormal(),
-        message: if c.is_abnormal() {
-            format!("{}: {} (since {since})", c.kind, c.message)
-        } else {
-            format!("healthy (since {since})")
-        },
-        dead,
+pub fn stale_mark(s: &StaleRecord) -> Option<StaleMark> {
+    let (kind, old_device, new_device) = s.decode()?;
+    Some(StaleMark {
+        kind,
+        old_device,
+        new_device,
+    })
+}
+
+/// The published shape of a machine condition: `since` on the wall clock.
+pub fn health(c: &rds_monitor::VolumeCondition, since: SystemTime) -> Health {
+    Health {
+        kind: c.kind,
+        message: c.message.clone(),
+        since,
     }
 }

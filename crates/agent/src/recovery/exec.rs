@@ -13,7 +13,7 @@ use rds_types::{BlockIdentity, DevNum};
 
 use super::{RecoveryError, RecoveryOutcome};
 use rds_node::guard::VolumeGuard;
-use rds_node::record::{DeviceRecord, VolumeRecord};
+use rds_node::record::{DeviceRecord, StaleRecord, VolumeRecord};
 use rds_node::validate::{Access, FsType, VolumeId};
 use rds_node::{NsDevice, Volumes};
 
@@ -22,6 +22,8 @@ const HOST_SLACK: Duration = Duration::from_secs(30);
 
 /// Everything the host steps need, moved into the blocking closure.
 pub(super) struct Exec {
+    /// What pods left on the old superblock hold: the fault being healed.
+    pub(super) stale_kind: rds_types::ConditionKind,
     pub(super) rec: VolumeRecord,
     pub(super) old: BlockIdentity,
     pub(super) new: NsDevice,
@@ -111,6 +113,7 @@ impl Exec {
             stranded: Vec::new(),
             renoded: Vec::new(),
             dropped: Vec::new(),
+            stale: Vec::new(),
         };
         match self.rec.access.clone() {
             Access::Mount { fs_type, flags } => {
@@ -119,11 +122,31 @@ impl Exec {
             }
             Access::Block => self.renode(&mut out),
         }
-        // Step 8: the record names the new incarnation and forgets targets that are gone.
-        self.rec.device = DeviceRecord::new(&self.new.name, self.new.identity, self.new.nsid);
+        // Step 8: the record names the new incarnation, forgets targets that are gone, and
+        // marks the pods that were running on the old one (they hold its dead superblock;
+        // only unpublishing ends that).
+        let ids = if self.new.ids.is_empty() {
+            self.rec.device.ids.clone()
+        } else {
+            self.new.ids.clone()
+        };
+        self.rec.device = DeviceRecord::new(&self.new.name, self.new.identity, self.new.nsid, ids);
         self.rec
             .publishes
             .retain(|p| !out.dropped.contains(&p.target));
+        if !self.new.identity.same_device(&self.old) {
+            let mark = StaleRecord::new(self.stale_kind, self.old, self.new.identity);
+            self.rec.publishes = std::mem::take(&mut self.rec.publishes)
+                .into_iter()
+                .map(|mut p| {
+                    if p.stale.is_none() {
+                        p.stale = Some(mark.clone());
+                    }
+                    out.stale.push(p.target.clone());
+                    p
+                })
+                .collect();
+        }
         self.volumes
             .save(self.rec.clone())
             .map_err(|source| RecoveryError::Record {

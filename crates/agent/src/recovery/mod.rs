@@ -72,6 +72,20 @@ pub enum RecoveryKind {
     FilesystemFailed,
     /// The staging mount vanished while the device is fine.
     MountMissing,
+    /// The controller is gone (the kernel deleted it, or it was disconnected): connect it
+    /// again with the recorded parameters, then heal as for a replaced device.
+    Reconnect,
+}
+
+impl RecoveryKind {
+    pub fn of(reason: &rds_monitor::RecoveryReason) -> Self {
+        match reason {
+            rds_monitor::RecoveryReason::DeviceReplaced { .. } => Self::DeviceReplaced,
+            rds_monitor::RecoveryReason::FilesystemFailed => Self::FilesystemFailed,
+            rds_monitor::RecoveryReason::MountMissing => Self::MountMissing,
+            rds_monitor::RecoveryReason::Reconnect => Self::Reconnect,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -117,6 +131,9 @@ pub struct RecoveryOutcome {
     pub renoded: Vec<PathBuf>,
     /// Targets that no longer exist (kubelet removed them); dropped from the record.
     pub dropped: Vec<PathBuf>,
+    /// Targets whose pods were running when the volume moved to another device incarnation:
+    /// they hold the old superblock. Marked so in the record.
+    pub stale: Vec<PathBuf>,
 }
 
 /// Each message says what happened and in which state the volume was left.
@@ -146,6 +163,8 @@ pub enum RecoveryError {
         #[source]
         source: WaitError,
     },
+    #[error("the namespace now behind the NQN is not volume {volume_id}'s ({detail}); it is never mounted as this volume and nothing was changed")]
+    NamespaceMismatch { volume_id: VolumeId, detail: String },
     #[error("the filesystem of volume {volume_id} failed but its device {dev} was not replaced: mounting it again would give back the same dead superblock while any mount of it remains; nothing was changed (its pods must release it, or the device be replaced)")]
     DeviceUnchanged {
         volume_id: VolumeId,
@@ -259,6 +278,15 @@ impl Recovery {
             .map_err(|e| bad(e.to_string()))?;
 
         let new = self.find_device(&rec, old, reason).await?;
+        if let Some((what, recorded, found)) = rec.device.ids.conflict(&new.ids) {
+            return Err(RecoveryError::NamespaceMismatch {
+                volume_id: volume_id.clone(),
+                detail: format!(
+                    "{}: {what} recorded {recorded}, found {found} on {} ({})",
+                    rec.target.nqn, new.name, new.identity
+                ),
+            });
+        }
         if reason == RecoveryKind::FilesystemFailed && new.identity.same_device(&old) {
             return Err(RecoveryError::DeviceUnchanged {
                 volume_id: volume_id.clone(),
@@ -268,6 +296,11 @@ impl Recovery {
         tracing::info!(old = %old, new = %new.identity, device = new.name, "recovering onto device");
 
         let exec = Exec {
+            stale_kind: if reason == RecoveryKind::FilesystemFailed {
+                rds_types::ConditionKind::FilesystemFailed
+            } else {
+                rds_types::ConditionKind::DeviceReplaced
+            },
             dev_path: self.svc.dev_path(&new.name),
             rec,
             old,
@@ -309,7 +342,11 @@ impl Recovery {
                     })?
             }
         };
-        if reason == RecoveryKind::DeviceReplaced && ns.identity.same_device(&old) {
+        let replaced = matches!(
+            reason,
+            RecoveryKind::DeviceReplaced | RecoveryKind::Reconnect
+        );
+        if replaced && ns.identity.same_device(&old) {
             // The model may still hold the dead incarnation until its remove event arrives.
             return self
                 .svc
@@ -325,41 +362,31 @@ impl Recovery {
     }
 }
 
-/// The executor as the monitor task drives it.
+/// The executor as the monitor shell drives it.
 #[tonic::async_trait]
 impl crate::monitor::RecoveryRunner for Recovery {
     async fn recover(
         &self,
-        volume_id: &str,
-        reason: rds_monitor::RecoveryReason,
-    ) -> Result<crate::monitor::RecoveryDone, crate::monitor::RecoveryFailure> {
-        let kind = match reason {
-            rds_monitor::RecoveryReason::DeviceReplaced { .. } => RecoveryKind::DeviceReplaced,
-            rds_monitor::RecoveryReason::FilesystemFailed => RecoveryKind::FilesystemFailed,
-            rds_monitor::RecoveryReason::MountMissing => RecoveryKind::MountMissing,
+        volume_id: &VolumeId,
+        reason: &rds_monitor::RecoveryReason,
+    ) -> Result<rds_monitor::RecoveryReport, crate::monitor::RecoveryFailure> {
+        let key = |(id, dev): (u32, DevNum)| rds_types::MountKey {
+            id: u64::from(id),
+            dev,
         };
-        let id = VolumeId::parse(volume_id).map_err(|e| crate::monitor::RecoveryFailure {
-            error: e.to_string(),
-            final_: true,
-        })?;
-        match Recovery::recover(self, &id, kind).await {
-            Ok(o) => Ok(crate::monitor::RecoveryDone {
+        match Recovery::recover(self, volume_id, RecoveryKind::of(reason)).await {
+            Ok(o) => Ok(rds_monitor::RecoveryReport {
                 new_device: o.new_device,
-                new_mount: o.new_mount.map(|(id, dev)| rds_monitor::MountKey {
-                    id: u64::from(id),
-                    dev,
-                }),
+                new_mount: o.new_mount.map(key),
                 republished: o
                     .republished
                     .into_iter()
                     .map(|(target, m)| rds_monitor::PublishedMount {
                         target,
-                        mount: m.map(|(id, dev)| rds_monitor::MountKey {
-                            id: u64::from(id),
-                            dev,
-                        }),
+                        mount: m.map(key),
                     })
                     .collect(),
+                stale_targets: o.stale,
             }),
             Err(e) => {
                 // Retrying cannot change these: the volume is gone, or the device is not one we
@@ -371,9 +398,10 @@ impl crate::monitor::RecoveryRunner for Recovery {
                         | RecoveryError::DeviceUnchanged { .. }
                         | RecoveryError::NewFilesystem { .. }
                         | RecoveryError::ForeignMount { .. }
+                        | RecoveryError::NamespaceMismatch { .. }
                 );
                 Err(crate::monitor::RecoveryFailure {
-                    error: e.to_string(),
+                    error: rds_types::error_chain(&e),
                     final_,
                 })
             }

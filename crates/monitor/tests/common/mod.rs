@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use rds_monitor::*;
-use rds_types::{BlockIdentity, DevNum, DiskSeq, Nqn};
+use rds_types::{BlockIdentity, DevNum, DiskSeq, NamespaceIds, Nqn};
 
 pub fn vid(n: u32) -> VolumeId {
     VolumeId::parse(&format!("pvc-{n}")).expect("valid volume id")
@@ -68,7 +68,13 @@ pub fn ns(n: u32, minor: u32, seq: u64) -> NamespaceFacts {
         nsid: 1,
         name: format!("nvme{n}n1"),
         identity: ident(minor, seq),
+        ids: ids(n),
     }
+}
+
+/// The namespace identifiers of volume `n`'s namespace.
+pub fn ids(n: u32) -> NamespaceIds {
+    NamespaceIds::new(Some(format!("8a0e2a41-0000-4000-8000-{n:012}")), None, None)
 }
 
 pub fn ctrl(n: u32, name: &str, state: ControllerState) -> MonitorEvent {
@@ -84,6 +90,7 @@ pub fn staged(n: u32, seq: u64, adopted: bool) -> MonitorEvent {
         volume_id: vid(n),
         nqn: nqn(n),
         nsid: Some(1),
+        ids: ids(n),
         staging_path: staging(n),
         mount: Some(MountKey {
             id: staging_mount_id(n),
@@ -106,6 +113,7 @@ pub fn published(n: u32, pod: u32) -> MonitorEvent {
         }),
         read_only: false,
         adopted: false,
+        stale: None,
     }
 }
 

@@ -20,15 +20,16 @@ impl NodeService {
         let cond = self
             .observer
             .condition(&args.volume_id, args.staging_path.as_path());
-        if cond.abnormal && cond.dead {
-            tracing::info!(condition = %cond.message, "volume is stale: waiting for its recovery before publishing");
+        if let Some(cond) = cond.filter(|c| !c.io_safe()) {
+            tracing::info!(condition = %cond.kind, message = %cond.message, "volume is stale: waiting for its recovery before publishing");
             let wait = self.cfg.deadlines.publish_recovery;
             let after = self.observer.settle(&args.volume_id, wait).await;
-            if after.abnormal {
+            if let Some(after) = after.filter(|c| c.abnormal()) {
                 return Err(NodeError::FailedPrecondition(format!(
-                    "volume {} is not healthy and was not recovered within {}: {}",
+                    "volume {} is not healthy and was not recovered within {}: {}: {}",
                     args.volume_id,
                     humantime::format_duration(wait),
+                    after.kind,
                     after.message
                 )));
             }
@@ -72,6 +73,7 @@ impl NodeService {
             )
         })?;
 
+        let mut mount_key = None;
         match &args.access {
             Access::Mount { flags, .. } => {
                 let view = self.mount_view().await?;
@@ -93,7 +95,11 @@ impl NodeService {
                 if let Some(m) = view.top_at(args.target_path.as_path()) {
                     if m.dev == staged.dev && m.is_read_only() == args.read_only {
                         tracing::info!("already published");
-                        return self.remember_publish(&mut rec, &args).await;
+                        let key = rds_types::MountKey {
+                            id: u64::from(m.id),
+                            dev: m.dev,
+                        };
+                        return self.remember_publish(&mut rec, &args, Some(key)).await;
                     }
                     return Err(NodeError::AlreadyExists(format!(
                         "{} is already a mount of device {} ({}), incompatible with this publish of {staged} ({})",
@@ -109,7 +115,7 @@ impl NodeService {
                 );
                 let ro = args.read_only;
                 let noexec = flags.iter().any(|f| f == "noexec");
-                self.blocking(
+                mount_key = self.blocking(
                     "bind-mounting the target",
                     self.cfg.deadlines.mount,
                     move || {
@@ -129,7 +135,10 @@ impl NodeService {
                                 return Err(NodeError::internal("applying noexec to the target", e));
                             }
                         }
-                        Ok(())
+                        // The bind as the kernel identifies it, for the monitor.
+                        Ok(rds_hostops::mount::mount_key_at(&dst)
+                            .map_err(|e| tracing::warn!(target = %dst.display(), error = %e, "cannot read the bind's mount id"))
+                            .ok())
                     },
                 )
                 .await??;
@@ -166,7 +175,7 @@ impl NodeService {
                 .await??;
             }
         }
-        self.remember_publish(&mut rec, &args).await?;
+        self.remember_publish(&mut rec, &args, mount_key).await?;
         tracing::info!("volume published");
         Ok(())
     }
@@ -175,15 +184,20 @@ impl NodeService {
         &self,
         rec: &mut VolumeRecord,
         args: &PublishArgs,
+        mount: Option<rds_types::MountKey>,
     ) -> Result<(), NodeError> {
-        let entry = PublishEntry {
-            target: args.target_path.as_path().to_owned(),
-            read_only: args.read_only,
-        };
-        if rec.publishes.insert(entry) {
+        let target = args.target_path.as_path();
+        // One entry per target; an existing one keeps its stale mark (only unpublishing
+        // ends the pod that holds a replaced filesystem).
+        if !rec.publishes.iter().any(|p| p.target == target) {
+            rec.publishes.insert(PublishEntry {
+                target: target.to_owned(),
+                read_only: args.read_only,
+                stale: None,
+            });
             self.save_record(rec.clone()).await?;
         }
-        self.observer.published(rec, args.target_path.as_path());
+        self.observer.published(rec, target, mount).await;
         Ok(())
     }
 
@@ -194,12 +208,18 @@ impl NodeService {
             .try_acquire(id.as_str(), "NodeUnpublishVolume")?;
         let rec = self.volumes.get(&id);
         // Tell the monitor first: the unmount below is ours, not a fault.
-        self.observer.unpublished(&id, target.as_path());
+        self.observer.unpublished(&id, target.as_path()).await;
         let r = self.unpublish_locked(&id, &target, rec.clone()).await;
         if r.is_err() {
             if let Some(rec) = self.volumes.get(&id) {
                 if rec.publishes.iter().any(|p| p.target == target.as_path()) {
-                    self.observer.published(&rec, target.as_path());
+                    let key = self.mount_view().await.ok().and_then(|v| {
+                        v.top_at(target.as_path()).map(|m| rds_types::MountKey {
+                            id: u64::from(m.id),
+                            dev: m.dev,
+                        })
+                    });
+                    self.observer.published(&rec, target.as_path(), key).await;
                 }
             }
         }

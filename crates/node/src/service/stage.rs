@@ -64,14 +64,32 @@ impl NodeService {
             )));
         }
 
-        let ns = self.connect_and_wait(&args.target).await?;
+        let ns = match self.connect_and_wait(&args.target).await {
+            Ok(ns) => ns,
+            Err(e) => {
+                if matches!(
+                    e,
+                    NodeError::Unavailable(_) | NodeError::DeadlineExceeded(_)
+                ) {
+                    self.observer
+                        .connect_failed(&args.volume_id, &args.target.nqn, &e.to_string())
+                        .await;
+                }
+                return Err(e);
+            }
+        };
         let dev_path = self.dev_path(&ns.name);
         check_device_node(&dev_path, ns.identity.dev)?;
 
         let mut mounted_here = false;
+        let mut mount_key = None;
         if let Access::Mount { fs_type, flags } = &args.access {
             match view.top_at(args.staging_path.as_path()) {
                 Some(m) if m.dev == ns.identity.dev => {
+                    mount_key = Some(rds_types::MountKey {
+                        id: u64::from(m.id),
+                        dev: m.dev,
+                    });
                     if m.is_read_only() != args.read_only {
                         return Err(NodeError::AlreadyExists(format!(
                             "{} is staged {}, the request asks {}",
@@ -98,7 +116,7 @@ impl NodeService {
                 }
                 None => {
                     self.prepare_filesystem(&dev_path, *fs_type).await?;
-                    self.mount_staging(&args, &dev_path, *fs_type, flags).await?;
+                    mount_key = self.mount_staging(&args, &dev_path, *fs_type, flags).await?;
                     mounted_here = true;
                 }
             }
@@ -110,7 +128,7 @@ impl NodeService {
             staging_path: args.staging_path.clone(),
             access: args.access.clone(),
             read_only: args.read_only,
-            device: DeviceRecord::new(&ns.name, ns.identity, ns.nsid),
+            device: DeviceRecord::new(&ns.name, ns.identity, ns.nsid, ns.ids.clone()),
             publishes: self
                 .volumes
                 .get(&args.volume_id)
@@ -128,7 +146,7 @@ impl NodeService {
             }
             return Err(e);
         }
-        self.observer.staged(&rec);
+        self.observer.staged(&rec, mount_key).await;
         tracing::info!(dev = %ns.identity, device = %ns.name, "volume staged");
         Ok(())
     }
@@ -180,7 +198,7 @@ impl NodeService {
         dev_path: &std::path::Path,
         fs: FsType,
         flags: &[String],
-    ) -> Result<(), NodeError> {
+    ) -> Result<Option<rds_types::MountKey>, NodeError> {
         let (ms, data) = crate::options::fs_mount_options(flags, args.read_only);
         let (src, dst) = (dev_path.to_owned(), args.staging_path.as_path().to_owned());
         self.blocking(
@@ -196,7 +214,11 @@ impl NodeService {
                     ms,
                     (!data.is_empty()).then_some(data.as_str()),
                 )
-                .map_err(|e| NodeError::internal("mounting the staging path", e))
+                .map_err(|e| NodeError::internal("mounting the staging path", e))?;
+                // The new mount as the kernel identifies it, for the monitor.
+                Ok(rds_hostops::mount::mount_key_at(&dst)
+                    .map_err(|e| tracing::warn!(path = %dst.display(), error = %e, "cannot read the new mount's id"))
+                    .ok())
             },
         )
         .await?
@@ -265,16 +287,32 @@ impl NodeService {
                 )));
             }
             // Tell the monitor first: the unmounts below are ours, not a fault.
-            self.observer.unstaged(&id);
+            self.observer.unstaged(&id).await;
         }
         let r = self.unstage_locked(&id, &staging, rec.clone()).await;
         if let (Err(_), Some(rec)) = (&r, &rec) {
             // Still (partly) staged: the monitor watches it again and judges what is left.
             if self.volumes.get(&id).is_some() {
-                self.observer.staged(rec);
+                let key = self.staging_mount_key(rec).await;
+                self.observer.staged(rec, key).await;
             }
         }
         r
+    }
+
+    /// The staging mount of `rec` now, if it is on the recorded device.
+    async fn staging_mount_key(&self, rec: &VolumeRecord) -> Option<rds_types::MountKey> {
+        if rec.access.is_block() {
+            return None;
+        }
+        let dev = rec.device.identity()?.dev;
+        let view = self.mount_view().await.ok()?;
+        view.top_at(rec.staging_path.as_path())
+            .filter(|m| m.dev == dev)
+            .map(|m| rds_types::MountKey {
+                id: u64::from(m.id),
+                dev: m.dev,
+            })
     }
 
     async fn unstage_locked(

@@ -4,9 +4,9 @@ use std::path::Path;
 
 use super::NodeService;
 use crate::error::NodeError;
-use crate::observer::Condition;
 use crate::record::VolumeRecord;
 use crate::validate::{AbsPath, Access, VolumeId};
+use rds_types::{ConditionKind, Health};
 
 /// Usage figures, or only the condition when the filesystem must not be touched.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,7 +22,7 @@ pub enum Usage {
 #[derive(Debug, Clone)]
 pub struct StatsReply {
     pub usage: Usage,
-    pub condition: Condition,
+    pub condition: Health,
 }
 
 impl NodeService {
@@ -44,8 +44,15 @@ impl NodeService {
     #[tracing::instrument(skip_all, fields(volume.id = %id, path = %path))]
     pub async fn stats(&self, id: VolumeId, path: AbsPath) -> Result<StatsReply, NodeError> {
         let rec = self.record_at(&id, &path)?;
-        let condition = self.observer.condition(&id, path.as_path());
-        if condition.dead {
+        let condition = self
+            .observer
+            .condition(&id, path.as_path())
+            .unwrap_or_else(|| Health {
+                kind: ConditionKind::Healthy,
+                message: "Healthy. Not evaluated by the monitor yet.".into(),
+                since: std::time::SystemTime::now(),
+            });
+        if !condition.io_safe() {
             // Never statvfs a filesystem the monitor knows is dead: it can hang.
             return Ok(StatsReply {
                 usage: Usage::Unmeasured,
@@ -73,18 +80,20 @@ impl NodeService {
             Ok(Ok(None)) => Err(NodeError::NotFound(format!("{path} does not exist"))),
             Ok(Err(e)) => Ok(StatsReply {
                 usage: Usage::Unmeasured,
-                condition: Condition {
-                    abnormal: true,
-                    message: format!("cannot measure {path}: {e}"),
-                    dead: false,
+                condition: Health {
+                    kind: ConditionKind::FilesystemFailed,
+                    message: format!("The volume cannot be measured. statvfs of {path}: {e}."),
+                    since: std::time::SystemTime::now(),
                 },
             }),
             Err(timeout) => Ok(StatsReply {
                 usage: Usage::Unmeasured,
-                condition: Condition {
-                    abnormal: true,
-                    message: format!("{timeout}: the filesystem at {path} is not answering"),
-                    dead: false,
+                condition: Health {
+                    kind: ConditionKind::IoStalled,
+                    message: format!(
+                        "The volume's filesystem does not answer. {timeout}: statvfs of {path}."
+                    ),
+                    since: std::time::SystemTime::now(),
                 },
             }),
         }
