@@ -12,6 +12,9 @@ pub mod seams;
 pub mod shell;
 pub mod translate;
 
+#[cfg(test)]
+mod shell_tests;
+
 use std::path::Path;
 use std::time::Duration;
 
