@@ -5,15 +5,11 @@
 //!
 //! - [`uevent`]: both uevent wire formats (kernel group 1, libudev group 2), an encoder and a
 //!   group-2 injector for synthetic events.
-//! - [`sysfs_tree`]: writer of the NVMe sysfs layout under an injectable root (emulated fabric,
-//!   tests).
 //! - [`model`] (pure), [`scan`] (sysfs reader), [`source`] (netlink sockets), [`watcher`]
 //!   (the task and its resolver handle).
 pub mod model;
 pub mod scan;
 pub mod source;
-pub mod synthetic;
-pub mod sysfs_tree;
 pub mod uevent;
 pub mod watcher;
 

@@ -14,7 +14,6 @@ use tracing::debug;
 use crate::model::{
     BlockInfo, ControllerInfo, ControllerState, NvmeNamespace, NvmeRole, Observation, Snapshot,
 };
-use crate::sysfs_tree::normalize_link;
 use crate::uevent::{Action, Uevent};
 
 /// Uevent subsystems the watcher follows.
@@ -300,6 +299,26 @@ fn uevent_attr(dir: &Path, key: &str) -> Option<String> {
         let (k, v) = l.split_once('=')?;
         (k == key).then(|| v.to_owned())
     })
+}
+
+/// Lexically resolves a relative symlink target found in directory `link_dir` (a devpath-like
+/// path such as `/class/block`) into a devpath (`/devices/...`).
+pub fn normalize_link(link_dir: &str, target: &Path) -> String {
+    let mut parts: Vec<String> = link_dir
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    for c in target.to_string_lossy().split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            other => parts.push(other.to_owned()),
+        }
+    }
+    format!("/{}", parts.join("/"))
 }
 
 #[cfg(test)]

@@ -3,13 +3,11 @@
 
 rds_testkit::private_namespaces!();
 
-mod common;
-
 use std::path::Path;
 
-use common::loopdev::LoopDev;
-use common::{expect_event, skip_replay};
 use rds_devices::{spawn, DeviceEvent, SourceKind, WatcherConfig};
+use rds_testkit::devices::{expect_event, skip_replay};
+use rds_testkit::loopdev::LoopDev;
 use rds_types::{DevNum, DiskSeq};
 
 fn sysfs_diskseq(name: &str) -> DiskSeq {
@@ -71,7 +69,7 @@ async fn loop_lifecycle_is_seen_with_its_device_number_and_every_new_diskseq() {
     lo.detach().expect("LOOP_CLR_FD");
     let seq_detached = sysfs_diskseq(&name);
     handle
-        .wait_until(common::DEADLINE, |m| {
+        .wait_until(rds_testkit::devices::DEADLINE, |m| {
             m.block(dev)
                 .filter(|b| b.identity.diskseq == Some(seq_detached))
                 .map(|_| ())

@@ -5,8 +5,6 @@
 
 rds_testkit::private_namespaces!();
 
-mod common;
-
 use std::os::fd::AsRawFd;
 
 use rds_devices::uevent::{encode_libudev, inject_udev};
@@ -18,7 +16,7 @@ fn wait_readable(fd: i32) -> bool {
         events: libc::POLLIN,
         revents: 0,
     };
-    let ms = common::DEADLINE.as_millis() as libc::c_int;
+    let ms = rds_testkit::devices::DEADLINE.as_millis() as libc::c_int;
     // SAFETY: one valid pollfd for the duration of the call.
     unsafe { libc::poll(&mut pfd, 1, ms) == 1 }
 }

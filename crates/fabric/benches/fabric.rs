@@ -7,7 +7,7 @@ rds_testkit::private_namespaces!();
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use rds_devices::sysfs_tree::{ControllerSpec, NvmeTree};
+use rds_fabric::emulated::tree::{ControllerSpec, NvmeTree};
 use rds_fabric::loopdev::{AttachOptions, LoopControl};
 use rds_fabric::{ConnectRequest, EmulatedConfig, EmulatedFabric, Fabric};
 use rds_types::{DevNum, ManagedPrefix, Nqn};

@@ -11,7 +11,7 @@ use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use rds_devices::sysfs_tree::{ControllerSpec, NvmeTree};
+use rds_fabric::emulated::tree::{ControllerSpec, NvmeTree};
 use rds_fabric::loopdev::LoopControl;
 use rds_fabric::{
     ConnectRequest, ControllerState, EmulatedConfig, EmulatedFabric, Fabric, FabricError,

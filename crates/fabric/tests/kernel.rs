@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread;
 
-use rds_devices::sysfs_tree::{ControllerSpec, NvmeTree};
+use rds_fabric::emulated::tree::{ControllerSpec, NvmeTree};
 use rds_fabric::{ConnectRequest, ControllerState, Fabric, FabricError, KernelFabric};
 use rds_types::{DevNum, ManagedPrefix, Nqn};
 

@@ -10,6 +10,9 @@
 //! `main`. Tests then call [`require_private_namespaces`], which panics loudly (never skips)
 //! when the namespaces could not be entered, for example when not running as root.
 
+pub mod devices;
+pub mod loopdev;
+
 use std::sync::OnceLock;
 
 /// Outcome of the attempt made before `main`.

@@ -40,7 +40,11 @@ fn ident(seq: u64) -> BlockIdentity {
 }
 
 fn ids() -> NamespaceIds {
-    NamespaceIds::new(Some("8a0e2a41-0000-4000-8000-000000000001".into()), None, None)
+    NamespaceIds::new(
+        Some("8a0e2a41-0000-4000-8000-000000000001".into()),
+        None,
+        None,
+    )
 }
 
 fn record() -> VolumeRecord {
@@ -280,8 +284,13 @@ async fn a_loss_is_abnormal_at_once_then_gone_and_reconnected_with_backoff() {
     let log = r.fakes.taken();
     let n = recovers(&log);
     // 1 + 2 + 4 + 8 + 16 + 30 seconds: 5 attempts within the first minute, then one per 30 s.
-    assert!((4..=6).contains(&n), "reconnect attempts in 60 s: {n} ({log:?})");
-    assert!(log.iter().all(|l| !l.starts_with("recover") || l.contains("Reconnect")));
+    assert!(
+        (4..=6).contains(&n),
+        "reconnect attempts in 60 s: {n} ({log:?})"
+    );
+    assert!(log
+        .iter()
+        .all(|l| !l.starts_with("recover") || l.contains("Reconnect")));
     tokio::time::sleep(Duration::from_secs(300)).await;
     let more = recovers(&r.fakes.taken());
     assert!((9..=11).contains(&more), "and no end: {more} in 5 minutes");
@@ -291,7 +300,10 @@ async fn a_loss_is_abnormal_at_once_then_gone_and_reconnected_with_backoff() {
         .iter()
         .filter(|e| e.reason == rds_types::EventReason::RecoveryFailed)
         .count();
-    assert!(failures >= n + more - 1, "every failure is an Event ({failures})");
+    assert!(
+        failures >= n + more - 1,
+        "every failure is an Event ({failures})"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -360,7 +372,15 @@ async fn a_note_is_taken_in_before_the_csi_call_goes_on() {
         r.handle.volume_condition(&vid()).is_none(),
         "the unstage was seen when the note returned"
     );
-    r.handle.staged(&record(), Some(MountKey { id: 42, dev: DevNum::new(259, 1) })).await;
+    r.handle
+        .staged(
+            &record(),
+            Some(MountKey {
+                id: 42,
+                dev: DevNum::new(259, 1),
+            }),
+        )
+        .await;
     assert!(r.handle.volume_condition(&vid()).is_some());
 }
 
@@ -368,16 +388,34 @@ async fn a_note_is_taken_in_before_the_csi_call_goes_on() {
 async fn stalled_counters_become_io_stalled_after_the_stall_period() {
     let r = start().await;
     let dev = DevNum::new(259, 1);
-    r.io.send(IoSample { dev, inflight: 3, completed: 10 }).await.unwrap();
+    r.io.send(IoSample {
+        dev,
+        inflight: 3,
+        completed: 10,
+    })
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_secs(29)).await;
-    r.io.send(IoSample { dev, inflight: 3, completed: 10 }).await.unwrap();
+    r.io.send(IoSample {
+        dev,
+        inflight: 3,
+        completed: 10,
+    })
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert_eq!(
         r.handle.volume_condition(&vid()).unwrap().kind,
         ConditionKind::Healthy
     );
     kind_becomes(&r, ConditionKind::IoStalled).await;
-    r.io.send(IoSample { dev, inflight: 1, completed: 11 }).await.unwrap();
+    r.io.send(IoSample {
+        dev,
+        inflight: 1,
+        completed: 11,
+    })
+    .await
+    .unwrap();
     kind_becomes(&r, ConditionKind::Healthy).await;
 }
 
@@ -385,5 +423,9 @@ async fn stalled_counters_become_io_stalled_after_the_stall_period() {
 async fn a_missing_staging_mount_at_start_up_is_mount_missing_for_a_filesystem_volume() {
     let r = start_with(false).await;
     let h = r.handle.volume_condition(&vid()).unwrap();
-    assert_eq!(h.kind, ConditionKind::MountMissing, "never read as raw block: {h:?}");
+    assert_eq!(
+        h.kind,
+        ConditionKind::MountMissing,
+        "never read as raw block: {h:?}"
+    );
 }

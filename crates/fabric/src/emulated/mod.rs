@@ -3,7 +3,7 @@
 //! Behind the same [`Fabric`] trait as the real one, it reproduces what a node observes:
 //! - the NVMe sysfs layout (subsystem, controller with its state, namespace disk with `dev`,
 //!   `diskseq`, `size`, `uuid`) under an injectable sys root, written by
-//!   [`rds_devices::sysfs_tree::NvmeTree`], so the resolver code that reads production `/sys`
+//!   [`crate::emulated::tree::NvmeTree`], so the resolver code that reads production `/sys`
 //!   reads it unchanged;
 //! - a real block device per namespace: a loop device on the target's backing file, with a node
 //!   named like the namespace (`<dev_root>/nvme0n1`) carrying the loop's `major:minor`;
@@ -19,7 +19,9 @@
 //! per-path disks) use major [`EMULATED_MAJOR`], from the range devices.txt reserves for local
 //! and experimental use; no node is ever created for them.
 
+pub mod announce;
 pub mod events;
+pub mod tree;
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -31,9 +33,9 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use rds_devices::sysfs_tree::{ControllerSpec, NamespaceSpec, NvmeTree};
 use rds_devices::uevent::{encode_libudev, UdevInjector};
 use rds_types::{DevNum, DiskSeq, ManagedPrefix, Nqn};
+use tree::{ControllerSpec, NamespaceSpec, NvmeTree};
 
 use crate::api::{
     ConnectOutcome, ConnectRequest, ControllerInfo, ControllerState, Fabric, FabricError,

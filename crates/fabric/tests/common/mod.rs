@@ -1,4 +1,7 @@
 //! Helpers shared by the privileged test files.
+#![allow(dead_code)]
+
+pub mod devices;
 
 use std::os::fd::AsRawFd;
 use std::path::Path;

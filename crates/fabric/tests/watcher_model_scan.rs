@@ -2,11 +2,11 @@
 
 mod common;
 
-use common::{ctrl, ns, NQN};
+use common::devices::{ctrl, ns, NQN};
 use rds_devices::model::{DeviceEvent, Model, NvmeRole, Observation};
 use rds_devices::scan::SysfsReader;
-use rds_devices::sysfs_tree::NvmeTree;
 use rds_devices::ControllerState;
+use rds_fabric::emulated::tree::NvmeTree;
 use rds_types::{BlockIdentity, DevNum, DiskSeq};
 
 fn tree() -> (tempfile::TempDir, NvmeTree, SysfsReader) {

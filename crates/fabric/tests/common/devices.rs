@@ -1,9 +1,6 @@
-//! Helpers shared by the integration tests.
-#![allow(dead_code)]
+//! Helpers of the device watcher tests on the emulated tree.
 
-pub mod loopdev;
-
-use rds_devices::sysfs_tree::{ControllerSpec, NamespaceSpec};
+use rds_fabric::emulated::tree::{ControllerSpec, NamespaceSpec};
 use rds_types::{DevNum, DiskSeq};
 
 pub const NQN: &str = "nqn.2000-02.com.mikrotik:pvc-0b5a6c1e-1234-4d2b-9c3a-7f8e9d0a1b2c";
@@ -40,40 +37,8 @@ pub fn ns(name: &str, nsid: u32, dev: DevNum, diskseq: u64) -> NamespaceSpec {
     }
 }
 
-use std::time::Duration;
-
-use rds_devices::DeviceEvent;
-use tokio::sync::mpsc;
-
-/// Generous deadline for awaited events (never a timing assertion).
-pub const DEADLINE: Duration = Duration::from_secs(20);
-
-/// Receives events until one matches `pred`; panics naming `what` after [`DEADLINE`].
-pub async fn expect_event(
-    rx: &mut mpsc::Receiver<DeviceEvent>,
-    what: &str,
-    pred: impl Fn(&DeviceEvent) -> bool,
-) -> DeviceEvent {
-    let fut = async {
-        while let Some(ev) = rx.recv().await {
-            if pred(&ev) {
-                return ev;
-            }
-        }
-        panic!("event stream ended while waiting for {what}");
-    };
-    tokio::time::timeout(DEADLINE, fut)
-        .await
-        .unwrap_or_else(|_| panic!("expected {what} within {DEADLINE:?}"))
-}
-
-/// Skips the start-up replay (everything up to the first `Resynced`).
-pub async fn skip_replay(rx: &mut mpsc::Receiver<DeviceEvent>) {
-    expect_event(rx, "the start-up replay's Resynced", |e| {
-        matches!(e, DeviceEvent::Resynced)
-    })
-    .await;
-}
+#[allow(unused_imports)]
+pub use rds_testkit::devices::{expect_event, skip_replay, DEADLINE};
 
 /// Builds and injects synthetic udev messages with increasing SEQNUMs.
 pub struct Injector {
@@ -104,7 +69,7 @@ impl Injector {
         &mut self,
         action: &str,
         devpath: &str,
-        ns: &rds_devices::sysfs_tree::NamespaceSpec,
+        ns: &rds_fabric::emulated::tree::NamespaceSpec,
     ) {
         let (ma, mi) = (ns.dev.major.to_string(), ns.dev.minor.to_string());
         let seq = ns.diskseq.map(|d| d.0.to_string()).unwrap_or_default();

@@ -7,13 +7,13 @@ mod common;
 
 use std::path::Path;
 
-use common::loopdev::LoopDev;
-use common::{ctrl, expect_event, ns, skip_replay, NQN};
+use common::devices::{ctrl, expect_event, ns, skip_replay, NQN};
 use rds_devices::source::{SourceKind, Sources};
-use rds_devices::synthetic::Announcer;
-use rds_devices::sysfs_tree::NvmeTree;
 use rds_devices::uevent::{encode_kernel, Action, GROUP_KERNEL};
 use rds_devices::{spawn, DeviceEvent, WatcherConfig};
+use rds_fabric::emulated::announce::Announcer;
+use rds_fabric::emulated::tree::NvmeTree;
+use rds_testkit::loopdev::LoopDev;
 use rds_types::DevNum;
 
 /// Tests here inject on group 2: they take turns.

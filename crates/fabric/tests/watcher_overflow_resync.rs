@@ -6,10 +6,10 @@ rds_testkit::private_namespaces!();
 
 mod common;
 
-use common::{ctrl, expect_event, ns, skip_replay, Injector, NQN};
+use common::devices::{ctrl, expect_event, ns, skip_replay, Injector, NQN};
 use rds_devices::scan::SysfsReader;
-use rds_devices::sysfs_tree::NvmeTree;
 use rds_devices::{spawn, DeviceEvent, SourceKind, WatcherConfig};
+use rds_fabric::emulated::tree::NvmeTree;
 use rds_types::DevNum;
 
 const CONTROLLERS: u32 = 40;
@@ -57,7 +57,7 @@ async fn burst_past_a_tiny_receive_buffer_overflows_and_resync_leaves_the_model_
             tree.remove_controller(&name).unwrap();
             inj.send(
                 "remove",
-                &rds_devices::sysfs_tree::controller_devpath(&name),
+                &rds_fabric::emulated::tree::controller_devpath(&name),
                 "nvme",
                 &[],
             );
@@ -65,7 +65,7 @@ async fn burst_past_a_tiny_receive_buffer_overflows_and_resync_leaves_the_model_
             tree.set_controller_state(&name, "connecting").unwrap();
             inj.send(
                 "change",
-                &rds_devices::sysfs_tree::controller_devpath(&name),
+                &rds_fabric::emulated::tree::controller_devpath(&name),
                 "nvme",
                 &[],
             );
@@ -138,7 +138,7 @@ async fn a_reader_that_falls_behind_never_stalls_the_model_and_is_told_what_it_m
     let (h, mut rx) = spawn(cfg).unwrap();
     // Nobody reads yet: the replay alone overfills the channel. The model must still move.
     tree.add_controller(&ctrl("nvme7", NQN, "live", 8)).unwrap();
-    tokio::time::timeout(common::DEADLINE, h.resync())
+    tokio::time::timeout(common::devices::DEADLINE, h.resync())
         .await
         .expect("a full event channel must not block the watcher")
         .unwrap();
@@ -147,7 +147,7 @@ async fn a_reader_that_falls_behind_never_stalls_the_model_and_is_told_what_it_m
         "model updated by the resync"
     );
     let mut missed = None;
-    while let Ok(Some(ev)) = tokio::time::timeout(common::DEADLINE, rx.recv()).await {
+    while let Ok(Some(ev)) = tokio::time::timeout(common::devices::DEADLINE, rx.recv()).await {
         if let DeviceEvent::Lagged { missed: n } = ev {
             missed = Some(n);
             break;

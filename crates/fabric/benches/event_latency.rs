@@ -4,19 +4,15 @@
 //!
 //! Runs as root; enters a private network namespace first so injections reach no host
 //! listener. Prints p50/p99 over its own samples, then runs the criterion measurements.
-//! `cargo bench -p rds-devices --bench event_latency -- --warm-up-time 1 --measurement-time 3`
-
-#[path = "../tests/common/loopdev.rs"]
-#[allow(dead_code)]
-mod loopdev;
+//! `cargo bench -p rds-fabric --bench event_latency -- --warm-up-time 1 --measurement-time 3`
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use rds_devices::sysfs_tree::{ControllerSpec, NamespaceSpec, NvmeTree};
 use rds_devices::uevent::{encode_libudev, UdevInjector};
 use rds_devices::{spawn, DeviceWatcherHandle, SourceKind, WatcherConfig};
+use rds_fabric::emulated::tree::{ControllerSpec, NamespaceSpec, NvmeTree};
 use rds_types::{DevNum, DiskSeq};
 
 const NQN: &str = "nqn.2000-02.com.mikrotik:pvc-bench";
@@ -121,7 +117,7 @@ fn loop_sample(rt: &tokio::runtime::Runtime, h: &DeviceWatcherHandle) -> Duratio
     let h2 = h.clone();
     rt.block_on(async {
         let t0 = Instant::now();
-        let lo = loopdev::LoopDev::add(Path::new("/dev"), 400).expect("LOOP_CTL_ADD");
+        let lo = rds_testkit::loopdev::LoopDev::add(Path::new("/dev"), 400).expect("LOOP_CTL_ADD");
         let name = lo.name();
         let seen = h2
             .wait_until(DEADLINE, |m| m.block_by_name(&name).map(|_| Instant::now()))

@@ -29,6 +29,7 @@ use std::io;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
+use rds_devices::scan::normalize_link;
 use rds_types::{DevNum, DiskSeq};
 
 /// Devpath (relative to the sys root, with leading `/`) of fabrics controllers.
@@ -347,26 +348,6 @@ pub fn controller_devpath(ctrl: &str) -> String {
 /// Devpath of subsystem `nvme-subsysK`.
 pub fn subsystem_devpath(subsys: &str) -> String {
     format!("{SUBSYSTEM_DEVPATH}/{subsys}")
-}
-
-/// Lexically resolves a relative symlink target found in directory `link_dir` (a devpath-like
-/// path such as `/class/block`) into a devpath (`/devices/...`).
-pub fn normalize_link(link_dir: &str, target: &Path) -> String {
-    let mut parts: Vec<String> = link_dir
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
-    for c in target.to_string_lossy().split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            other => parts.push(other.to_owned()),
-        }
-    }
-    format!("/{}", parts.join("/"))
 }
 
 /// Writes `<dir>/<name>` = `value\n` atomically (temporary + rename).

@@ -6,11 +6,11 @@ rds_testkit::private_namespaces!();
 
 mod common;
 
-use common::{ctrl, expect_event, ns, skip_replay, Injector, DEADLINE, NQN};
-use rds_devices::synthetic::Announcer;
-use rds_devices::sysfs_tree::{subsystem_devpath, NvmeTree};
+use common::devices::{ctrl, expect_event, ns, skip_replay, Injector, DEADLINE, NQN};
 use rds_devices::uevent::Action;
 use rds_devices::{spawn, ControllerState, DeviceEvent, SourceKind, WaitError, WatcherConfig};
+use rds_fabric::emulated::announce::Announcer;
+use rds_fabric::emulated::tree::{subsystem_devpath, NvmeTree};
 use rds_types::{DevNum, DiskSeq, Nqn};
 
 /// Injections reach every group-2 socket of the process's network namespace: tests in this

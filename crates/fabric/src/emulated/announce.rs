@@ -1,4 +1,4 @@
-//! Synthetic udev events matching an [`NvmeTree`](crate::sysfs_tree::NvmeTree), for the
+//! Synthetic udev events matching an [`NvmeTree`](super::tree::NvmeTree), for the
 //! emulated fabric and tests.
 //!
 //! The contract with the watcher: write the tree first, then announce (the watcher reads the
@@ -13,8 +13,8 @@
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::sysfs_tree::{controller_devpath, subsystem_devpath, ControllerSpec, NamespaceSpec};
-use crate::uevent::{encode_libudev, Action, UdevInjector};
+use super::tree::{controller_devpath, subsystem_devpath, ControllerSpec, NamespaceSpec};
+use rds_devices::uevent::{encode_libudev, Action, UdevInjector};
 
 /// Properties of a subsystem event.
 pub fn subsystem_props(action: &Action, instance: u32, seqnum: u64) -> Vec<(String, String)> {
@@ -118,7 +118,7 @@ impl Announcer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::uevent::parse;
+    use rds_devices::uevent::parse;
     use rds_types::{DevNum, DiskSeq};
 
     #[test]
