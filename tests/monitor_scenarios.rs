@@ -23,10 +23,7 @@ async fn a_reconnect_that_renames_the_device_is_flagged_device_replaced() {
     let vol = "pvc-renamed";
     e.stage_and_publish(vol).await;
     let (old, _, _) = e.plugin.fabric.namespace_of(&nqn_for(vol)).unwrap();
-    e.plugin
-        .fabric
-        .reconnect_renamed(&nqn_for(vol))
-        .expect("reconnect");
+    reconnect(&e.plugin.fabric, &nqn_for(vol), true);
     let (new, _, _) = e.plugin.fabric.namespace_of(&nqn_for(vol)).unwrap();
     assert_ne!(old, new, "the emulated reconnect renames the namespace");
     let c = e
@@ -62,10 +59,7 @@ async fn a_reconnect_that_reuses_the_name_with_a_new_diskseq_is_flagged_device_r
     let vol = "pvc-samename";
     e.stage_and_publish(vol).await;
     let (old_name, _, old_seq) = e.plugin.fabric.namespace_of(&nqn_for(vol)).unwrap();
-    e.plugin
-        .fabric
-        .reconnect_same_name(&nqn_for(vol))
-        .expect("reconnect");
+    reconnect(&e.plugin.fabric, &nqn_for(vol), false);
     let (new_name, _, new_seq) = e.plugin.fabric.namespace_of(&nqn_for(vol)).unwrap();
     assert_eq!(old_name, new_name, "same name");
     assert_ne!(old_seq, new_seq, "new diskseq");
@@ -161,9 +155,7 @@ async fn after_a_restart_stale_mounts_are_found_in_the_first_reconcile() {
     let root = e.root.clone();
     let fabric = e.plugin.stop().await.expect("plugin stops");
     // While the plugin is down, the target restarts and the namespace comes back elsewhere.
-    fabric
-        .reconnect_renamed(&nqn_for(vol))
-        .expect("reconnect while the plugin is down");
+    reconnect(&fabric, &nqn_for(vol), true);
     let plugin = Plugin::start(&root, Some(fabric))
         .await
         .expect("plugin restarts");
@@ -196,7 +188,7 @@ async fn an_unreachable_api_server_affects_neither_the_monitor_nor_csi_calls() {
     .await;
     let vol = "pvc-noapi";
     e.stage_and_publish(vol).await;
-    e.plugin.fabric.reconnect_renamed(&nqn_for(vol)).unwrap();
+    reconnect(&e.plugin.fabric, &nqn_for(vol), true);
     e.wait(vol, kind_is("device_replaced"))
         .await
         .expect("detection does not wait for the API server");
@@ -271,10 +263,7 @@ async fn a_replaced_device_is_recovered_automatically_and_running_pods_are_told_
     std::fs::write(target.join("kept.txt"), b"survives the reconnect").unwrap();
     // Flush so the data is on the backing file before the emulated target restarts.
     nix::unistd::sync();
-    e.plugin
-        .fabric
-        .reconnect_renamed(&nqn_for(vol))
-        .expect("reconnect");
+    reconnect(&e.plugin.fabric, &nqn_for(vol), true);
     let (_, new_dev, _) = e.plugin.fabric.namespace_of(&nqn_for(vol)).unwrap();
     e.wait(vol, kind_is("device_replaced"))
         .await
@@ -334,10 +323,7 @@ async fn publish_on_a_stale_volume_waits_for_its_recovery() {
     let vol = "pvc-stalepub";
     e.stage_and_publish(vol).await;
     nix::unistd::sync();
-    e.plugin
-        .fabric
-        .reconnect_renamed(&nqn_for(vol))
-        .expect("reconnect");
+    reconnect(&e.plugin.fabric, &nqn_for(vol), true);
     let (_, new_dev, _) = e.plugin.fabric.namespace_of(&nqn_for(vol)).unwrap();
     e.wait(vol, kind_is("device_replaced"))
         .await

@@ -107,12 +107,9 @@ async fn recovers_onto_the_replacement(same_name: bool) {
     );
 
     if same_name {
-        e.plugin
-            .fabric
-            .reconnect_same_name(&nqn)
-            .expect("reconnect");
+        reconnect(&e.plugin.fabric, &nqn, false);
     } else {
-        e.plugin.fabric.reconnect_renamed(&nqn).expect("reconnect");
+        reconnect(&e.plugin.fabric, &nqn, true);
     }
     let (new_name, new_dev, new_seq) = e.plugin.fabric.namespace_of(&nqn).expect("reconnected");
     assert_ne!(
@@ -184,7 +181,7 @@ async fn recovery_is_refused_while_the_stale_staging_mount_is_held_and_succeeds_
     let (staging, target) = e.staged_ext4(vol).await;
     let (_, old_dev, _) = e.plugin.fabric.namespace_of(&nqn).expect("connected");
     let target_before = mount_key(&target).expect("published");
-    e.plugin.fabric.reconnect_renamed(&nqn).expect("reconnect");
+    reconnect(&e.plugin.fabric, &nqn, true);
     let (_, new_dev, _) = e.plugin.fabric.namespace_of(&nqn).expect("reconnected");
     let rec = e.recovery(Duration::from_millis(300), Duration::from_secs(30));
 
@@ -244,7 +241,7 @@ async fn a_pod_holding_a_stale_bind_is_reported_stranded_not_detached() {
     let nqn = nqn_for(vol);
     let (staging, target) = e.staged_ext4(vol).await;
     let (_, old_dev, _) = e.plugin.fabric.namespace_of(&nqn).expect("connected");
-    e.plugin.fabric.reconnect_renamed(&nqn).expect("reconnect");
+    reconnect(&e.plugin.fabric, &nqn, true);
     let (_, new_dev, _) = e.plugin.fabric.namespace_of(&nqn).expect("reconnected");
 
     // The "pod" keeps a file open through its bind of the old filesystem.
@@ -282,7 +279,7 @@ async fn recovery_waits_for_the_guard_and_touches_nothing_once_unstaged() {
     e.target(vol, SIZE);
     e.stage(vol, ext4()).await.expect("stage");
     let staging = e.plugin.staging_path(vol);
-    e.plugin.fabric.reconnect_renamed(&nqn).expect("reconnect");
+    reconnect(&e.plugin.fabric, &nqn, true);
     let svc = e.plugin.running.service.clone();
 
     // A CSI call holds the guard: a recovery with a short wait gives up, touching nothing.
@@ -354,7 +351,7 @@ async fn a_block_volume_target_node_is_recreated_with_the_new_number() {
         DevNum::from_dev_t(md.rdev())
     };
     assert_eq!(rdev(&target), old_dev);
-    e.plugin.fabric.reconnect_renamed(&nqn).expect("reconnect");
+    reconnect(&e.plugin.fabric, &nqn, true);
     let (_, new_dev, new_seq) = e.plugin.fabric.namespace_of(&nqn).expect("reconnected");
 
     let out = e
@@ -431,14 +428,9 @@ async fn a_replacement_without_the_filesystem_is_never_formatted_and_changes_not
     let (_, old_dev, _) = e.plugin.fabric.namespace_of(&nqn).expect("connected");
     let staged_before = mount_key(&staging).expect("staged");
     let target_before = mount_key(&target).expect("published");
-    e.plugin.fabric.reconnect_renamed(&nqn).expect("reconnect");
+    reconnect(&e.plugin.fabric, &nqn, true);
     // The target lost the filesystem: its first 64 KiB (ext4 superblock included) read zero.
-    let file = std::fs::read_dir(&backing)
-        .expect("backing dir")
-        .next()
-        .expect("one backing file")
-        .expect("entry")
-        .path();
+    let file = backing.join(format!("{nqn}.img"));
     {
         use std::os::unix::fs::FileExt;
         let f = std::fs::OpenOptions::new()
@@ -533,7 +525,7 @@ async fn a_recovery_dropped_midway_leaves_a_consistent_volume() {
     let nqn = nqn_for(vol);
     let (staging, target) = e.staged_ext4(vol).await;
     let (_, old_dev, _) = e.plugin.fabric.namespace_of(&nqn).expect("connected");
-    e.plugin.fabric.reconnect_renamed(&nqn).expect("reconnect");
+    reconnect(&e.plugin.fabric, &nqn, true);
     let (_, new_dev, _) = e.plugin.fabric.namespace_of(&nqn).expect("reconnected");
 
     let rec = e.recovery(Duration::from_secs(2), Duration::from_secs(30));

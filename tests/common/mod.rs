@@ -180,6 +180,32 @@ impl Env {
     }
 }
 
+/// The target restarts past its `ctrl_loss_tmo`: the kernel deletes the controller, and
+/// someone connects it again at once (the namespace comes back as a new incarnation: new
+/// `diskseq`, and with `renamed` a new name, because another volume's controller took the
+/// number in between).
+pub fn reconnect(fabric: &rds_fabric::EmulatedFabric, nqn: &rds_types::Nqn, renamed: bool) {
+    use rds_fabric::Fabric;
+    let req = fabric.request_of(nqn).expect("connected");
+    fabric.lose_controller(nqn).expect("controller deleted");
+    if renamed {
+        let n = FILLERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let filler = nqn_for(&format!("pvc-filler-{n}"));
+        fabric.add_target(&filler, 1 << 20).expect("filler target");
+        fabric
+            .connect(&rds_fabric::ConnectRequest::tcp(
+                filler,
+                "127.0.0.1".parse().unwrap(),
+                4420,
+            ))
+            .expect("filler connects");
+    }
+    fabric.restore_port(nqn).expect("port back");
+    fabric.connect(&req).expect("reconnected");
+}
+
+static FILLERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 pub fn vid(vol: &str) -> VolumeId {
     VolumeId::parse(vol).expect("test volume ids are valid")
 }

@@ -107,9 +107,12 @@ fn kernel_work(c: &mut Criterion) {
             fabric.disconnect(&out.controller).unwrap();
         })
     });
-    fabric.connect(&req).unwrap();
-    c.bench_function("emulated_reconnect_same_name", |b| {
-        b.iter(|| fabric.reconnect_same_name(&nqn).unwrap())
+    c.bench_function("emulated_loss_and_reconnect", |b| {
+        b.iter(|| {
+            fabric.connect(&req).unwrap();
+            fabric.lose_controller(&nqn).unwrap();
+            fabric.restore_port(&nqn).unwrap();
+        })
     });
     fabric.shutdown();
     drop(fabric);

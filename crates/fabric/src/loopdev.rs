@@ -26,6 +26,8 @@ use rds_types::{DevNum, DiskSeq};
 
 // ioctl numbers from <linux/loop.h> and <linux/fs.h> (stable kernel ABI).
 const LOOP_CLR_FD: libc::c_ulong = 0x4C01;
+const LOOP_SET_STATUS64: libc::c_ulong = 0x4C04;
+const LOOP_GET_STATUS64: libc::c_ulong = 0x4C05;
 const LOOP_SET_CAPACITY: libc::c_ulong = 0x4C07;
 const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
 const LOOP_CTL_ADD: libc::c_ulong = 0x4C80;
@@ -453,6 +455,49 @@ impl LoopDevice {
         ioctl_arg(file, LOOP_SET_CAPACITY, 0)
             .map(|_| ())
             .map_err(|e| LoopError::io("LOOP_SET_CAPACITY", &self.path, e))
+    }
+
+    /// Cut the device off from its backing file without touching the file: its size limit
+    /// drops to one sector (`LOOP_SET_STATUS64`), so every read past it returns nothing and every
+    /// write fails, as with a namespace whose controller the kernel deleted. Works while
+    /// mounted; the backing file keeps every byte for the next incarnation.
+    pub fn cut_off(&self) -> Result<(), LoopError> {
+        let file = self.check_ours()?;
+        // SAFETY: all-zero is a valid `loop_info64`; the kernel fills it in.
+        let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
+        // SAFETY: LOOP_GET_STATUS64 writes one `struct loop_info64`, which `info` matches in
+        // layout and which outlives the call.
+        let rc = unsafe {
+            libc::ioctl(
+                file.as_raw_fd(),
+                LOOP_GET_STATUS64 as _,
+                &mut info as *mut LoopInfo64,
+            )
+        };
+        if rc < 0 {
+            return Err(LoopError::io(
+                "LOOP_GET_STATUS64",
+                &self.path,
+                io::Error::last_os_error(),
+            ));
+        }
+        info.lo_sizelimit = 512;
+        // SAFETY: LOOP_SET_STATUS64 reads one `struct loop_info64` from `info`, valid for the call.
+        let rc = unsafe {
+            libc::ioctl(
+                file.as_raw_fd(),
+                LOOP_SET_STATUS64 as _,
+                &info as *const LoopInfo64,
+            )
+        };
+        if rc < 0 {
+            return Err(LoopError::io(
+                "LOOP_SET_STATUS64",
+                &self.path,
+                io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
     }
 
     /// `LOOP_CLR_FD`, then close our descriptor. While the device is still open elsewhere (a

@@ -335,7 +335,10 @@ fn controllers_lists_what_sysfs_shows() {
     assert_eq!(list[1].subsysnqn, VOLUME);
     assert_eq!(list[1].state, ControllerState::Connecting);
     assert_eq!(list[1].transport, "tcp");
-    assert_eq!(list[1].address, "traddr=10.0.0.5,trsvcid=4420");
+    assert_eq!(
+        list[1].address,
+        "traddr=10.0.0.5,trsvcid=4420,src_addr=10.0.0.5"
+    );
 }
 
 #[test]

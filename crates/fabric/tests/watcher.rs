@@ -57,9 +57,8 @@ async fn a_watcher_follows_connect_state_reconnect_and_loss_through_injected_eve
         (dev, Some(seq))
     );
 
-    fabric
-        .set_controller_state(&nqn, ControllerState::Connecting)
-        .unwrap();
+    // No uevent announces a lost port: the watcher finds `connecting` by re-reading states.
+    fabric.lose_port(&nqn).unwrap();
     let ctrl = fabric.controller_of(&nqn).unwrap();
     watcher
         .wait_until(DEADLINE, |m| {
@@ -69,8 +68,17 @@ async fn a_watcher_follows_connect_state_reconnect_and_loss_through_injected_eve
         })
         .await
         .expect("the watcher must see the controller reconnecting");
+    fabric.restore_port(&nqn).unwrap();
+    watcher
+        .wait_until(DEADLINE, |m| {
+            m.controller(&ctrl)
+                .filter(|c| c.state == ControllerState::Live)
+                .map(|_| ())
+        })
+        .await
+        .expect("the watcher must see the controller live again");
 
-    fabric.reconnect_same_name(&nqn).unwrap();
+    fabric.reconnect(&nqn).unwrap();
     let (_, new_dev, new_seq) = fabric.namespace_of(&nqn).unwrap();
     let replaced = watcher
         .wait_until(DEADLINE, |m| {

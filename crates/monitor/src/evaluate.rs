@@ -199,8 +199,8 @@ pub(crate) fn verdict(
         (
             ConditionKind::MountStorm,
             format!(
-                "A mount storm on {key} ({} entries): nothing is remounted until it clears. {}",
-                s.count, s.message
+                "A mount storm on {key}: nothing is remounted until it clears. {}",
+                s.message
             ),
         )
     } else if a.gone {
@@ -328,22 +328,25 @@ pub(crate) fn verdict(
     };
     if kind.is_abnormal() && kind != ConditionKind::Recovering {
         if let Some(c) = &vol.recovery {
-            let of = |c: &RecoveryCycle| {
+            let attempt_of = |attempt: u32| {
                 if c.reason.is_unbounded() {
-                    "reconnect".to_owned()
+                    format!("Reconnect attempt {attempt}")
                 } else {
-                    format!("recovery, of {}", cfg.attempts_for(&c.reason))
+                    format!(
+                        "Recovery attempt {attempt} of {}",
+                        cfg.attempts_for(&c.reason)
+                    )
                 }
             };
             match &c.phase {
                 Phase::Waiting { attempt, .. } => message.push_str(&format!(
-                    " {} attempt {attempt} pending (after {}).",
-                    capitalised(&of(c)),
+                    " {} pending (after {}).",
+                    attempt_of(*attempt),
                     secs(cfg.delay_before(&c.reason, *attempt))
                 )),
-                Phase::Requested { attempt } | Phase::Running { attempt } => message.push_str(
-                    &format!(" {} attempt {attempt} running.", capitalised(&of(c))),
-                ),
+                Phase::Requested { attempt } | Phase::Running { attempt } => {
+                    message.push_str(&format!(" {} running.", attempt_of(*attempt)))
+                }
                 Phase::Exhausted { attempts, error } => message.push_str(&format!(
                     " Automatic recovery gave up after {attempts} attempt(s): {error}."
                 )),
@@ -352,14 +355,6 @@ pub(crate) fn verdict(
         }
     }
     (kind, message)
-}
-
-fn capitalised(s: &str) -> String {
-    let mut c = s.chars();
-    match c.next() {
-        Some(f) => f.to_uppercase().chain(c).collect(),
-        None => String::new(),
-    }
 }
 
 pub(crate) fn describe_reason(r: &RecoveryReason) -> String {
@@ -388,6 +383,7 @@ pub(crate) struct PublishVerdict {
 pub(crate) fn publish_verdict(
     facts: &Facts,
     volume: Option<&VolumeCondition>,
+    recovering: bool,
     p: &Publish,
 ) -> PublishVerdict {
     let target = p.target.display();
@@ -404,7 +400,6 @@ pub(crate) fn publish_verdict(
             own: false,
         };
     }
-    let recovering = volume.is_some_and(|v| v.kind == ConditionKind::Recovering);
     let bind = p.mount.as_ref().and_then(|k| facts.mount(k));
     if let Some(k) = p.mount {
         if p.mount_tracked && bind.is_none() && !recovering {

@@ -242,8 +242,13 @@ impl Monitor {
             });
         }
         let volume_condition = vol.condition.as_ref();
+        // The executor's own unmounts and re-binds are not faults.
+        let recovering = vol
+            .recovery
+            .as_ref()
+            .is_some_and(crate::recovery::RecoveryCycle::in_flight);
         for p in vol.publishes.values_mut() {
-            let v = publish_verdict(&self.facts, volume_condition, p);
+            let v = publish_verdict(&self.facts, volume_condition, recovering, p);
             let Some(old) = set_condition(&mut p.condition, v.kind, v.message, cause, now) else {
                 continue;
             };

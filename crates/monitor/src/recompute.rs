@@ -15,7 +15,7 @@ use crate::evaluate::{assess, publish_verdict, verdict};
 use crate::facts::Resolution;
 use crate::ids::VolumeId;
 use crate::machine::Monitor;
-use crate::recovery::{self, Phase};
+use crate::recovery::{self, Phase, RecoveryCycle};
 use crate::timers::TimerKey;
 
 /// A condition reduced to what the facts decide (kind and message; `since` and `cause` are
@@ -68,7 +68,12 @@ pub fn recompute(m: &Monitor) -> Conditions {
         };
         out.volumes.insert(id.clone(), (kind, message));
         for (t, p) in &v.publishes {
-            let pv = publish_verdict(&m.facts, Some(&vc), p);
+            let pv = publish_verdict(
+                &m.facts,
+                Some(&vc),
+                v.recovery.as_ref().is_some_and(RecoveryCycle::in_flight),
+                p,
+            );
             out.publishes
                 .insert((id.clone(), t.clone()), (pv.kind, pv.message));
         }

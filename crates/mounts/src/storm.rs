@@ -431,9 +431,8 @@ fn message(
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        "mount storm on {what}: {why}; e.g. {samples}; largest: {top}. \
-         Look for a bind mount propagating into itself (Bidirectional mount propagation) and \
-         inspect with: {}",
+        "{why} on {what}; e.g. {samples}; largest: {top}. Look for a bind mount propagating \
+         into itself (Bidirectional mount propagation) and inspect with: {}",
         inspect_command(key)
     )
 }

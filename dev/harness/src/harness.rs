@@ -126,7 +126,7 @@ impl Plugin {
                 sys_root: l.sys.clone(),
                 dev_root: l.dev.clone(),
                 backing_dir: l.backing.clone(),
-                multipath: false,
+                multipath: true,
                 inject_uevents: true,
                 managed: managed.clone(),
                 loops: rds_fabric::loopdev::LoopControl::new("/dev", "/sys"),

@@ -17,8 +17,10 @@ pub const ALL: &[&str] = &[
     "ext4",
     "xfs",
     "block",
-    "reconnect-renamed",
+    "port-loss",
     "reconnect-same-name",
+    "reconnect-renamed",
+    "namespace-replaced",
     "dead-path",
     "mount-storm",
     "plugin-restart",
@@ -62,8 +64,10 @@ pub async fn run(name: &str, root: &Path) -> Result<Timeline, (Timeline, DynErro
     let mut t = Timeline::new(name);
     let r = match name {
         "ext4" | "xfs" | "block" => lifecycle(&mut t, root, name).await,
+        "port-loss" => port_loss(&mut t, root).await,
         "reconnect-renamed" => reconnect(&mut t, root, false).await,
         "reconnect-same-name" => reconnect(&mut t, root, true).await,
+        "namespace-replaced" => namespace_replaced(&mut t, root).await,
         "dead-path" => dead_path(&mut t, root).await,
         "mount-storm" => storm(&mut t, root).await,
         "plugin-restart" => restart(&mut t, root).await,
@@ -236,6 +240,83 @@ async fn lifecycle(t: &mut Timeline, root: &Path, kind: &str) -> Result<(), DynE
     Ok(())
 }
 
+/// Volume context of a volume whose controller the kernel deletes after `ctrl_loss_tmo`.
+fn finite_loss_context(vol: &str) -> std::collections::HashMap<String, String> {
+    let mut ctx = volume_context(vol);
+    ctx.insert("ctrlLossTmo".into(), "1".into());
+    ctx.insert("reconnectDelay".into(), "1".into());
+    ctx
+}
+
+/// A plugin with one ext4 volume staged with `ctx` and published in "pod", healthy.
+async fn one_volume_with(
+    root: &Path,
+    vol: &str,
+    ctx: std::collections::HashMap<String, String>,
+) -> Result<(Plugin, Kubelet), DynError> {
+    let p = Plugin::start(root, None).await?;
+    let mut k = p.kubelet().await?;
+    p.fabric.add_target(&nqn_for(vol), size("ext4"))?;
+    let mut req = stage_request(&p, vol, cap("ext4"));
+    req.volume_context = ctx;
+    k.node.node_stage_volume(req).await?;
+    k.node
+        .node_publish_volume(publish_request(&p, vol, "pod", cap("ext4"), false))
+        .await?;
+    wait(&p, vol, |c| !c.abnormal()).await?;
+    Ok((p, k))
+}
+
+/// The Events posted on `vol` so far, by reason.
+fn reasons(p: &Plugin, vol: &str) -> Vec<rds_types::EventReason> {
+    p.events
+        .events()
+        .into_iter()
+        .filter(|e| e.volume_id == vol)
+        .map(|e| e.reason)
+        .collect()
+}
+
+async fn port_loss(t: &mut Timeline, root: &Path) -> Result<(), DynError> {
+    let vol = "pvc-demo-portloss";
+    let nqn = nqn_for(vol);
+    let (p, mut k) = one_volume(root, vol, "ext4").await?;
+    let before = p
+        .fabric
+        .namespace_of(&nqn)
+        .ok_or_else(|| fail("not connected"))?;
+    let kernel = Instant::now();
+    p.fabric.lose_port(&nqn)?;
+    t.step("target: port unlinked; kernel: controller resetting, then connecting (no uevent; ctrl_loss_tmo -1)");
+    let c = wait(&p, vol, is("controller_reconnecting")).await?;
+    t.detected_after = Some(kernel.elapsed());
+    t.step(format!(
+        "monitor flagged it {} ms after the loss (the controller state is re-read every second): {}",
+        kernel.elapsed().as_millis(),
+        c.message
+    ));
+    let s = stats(&p, &mut k, vol, "pod").await?;
+    t.step(format!("NodeGetVolumeStats: {}", condition_text(&s)));
+    p.fabric.restore_port(&nqn)?;
+    t.step("target: port back; kernel: controller live on the same device (NVME_EVENT=connected)");
+    let healed = wait(&p, vol, |c| !c.abnormal()).await?;
+    t.step(format!("healthy again: {}", healed.message));
+    let after = p
+        .fabric
+        .namespace_of(&nqn)
+        .ok_or_else(|| fail("not connected"))?;
+    if after != before {
+        return Err(fail(format!("the device changed: {before:?} -> {after:?}")));
+    }
+    t.step(format!(
+        "same device {} ({}, diskseq {}): nothing to remount",
+        after.0, after.1, after.2
+    ));
+    teardown(&p, &mut k, vol, &["pod"]).await?;
+    p.stop().await?;
+    Ok(())
+}
+
 async fn reconnect(t: &mut Timeline, root: &Path, same_name: bool) -> Result<(), DynError> {
     let vol = if same_name {
         "pvc-demo-samename"
@@ -243,7 +324,7 @@ async fn reconnect(t: &mut Timeline, root: &Path, same_name: bool) -> Result<(),
         "pvc-demo-renamed"
     };
     let nqn = nqn_for(vol);
-    let (p, mut k) = one_volume(root, vol, "ext4").await?;
+    let (p, mut k) = one_volume_with(root, vol, finite_loss_context(vol)).await?;
     let payload = b"written before the storage box restarted".to_vec();
     write_payload(&p.target_path("pod", vol), "ext4", &payload)?;
     nix::unistd::sync();
@@ -252,51 +333,73 @@ async fn reconnect(t: &mut Timeline, root: &Path, same_name: bool) -> Result<(),
         .namespace_of(&nqn)
         .ok_or_else(|| fail("not connected"))?;
     t.step(format!(
-        "staged on {old_name} ({old_dev}, diskseq {old_seq}); data written"
+        "staged on {old_name} ({old_dev}, diskseq {old_seq}) with ctrlLossTmo 1 s; data written"
     ));
-    // The clock starts when the reconnect starts: it includes the emulated fabric's own work
-    // (new loop device, sysfs tree, udev events), as a real reconnect includes the kernel's.
     let kernel = Instant::now();
-    if same_name {
-        p.fabric.reconnect_same_name(&nqn)?;
-    } else {
-        p.fabric.reconnect_renamed(&nqn)?;
+    p.fabric.lose_port(&nqn)?;
+    t.step("target: port unlinked; kernel: controller connecting, deleted after ctrl_loss_tmo");
+    let c = wait(&p, vol, |c| {
+        matches!(
+            c.kind,
+            rds_types::ConditionKind::DeviceRemoved | rds_types::ConditionKind::DeviceGone
+        )
+    })
+    .await?;
+    t.detected_after = Some(kernel.elapsed());
+    t.step(format!(
+        "kernel deleted the controller and its namespace; the volume is abnormal at once ({} ms after the loss): {}",
+        kernel.elapsed().as_millis(),
+        c.message
+    ));
+    if !same_name {
+        // Meanwhile another volume connects and takes the free controller number.
+        let other = nqn_for("pvc-demo-other");
+        p.fabric.add_target(&other, size("ext4"))?;
+        let o = rds_fabric::Fabric::connect(
+            &*p.fabric,
+            &rds_fabric::ConnectRequest::tcp(other, "127.0.0.1".parse()?, 4420),
+        )?;
+        t.step(format!(
+            "another volume connected meanwhile, as {}",
+            o.controller
+        ));
     }
+    p.fabric.restore_port(&nqn)?;
+    t.step("target: port back; nothing reconnects by itself");
+    let healed = wait(&p, vol, |c| !c.abnormal()).await?;
     let (new_name, new_dev, new_seq) = p
         .fabric
         .namespace_of(&nqn)
         .ok_or_else(|| fail("not reconnected"))?;
-    t.step(format!("kernel: controller reconnected; namespace is now {new_name} ({new_dev}, diskseq {new_seq})"));
-    let c = wait(&p, vol, is("device_replaced")).await?;
-    t.detected_after = Some(kernel.elapsed());
     t.step(format!(
-        "monitor flagged it {} us after the reconnect began: {}",
-        kernel.elapsed().as_micros(),
-        c.message
-    ));
-    let s = stats(&p, &mut k, vol, "pod").await?;
-    t.step(format!(
-        "NodeGetVolumeStats: {} (statvfs skipped: {})",
-        condition_text(&s),
-        s.usage.is_empty()
-    ));
-    let healed = wait(&p, vol, |c| !c.abnormal()).await?;
-    t.step(format!(
-        "recovery: new device mounted aside, verified, moved onto the staging path; {}",
+        "the plugin reconnected with the recorded parameters: {new_name} ({new_dev}, diskseq {new_seq}); the staging path healed: {}",
         healed.message
     ));
-    let ev = p
-        .events
-        .wait_for(WAIT, |e| e.volume_id == vol)
-        .await
-        .ok_or_else(|| fail("no Kubernetes Event was posted"))?;
-    t.step(format!(
-        "Kubernetes Event on the PVC: {} {:?}: {}",
-        ev.reason, ev.type_, ev.note
-    ));
+    if same_name != (new_name == old_name) || new_seq == old_seq {
+        return Err(fail(format!(
+            "expected {} name and a new diskseq, got {old_name}/{old_seq} -> {new_name}/{new_seq}",
+            if same_name { "the same" } else { "another" }
+        )));
+    }
+    let seen = reasons(&p, vol);
+    t.step(format!("Kubernetes Events on the PVC: {seen:?}"));
+    use rds_types::EventReason as R;
+    for r in [
+        R::ConnectionFailure,
+        R::ConnectionRecovery,
+        R::RecoverySucceeded,
+    ] {
+        if !seen.contains(&r) {
+            return Err(fail(format!("no {r} Event: {seen:?}")));
+        }
+    }
     let s = stats(&p, &mut k, vol, "pod").await?;
     t.step(format!("the running pod's target: {}", condition_text(&s)));
-    // The pod is recreated on the healed volume.
+    if !s.volume_condition.is_some_and(|c| c.abnormal) {
+        return Err(fail(
+            "the running pod still holds the dead filesystem but reads healthy",
+        ));
+    }
     unpublish(&p, &mut k, vol, "pod").await?;
     k.node
         .node_publish_volume(publish_request(&p, vol, "pod-new", cap("ext4"), false))
@@ -307,6 +410,42 @@ async fn reconnect(t: &mut Timeline, root: &Path, same_name: bool) -> Result<(),
     }
     t.step("pod recreated: its new publish is on the healed device; data intact");
     teardown(&p, &mut k, vol, &["pod-new"]).await?;
+    p.stop().await?;
+    Ok(())
+}
+
+async fn namespace_replaced(t: &mut Timeline, root: &Path) -> Result<(), DynError> {
+    let vol = "pvc-demo-replaced";
+    let nqn = nqn_for(vol);
+    let (p, mut k) = one_volume_with(root, vol, finite_loss_context(vol)).await?;
+    p.fabric.lose_port(&nqn)?;
+    p.fabric.replace_namespace(&nqn)?;
+    t.step("target restarts with another namespace behind the same NQN (new uuid, empty)");
+    wait(&p, vol, is("device_removed")).await?;
+    p.fabric.restore_port(&nqn)?;
+    let c = wait(&p, vol, is("namespace_mismatch")).await?;
+    t.step(format!(
+        "the plugin reconnected and refused the foreign namespace: {}",
+        c.message
+    ));
+    let seen = reasons(&p, vol);
+    if !seen.contains(&rds_types::EventReason::NamespaceMismatch) {
+        return Err(fail(format!("no NamespaceMismatch Event: {seen:?}")));
+    }
+    let staging = p.staging_path(vol);
+    let view = rds_mounts::MountView::read_now(Path::new("/proc"), "self")?;
+    let (_, new_dev, _) = p
+        .fabric
+        .namespace_of(&nqn)
+        .ok_or_else(|| fail("not connected"))?;
+    if view.mounts_of(new_dev).next().is_some() {
+        return Err(fail("the foreign namespace was mounted"));
+    }
+    t.step(format!(
+        "never mounted: {} still holds only the old device",
+        staging.display()
+    ));
+    let _ = teardown(&p, &mut k, vol, &["pod"]).await;
     p.stop().await?;
     Ok(())
 }
@@ -431,14 +570,20 @@ async fn restart(t: &mut Timeline, root: &Path) -> Result<(), DynError> {
     let vol = "pvc-demo-restart";
     let nqn = nqn_for(vol);
     p.fabric.add_target(&nqn, size("ext4"))?;
-    stage_publish(&p, &mut k, vol, "ext4", "pod").await?;
+    let mut req = stage_request(&p, vol, cap("ext4"));
+    req.volume_context = finite_loss_context(vol);
+    k.node.node_stage_volume(req).await?;
+    k.node
+        .node_publish_volume(publish_request(&p, vol, "pod", cap("ext4"), false))
+        .await?;
     write_payload(&p.target_path("pod", vol), "ext4", b"before the restart")?;
     nix::unistd::sync();
     let fabric = p.stop().await?;
     t.step("plugin stopped (DaemonSet rollout); its volume stays mounted");
-    fabric.reconnect_renamed(&nqn)?;
+    fabric.lose_controller(&nqn)?;
+    fabric.restore_port(&nqn)?;
     t.step(
-        "kernel, while the plugin is down: the target restarts, the namespace comes back elsewhere",
+        "while the plugin is down: the target restarts, the kernel deletes the controller; the target is back but nothing reconnects by itself",
     );
     let started = Instant::now();
     let p = Plugin::start(root, Some(fabric)).await?;
@@ -453,14 +598,17 @@ async fn restart(t: &mut Timeline, root: &Path) -> Result<(), DynError> {
         started.elapsed().as_millis(),
         c.message
     ));
-    if c.kind != rds_types::ConditionKind::DeviceReplaced {
+    if !c.abnormal() {
         return Err(fail(format!(
-            "expected device_replaced after the restart, got {}",
-            c.message
+            "expected the lost namespace to be abnormal in the first reconcile, got {}: {}",
+            c.kind, c.message
         )));
     }
     let healed = wait(&p, vol, |c| !c.abnormal()).await?;
-    t.step(format!("recovered after the restart: {}", healed.message));
+    t.step(format!(
+        "the plugin reconnected and healed the volume after the restart: {}",
+        healed.message
+    ));
     let mut k = p.kubelet().await?;
     unpublish(&p, &mut k, vol, "pod").await?;
     k.node

@@ -64,6 +64,8 @@ impl ControllerEvent<'_> {
             ("NVME_TRTYPE", self.transport.to_owned()),
             ("NVME_TRADDR", self.traddr.to_owned()),
             ("NVME_TRSVCID", self.trsvcid.to_owned()),
+            ("NVME_HOST_TRADDR", "none".to_owned()),
+            ("NVME_HOST_IFACE", "none".to_owned()),
         ]);
         p
     }

@@ -1,23 +1,38 @@
 //! An emulated NVMe-oF fabric for a kernel without NVMe (tests, the demo, `--fabric emulated`).
 //!
-//! Behind the same [`Fabric`] trait as the real one, it reproduces what a node observes:
-//! - the NVMe sysfs layout (subsystem, controller with its state, namespace disk with `dev`,
-//!   `diskseq`, `size`, `uuid`) under an injectable sys root, written by
-//!   [`crate::emulated::tree::NvmeTree`], so the resolver code that reads production `/sys`
-//!   reads it unchanged;
-//! - a real block device per namespace: a loop device on the target's backing file, with a node
-//!   named like the namespace (`<dev_root>/nvme0n1`) carrying the loop's `major:minor`;
-//! - the udev events a real kernel + udev would send (netlink group 2, libudev format), when
-//!   enabled.
+//! Behind the same [`Fabric`] trait as the real one, it reproduces what a node observes from
+//! the kernel's own NVMe/TCP host, as measured on Debian's 6.12 kernel (the real-kernel test
+//! tier records it as fixtures and holds this emulation to them):
+//! - the sysfs layout ([`tree`]): native multipath by default, the subsystem
+//!   `nvme-subsysK`, the controller `nvmeK` under `nvme-fabrics/ctl`, the namespace head
+//!   `nvmeKn1` under the subsystem and the hidden per-path disk `nvmeKcKn1` (no `dev`, no node,
+//!   no uevents) under the controller; `address` with `src_addr`, `ctrl_loss_tmo` `off` for -1;
+//! - a real block device per namespace: a loop device on the target's backing file, its node
+//!   `<dev_root>/nvmeKn1` carrying the loop's `major:minor`, `<sys>/dev/block/M:m` linked to
+//!   the real loop device (so its request counters are real);
+//! - the uevents, in the kernel's order (netlink group 2, libudev format, when enabled):
+//!   connect = controller `add`, subsystem `add`, controller `change` with
+//!   `NVME_EVENT=connected`, head `add`; deletion = head `remove`, controller `remove`,
+//!   subsystem `remove`; a reconnect that succeeds = head `change` (same `DISKSEQ`) then
+//!   controller `change` with `NVME_EVENT=connected`. **No event** when a port is lost: the
+//!   controller's `state` goes `resetting`, then `connecting`, silently.
 //!
-//! A reconnect attaches a **new** loop device to the same backing file, so the namespace comes
-//! back with a new `major:minor` and a new `diskseq` (and, for a same-name reconnect, only the
-//! diskseq tells the two apart by name). A dead path truncates the backing file and sets the loop
-//! capacity to 0: real EIO, real ext4 abort.
+//! The lifecycle follows the kernel: a lost port leaves the controller `connecting` for its
+//! `ctrl_loss_tmo` (forever with -1); if the port comes back first the controller is `live`
+//! again on the **same** device; once the time runs out the controller, its head and its
+//! subsystem are deleted and nothing comes back by itself. A new connect then creates a new
+//! controller with the lowest free number (so usually the same name) and a new loop device
+//! on the same backing file: a new incarnation with a new `diskseq`. The deleted device stops
+//! working the way the kernel's does: its loop device is cut off from the backing file (one
+//! sector left), while the backing file keeps every byte.
 //!
-//! Numbers that have no real device behind them (the controllers' char devices, multipath
-//! per-path disks) use major [`EMULATED_MAJOR`], from the range devices.txt reserves for local
-//! and experimental use; no node is ever created for them.
+//! Differences from the kernel, on purpose: while a controller is `connecting` its device
+//! still completes I/O (the kernel queues it); the reconnect after a port comes back is
+//! immediate (the kernel waits for its next `reconnect_delay` tick); the char devices
+//! (`nvmeK`, `ngKn1`), `bdi` and `hwmon` devices get no events and no nodes.
+//!
+//! Numbers that have no real device behind them (the controllers' char devices) use major
+//! [`EMULATED_MAJOR`], from the range devices.txt reserves for local and experimental use.
 
 pub mod announce;
 pub mod events;
@@ -31,7 +46,8 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
 use rds_devices::uevent::{encode_libudev, UdevInjector};
 use rds_types::{DevNum, DiskSeq, ManagedPrefix, Nqn};
@@ -58,10 +74,12 @@ pub struct EmulatedConfig {
     pub dev_root: PathBuf,
     /// Where target backing files live (created if missing).
     pub backing_dir: PathBuf,
-    /// Native NVMe multipath: namespaces appear as subsystem heads `nvmeKn1` with hidden
-    /// per-controller paths `nvmeKcNn1`; otherwise as `nvmeNn1` under the controller.
+    /// Native NVMe multipath (the kernel's default): namespaces appear as subsystem heads
+    /// `nvmeKn1` with hidden per-controller paths `nvmeKcKn1`; otherwise as `nvmeKn1` under
+    /// the controller.
     pub multipath: bool,
-    /// Send udev events on netlink group 2 (do this only inside a private network namespace).
+    /// Send udev events on netlink group 2 (do this only inside a private network namespace,
+    /// or on a node where the plugin is meant to see the emulated events).
     pub inject_uevents: bool,
     /// Disconnects outside this prefix are refused, as with the real fabric.
     pub managed: ManagedPrefix,
@@ -71,14 +89,13 @@ pub struct EmulatedConfig {
 
 impl EmulatedConfig {
     /// The usual layout under one directory: `<base>/sys`, `<base>/dev`, `<base>/targets`,
-    /// without multipath and without uevent injection (turn it on inside a private network
-    /// namespace, or on a node where the plugin is meant to see the emulated events).
+    /// multipath on, without uevent injection.
     pub fn under(base: &Path, managed: ManagedPrefix, loops: LoopControl) -> Self {
         Self {
             sys_root: base.join("sys"),
             dev_root: base.join("dev"),
             backing_dir: base.join("targets"),
-            multipath: false,
+            multipath: true,
             inject_uevents: false,
             managed,
             loops,
@@ -86,19 +103,26 @@ impl EmulatedConfig {
     }
 }
 
-/// One live connection to a target.
+/// The namespace a controller exposes.
+#[derive(Debug)]
+struct Namespace {
+    /// The block device users see (`nvmeKn1`).
+    name: String,
+    /// Multipath's hidden per-path disk (`nvmeKcKn1`).
+    path_disk: Option<String>,
+    loop_dev: LoopDevice,
+    devpath: String,
+}
+
+/// One controller connected to a target.
 #[derive(Debug)]
 struct Connection {
     ctrl: u32,
     subsys: u32,
-    /// The block device users see (`nvmeNn1`, or the head `nvmeKn1` with multipath).
-    ns_name: String,
-    /// Multipath's hidden per-path disk (`nvmeKcNn1`), with its synthetic number.
-    path_disk: Option<(String, DevNum)>,
-    loop_dev: LoopDevice,
+    /// `None` while the target's namespace is disabled.
+    ns: Option<Namespace>,
     req: ConnectRequest,
     state: ControllerState,
-    ns_devpath: String,
     ctrl_devpath: String,
     subsys_devpath: String,
 }
@@ -114,31 +138,38 @@ struct Target {
     backing: PathBuf,
     size_bytes: u64,
     uuid: String,
+    /// The target accepts connections (its port is linked).
+    port_up: bool,
+    /// The target's namespace is enabled.
+    ns_enabled: bool,
     conn: Option<Connection>,
+    /// Bumped on every port loss: a `ctrl_loss_tmo` timer only acts on its own loss.
+    loss: u64,
 }
 
 #[derive(Default)]
 struct State {
     targets: BTreeMap<Nqn, Target>,
-    next_ctrl: u32,
-    next_subsys: u32,
-    next_path_minor: u32,
     seqnum: u64,
     injector: Option<UdevInjector>,
 }
 
-/// The emulated fabric. Every loop device it attached is detached by [`Self::shutdown`] or on
-/// drop.
-pub struct EmulatedFabric {
+struct Inner {
     cfg: EmulatedConfig,
     tree: NvmeTree,
     state: Mutex<State>,
 }
 
+/// The emulated fabric. Every loop device it attached is detached by [`Self::shutdown`] or on
+/// drop.
+pub struct EmulatedFabric {
+    inner: Arc<Inner>,
+}
+
 impl std::fmt::Debug for EmulatedFabric {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EmulatedFabric")
-            .field("cfg", &self.cfg)
+            .field("cfg", &self.inner.cfg)
             .finish_non_exhaustive()
     }
 }
@@ -147,11 +178,13 @@ fn tree_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> F
     move |e| FabricError::io(op, path, e)
 }
 
-/// A namespace uuid derived from the NQN: stable across reconnects, as a real target's is.
-fn uuid_for(nqn: &Nqn) -> String {
+/// A namespace uuid derived from the NQN (and a generation): stable across reconnects, as a
+/// real target's is; another generation is another volume behind the same NQN.
+fn uuid_for(nqn: &Nqn, generation: u64) -> String {
     let half = |salt: u64| {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         salt.hash(&mut h);
+        generation.hash(&mut h);
         nqn.as_str().hash(&mut h);
         h.finish()
     };
@@ -202,6 +235,14 @@ fn remove_node_if_ours(path: &Path, dev: DevNum) -> io::Result<()> {
     }
 }
 
+fn refused(nqn: &Nqn, address: String, why: &str) -> FabricError {
+    FabricError::Refused {
+        nqn: nqn.clone(),
+        address,
+        source: io::Error::new(io::ErrorKind::ConnectionRefused, why.to_owned()),
+    }
+}
+
 impl EmulatedFabric {
     /// Create the roots and record the multipath setting in the tree.
     pub fn new(cfg: EmulatedConfig) -> Result<Self, FabricError> {
@@ -220,32 +261,29 @@ impl EmulatedFabric {
             None
         };
         Ok(Self {
-            cfg,
-            tree,
-            state: Mutex::new(State {
-                injector,
-                ..State::default()
+            inner: Arc::new(Inner {
+                cfg,
+                tree,
+                state: Mutex::new(State {
+                    injector,
+                    ..State::default()
+                }),
             }),
         })
     }
 
     pub fn config(&self) -> &EmulatedConfig {
-        &self.cfg
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock leaves the state as consistent as any error path does.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        &self.inner.cfg
     }
 
     /// Create a target exporting one namespace (nsid 1) of `size_bytes`, backed by a sparse file
-    /// under the backing directory. Returns the backing file.
+    /// under the backing directory, its port up. Returns the backing file.
     pub fn add_target(&self, nqn: &Nqn, size_bytes: u64) -> Result<PathBuf, FabricError> {
-        let mut st = self.lock();
+        let mut st = self.inner.lock();
         if st.targets.contains_key(nqn) {
             return Err(FabricError::TargetExists(nqn.clone()));
         }
-        let backing = self.cfg.backing_dir.join(format!("{nqn}.img"));
+        let backing = self.inner.cfg.backing_dir.join(format!("{nqn}.img"));
         let f = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -258,8 +296,11 @@ impl EmulatedFabric {
             Target {
                 backing: backing.clone(),
                 size_bytes,
-                uuid: uuid_for(nqn),
+                uuid: uuid_for(nqn, 0),
+                port_up: true,
+                ns_enabled: true,
                 conn: None,
+                loss: 0,
             },
         );
         tracing::debug!(%nqn, size_bytes, backing = %backing.display(), "emulated target added");
@@ -268,18 +309,18 @@ impl EmulatedFabric {
 
     /// The namespace block device of a connected target: name, device number, diskseq.
     pub fn namespace_of(&self, nqn: &Nqn) -> Option<(String, DevNum, DiskSeq)> {
-        let st = self.lock();
-        let c = st.targets.get(nqn)?.conn.as_ref()?;
+        let st = self.inner.lock();
+        let ns = st.targets.get(nqn)?.conn.as_ref()?.ns.as_ref()?;
         Some((
-            c.ns_name.clone(),
-            c.loop_dev.dev_num(),
-            c.loop_dev.diskseq(),
+            ns.name.clone(),
+            ns.loop_dev.dev_num(),
+            ns.loop_dev.diskseq(),
         ))
     }
 
     /// The controller (`nvmeN`) of a connected target.
     pub fn controller_of(&self, nqn: &Nqn) -> Option<String> {
-        let st = self.lock();
+        let st = self.inner.lock();
         st.targets
             .get(nqn)?
             .conn
@@ -287,128 +328,280 @@ impl EmulatedFabric {
             .map(Connection::ctrl_name)
     }
 
+    /// The state of a connected target's controller.
+    pub fn controller_state(&self, nqn: &Nqn) -> Option<ControllerState> {
+        let st = self.inner.lock();
+        st.targets.get(nqn)?.conn.as_ref().map(|c| c.state.clone())
+    }
+
     /// The loop device (`loopN`) currently backing a connected target's namespace.
     pub fn loop_of(&self, nqn: &Nqn) -> Option<String> {
-        let st = self.lock();
+        let st = self.inner.lock();
         st.targets
             .get(nqn)?
             .conn
+            .as_ref()?
+            .ns
             .as_ref()
-            .map(|c| c.loop_dev.name())
+            .map(|n| n.loop_dev.name())
     }
 
-    /// Set the controller's `state` attribute and send a `change` event (with
-    /// `NVME_EVENT=connected` when it goes back to `live` from a reconnecting state).
-    pub fn set_controller_state(
-        &self,
-        nqn: &Nqn,
-        state: ControllerState,
-    ) -> Result<(), FabricError> {
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        let conn = connected(&mut st.targets, nqn)?;
-        let name = conn.ctrl_name();
-        self.tree
-            .set_controller_state(&name, state.as_str())
-            .map_err(tree_err("write state of", &self.tree.controller_dir(&name)))?;
-        let reconnected = state == ControllerState::Live
-            && matches!(
-                conn.state,
-                ControllerState::Connecting | ControllerState::Resetting
-            );
-        conn.state = state;
-        let props = self.controller_props(conn, Action::Change, reconnected.then_some("connected"));
-        let devpath = conn.ctrl_devpath.clone();
-        tracing::info!(%nqn, controller = name, state = %conn.state, "emulated controller state");
-        send(&self.cfg, &mut st.seqnum, &st.injector, &devpath, props)
+    /// The target's namespace uuid as the host sees it.
+    pub fn uuid_of(&self, nqn: &Nqn) -> Option<String> {
+        self.inner.lock().targets.get(nqn).map(|t| t.uuid.clone())
     }
 
-    /// The controller is replaced by one with a new number (and, with multipath, a new
-    /// subsystem instance): the namespace comes back under a new name, on a new loop device
-    /// (new `major:minor` and `diskseq`). Events: block/nvme/subsystem `remove`, then `add`s and
-    /// a controller `change` with `NVME_EVENT=connected`.
-    pub fn reconnect_renamed(&self, nqn: &Nqn) -> Result<ConnectOutcome, FabricError> {
-        self.reconnect(nqn, false)
-    }
-
-    /// The controller comes back with the same number and the namespace with the same name, on
-    /// a new loop device: only the device number and above all the new `diskseq` tell it apart.
-    pub fn reconnect_same_name(&self, nqn: &Nqn) -> Result<ConnectOutcome, FabricError> {
-        self.reconnect(nqn, true)
-    }
-
-    fn reconnect(&self, nqn: &Nqn, same_name: bool) -> Result<ConnectOutcome, FabricError> {
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        let (target, old) = take_conn(&mut st.targets, nqn)?;
-        // Attach the new loop device while the old one is still bound: a new device number
-        // is then guaranteed.
-        let loop_dev = match self
-            .cfg
-            .loops
-            .attach(&target.backing, AttachOptions::default())
-        {
-            Ok(l) => l,
-            Err(e) => {
-                target.conn = Some(old);
-                return Err(e.into());
+    /// The target's port goes away. Its controller goes `resetting`, then `connecting`, with
+    /// no uevent (as the kernel); after the connect's `ctrl_loss_tmo` (never with -1) it is
+    /// deleted. New connects are refused until [`Self::restore_port`].
+    pub fn lose_port(&self, nqn: &Nqn) -> Result<(), FabricError> {
+        let (tmo, loss) = {
+            let mut guard = self.inner.lock();
+            let target = guard
+                .targets
+                .get_mut(nqn)
+                .ok_or_else(|| FabricError::UnknownTarget(nqn.clone()))?;
+            target.port_up = false;
+            target.loss += 1;
+            let loss = target.loss;
+            let Some(conn) = target.conn.as_mut() else {
+                return Ok(());
+            };
+            if !conn.state.is_reconnecting() {
+                self.inner.set_state(conn, ControllerState::Resetting)?;
+                self.inner.set_state(conn, ControllerState::Connecting)?;
             }
+            tracing::info!(%nqn, controller = conn.ctrl_name(), "emulated port lost: controller connecting");
+            (conn.req.ctrl_loss_tmo.unwrap_or(600), loss)
         };
-        let req = old.req.clone();
-        let numbers = same_name.then_some((old.ctrl, old.subsys));
-        // A failed teardown step is logged and reported by tear_down; the new incarnation is
-        // brought up regardless, as the kernel would.
-        let _ = self.tear_down(st, old, true);
-        let conn = self.bring_up(st, nqn, req, loop_dev, numbers)?;
-        let props = self.controller_props(&conn, Action::Change, Some("connected"));
-        let devpath = conn.ctrl_devpath.clone();
-        let outcome = ConnectOutcome {
-            controller: conn.ctrl_name(),
-            already_connected: false,
-        };
-        tracing::info!(%nqn, controller = outcome.controller, namespace = conn.ns_name,
-            dev = %conn.loop_dev.dev_num(), diskseq = %conn.loop_dev.diskseq(), same_name, "emulated reconnect");
-        set_conn(&mut st.targets, nqn, conn);
-        send(&self.cfg, &mut st.seqnum, &st.injector, &devpath, props)?;
-        Ok(outcome)
+        if tmo >= 0 {
+            let weak = Arc::downgrade(&self.inner);
+            let nqn = nqn.clone();
+            let wait = Duration::from_secs(u64::try_from(tmo).unwrap_or(0));
+            std::thread::Builder::new()
+                .name("emulated-ctrl-loss".into())
+                .spawn(move || {
+                    std::thread::sleep(wait);
+                    Inner::expire_if(&weak, &nqn, loss);
+                })
+                .map_err(|e| FabricError::io("spawn", Path::new("ctrl_loss_tmo timer"), e))?;
+        }
+        Ok(())
     }
 
-    /// `ctrl_loss_tmo` expired: namespace, controller and subsystem are removed (with their
-    /// `remove` events) and nothing replaces them. The target can be connected again.
-    pub fn lose_controller(&self, nqn: &Nqn) -> Result<(), FabricError> {
-        let mut guard = self.lock();
+    /// The target's port is back: a `connecting` controller is `live` again on the same device
+    /// (head `change`, then controller `change` with `NVME_EVENT=connected`); connects succeed.
+    pub fn restore_port(&self, nqn: &Nqn) -> Result<(), FabricError> {
+        let mut guard = self.inner.lock();
         let st = &mut *guard;
-        let (_, conn) = take_conn(&mut st.targets, nqn)?;
-        tracing::info!(%nqn, controller = conn.ctrl_name(), "emulated controller lost");
-        self.tear_down(st, conn, true)
+        let target = st
+            .targets
+            .get_mut(nqn)
+            .ok_or_else(|| FabricError::UnknownTarget(nqn.clone()))?;
+        target.port_up = true;
+        let Some(conn) = target.conn.as_mut() else {
+            return Ok(());
+        };
+        if !conn.state.is_reconnecting() {
+            return Ok(());
+        }
+        self.inner.set_state(conn, ControllerState::Live)?;
+        let mut batch = Vec::new();
+        if let Some(ns) = &conn.ns {
+            batch.push((
+                ns.devpath.clone(),
+                disk_event(
+                    Action::Change,
+                    &ns.name,
+                    &ns.devpath,
+                    ns.loop_dev.dev_num(),
+                    ns.loop_dev.diskseq(),
+                    &self.inner.cfg.dev_root,
+                ),
+            ));
+        }
+        batch.push((
+            conn.ctrl_devpath.clone(),
+            self.inner
+                .controller_props(conn, Action::Change, Some("connected")),
+        ));
+        tracing::info!(%nqn, controller = conn.ctrl_name(), "emulated port back: controller live");
+        for (devpath, props) in batch {
+            send(
+                &self.inner.cfg,
+                &mut st.seqnum,
+                &st.injector,
+                &devpath,
+                props,
+            )?;
+        }
+        Ok(())
     }
 
-    /// The path dies under the namespace: the backing file is truncated to 0 and the loop
-    /// capacity re-read, so every I/O of a mounted filesystem fails with EIO.
-    pub fn kill_path(&self, nqn: &Nqn) -> Result<(), FabricError> {
-        let mut st = self.lock();
+    /// The controller's `ctrl_loss_tmo` runs out now (a test does not wait for it): the
+    /// controller, its head and its subsystem are deleted.
+    pub fn expire(&self, nqn: &Nqn) -> Result<(), FabricError> {
+        let mut guard = self.inner.lock();
+        let st = &mut *guard;
         let target = st
             .targets
             .get_mut(nqn)
             .ok_or_else(|| FabricError::UnknownTarget(nqn.clone()))?;
         let conn = target
             .conn
+            .take()
+            .ok_or_else(|| FabricError::NotConnected(nqn.clone()))?;
+        tracing::info!(%nqn, controller = conn.ctrl_name(), "emulated ctrl_loss_tmo expired: controller deleted");
+        self.inner.tear_down(st, conn, true)
+    }
+
+    /// The connect request of a connected target's controller.
+    pub fn request_of(&self, nqn: &Nqn) -> Option<ConnectRequest> {
+        let st = self.inner.lock();
+        st.targets.get(nqn)?.conn.as_ref().map(|c| c.req.clone())
+    }
+
+    /// The controller is deleted and connected again at once with its recorded request, by
+    /// someone other than the plugin (an operator's `nvme connect`): the namespace comes back
+    /// as a new incarnation (a new loop device, a new `diskseq`; the same name unless another
+    /// controller holds the number by then).
+    pub fn reconnect(&self, nqn: &Nqn) -> Result<ConnectOutcome, FabricError> {
+        let req = {
+            let st = self.inner.lock();
+            st.targets
+                .get(nqn)
+                .and_then(|t| t.conn.as_ref())
+                .map(|c| c.req.clone())
+                .ok_or_else(|| FabricError::NotConnected(nqn.clone()))?
+        };
+        self.lose_controller(nqn)?;
+        self.restore_port(nqn)?;
+        self.connect(&req)
+    }
+
+    /// The port is lost and the controller deleted at once (`lose_port` + `expire`).
+    pub fn lose_controller(&self, nqn: &Nqn) -> Result<(), FabricError> {
+        self.lose_port(nqn)?;
+        self.expire(nqn)
+    }
+
+    /// The target's namespace is disabled (`enable` 0 on nvmet): the host removes its head
+    /// (its device stops working), the controller stays `live`.
+    pub fn disable_namespace(&self, nqn: &Nqn) -> Result<(), FabricError> {
+        let mut guard = self.inner.lock();
+        let st = &mut *guard;
+        let target = st
+            .targets
+            .get_mut(nqn)
+            .ok_or_else(|| FabricError::UnknownTarget(nqn.clone()))?;
+        target.ns_enabled = false;
+        let Some(ns) = target.conn.as_mut().and_then(|c| c.ns.take()) else {
+            return Ok(());
+        };
+        self.inner.remove_namespace(st, ns, true)
+    }
+
+    /// The target's namespace is enabled again: the host rescans and adds it back as a new
+    /// incarnation (same name, new loop device, new `diskseq`).
+    pub fn enable_namespace(&self, nqn: &Nqn) -> Result<(), FabricError> {
+        let mut guard = self.inner.lock();
+        let st = &mut *guard;
+        let target = st
+            .targets
+            .get_mut(nqn)
+            .ok_or_else(|| FabricError::UnknownTarget(nqn.clone()))?;
+        target.ns_enabled = true;
+        let (backing, size, uuid) = (
+            target.backing.clone(),
+            target.size_bytes,
+            target.uuid.clone(),
+        );
+        let Some(conn) = target.conn.as_mut() else {
+            return Ok(());
+        };
+        if conn.ns.is_some() {
+            return Ok(());
+        }
+        let loop_dev = self
+            .inner
+            .cfg
+            .loops
+            .attach(&backing, AttachOptions::default())?;
+        let ns = self.inner.add_namespace(conn, loop_dev, size, &uuid)?;
+        let props = disk_event(
+            Action::Add,
+            &ns.name,
+            &ns.devpath,
+            ns.loop_dev.dev_num(),
+            ns.loop_dev.diskseq(),
+            &self.inner.cfg.dev_root,
+        );
+        let devpath = ns.devpath.clone();
+        conn.ns = Some(ns);
+        send(
+            &self.inner.cfg,
+            &mut st.seqnum,
+            &st.injector,
+            &devpath,
+            props,
+        )
+    }
+
+    /// The target is rebuilt with another volume behind the same NQN: a new namespace uuid and
+    /// a fresh, empty backing file. Takes effect for the next namespace the host sees (after a
+    /// reconnect or a rescan); the old backing file is kept beside it.
+    pub fn replace_namespace(&self, nqn: &Nqn) -> Result<(), FabricError> {
+        let mut st = self.inner.lock();
+        let target = st
+            .targets
+            .get_mut(nqn)
+            .ok_or_else(|| FabricError::UnknownTarget(nqn.clone()))?;
+        let generation = target.loss + 1_000;
+        target.uuid = uuid_for(nqn, generation);
+        let backing = self
+            .inner
+            .cfg
+            .backing_dir
+            .join(format!("{nqn}.{generation}.img"));
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&backing)
+            .map_err(tree_err("create backing file", &backing))?;
+        f.set_len(target.size_bytes)
+            .map_err(tree_err("size backing file", &backing))?;
+        target.backing = backing;
+        tracing::info!(%nqn, uuid = target.uuid, "emulated target: another namespace behind the NQN");
+        Ok(())
+    }
+
+    /// The path dies under the namespace: the backing file is truncated to 0 and the loop
+    /// capacity re-read, so every I/O of a mounted filesystem fails with EIO.
+    pub fn kill_path(&self, nqn: &Nqn) -> Result<(), FabricError> {
+        let st = self.inner.lock();
+        let target = st
+            .targets
+            .get(nqn)
+            .ok_or_else(|| FabricError::UnknownTarget(nqn.clone()))?;
+        let ns = target
+            .conn
             .as_ref()
+            .and_then(|c| c.ns.as_ref())
             .ok_or_else(|| FabricError::NotConnected(nqn.clone()))?;
         File::options()
             .write(true)
             .open(&target.backing)
             .and_then(|f| f.set_len(0))
             .map_err(tree_err("truncate", &target.backing))?;
-        conn.loop_dev.set_capacity()?;
-        tracing::info!(%nqn, loop_dev = conn.loop_dev.name(), "emulated path killed");
+        ns.loop_dev.set_capacity()?;
+        tracing::info!(%nqn, loop_dev = ns.loop_dev.name(), "emulated path killed");
         Ok(())
     }
 
     /// Tear down every connection (no events) and detach every loop device this fabric
     /// attached. Idempotent; also run on drop.
     pub fn shutdown(&self) {
-        let mut guard = self.lock();
+        let mut guard = self.inner.lock();
         let st = &mut *guard;
         let conns: Vec<Connection> = st
             .targets
@@ -417,50 +610,75 @@ impl EmulatedFabric {
             .collect();
         for conn in conns {
             let name = conn.ctrl_name();
-            if let Err(e) = self.tear_down(st, conn, false) {
+            if let Err(e) = self.inner.tear_down(st, conn, false) {
                 tracing::warn!(controller = name, error = %e, "emulated teardown failed");
             }
         }
     }
+}
 
-    fn alloc_ctrl(&self, st: &mut State) -> u32 {
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the state as consistent as any error path does.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The `ctrl_loss_tmo` timer of loss number `loss` ran out.
+    fn expire_if(weak: &Weak<Inner>, nqn: &Nqn, loss: u64) {
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        let mut guard = inner.lock();
+        let st = &mut *guard;
+        let Some(target) = st.targets.get_mut(nqn) else {
+            return;
+        };
+        let still = target.loss == loss
+            && !target.port_up
+            && target
+                .conn
+                .as_ref()
+                .is_some_and(|c| c.state.is_reconnecting());
+        if !still {
+            return;
+        }
+        if let Some(conn) = target.conn.take() {
+            tracing::info!(%nqn, controller = conn.ctrl_name(), "emulated ctrl_loss_tmo expired: controller deleted");
+            if let Err(e) = inner.tear_down(st, conn, true) {
+                tracing::warn!(%nqn, error = %e, "emulated controller deletion");
+            }
+        }
+    }
+
+    fn set_state(&self, conn: &mut Connection, state: ControllerState) -> Result<(), FabricError> {
+        let name = conn.ctrl_name();
+        self.tree
+            .set_controller_state(&name, state.as_str())
+            .map_err(tree_err("write state of", &self.tree.controller_dir(&name)))?;
+        conn.state = state;
+        Ok(())
+    }
+
+    /// The lowest controller number no live controller, node or tree entry uses (the
+    /// kernel's instance allocator hands out the lowest free one).
+    fn alloc_ctrl(&self, st: &State) -> u32 {
         let in_use = |n: u32| {
             sysfs::class_nvme(&self.cfg.sys_root)
                 .join(format!("nvme{n}"))
                 .exists()
+                || self
+                    .cfg
+                    .sys_root
+                    .join(format!("class/nvme-subsystem/nvme-subsys{n}"))
+                    .exists()
                 || self.cfg.dev_root.join(format!("nvme{n}n{NSID}")).exists()
-                || st
-                    .targets
-                    .values()
-                    .any(|t| t.conn.as_ref().is_some_and(|c| c.ctrl == n))
+                || st.targets.values().any(|t| {
+                    t.conn
+                        .as_ref()
+                        .is_some_and(|c| c.ctrl == n || c.subsys == n)
+                })
         };
-        let mut n = st.next_ctrl;
-        while in_use(n) {
-            n += 1;
-        }
-        st.next_ctrl = n + 1;
-        n
-    }
-
-    fn alloc_subsys(&self, st: &mut State) -> u32 {
-        let in_use = |n: u32| {
-            self.cfg
-                .sys_root
-                .join(format!("class/nvme-subsystem/nvme-subsys{n}"))
-                .exists()
-                || (self.cfg.multipath
-                    && self.cfg.dev_root.join(format!("nvme{n}n{NSID}")).exists())
-                || st
-                    .targets
-                    .values()
-                    .any(|t| t.conn.as_ref().is_some_and(|c| c.subsys == n))
-        };
-        let mut n = st.next_subsys;
-        while in_use(n) {
-            n += 1;
-        }
-        st.next_subsys = n + 1;
-        n
+        (0..).find(|n| !in_use(*n)).unwrap_or(0)
     }
 
     fn controller_props(&self, c: &Connection, action: Action, nvme_event: Option<&str>) -> Props {
@@ -480,79 +698,81 @@ impl EmulatedFabric {
         .props(&self.cfg.dev_root)
     }
 
-    /// Write subsystem, controller and namespace into the tree, create the node, send the
-    /// `add` events. On failure everything done so far is undone (the loop device included).
+    /// Write subsystem, controller and (if enabled) namespace into the tree, create the node,
+    /// send the `add` events. On failure everything done so far is undone.
     fn bring_up(
         &self,
         st: &mut State,
         nqn: &Nqn,
         req: ConnectRequest,
-        loop_dev: LoopDevice,
-        numbers: Option<(u32, u32)>,
     ) -> Result<Connection, FabricError> {
-        let (ctrl, subsys) = match numbers {
-            Some(n) => n,
-            None => (self.alloc_ctrl(st), self.alloc_subsys(st)),
-        };
-        let path_disk = self.cfg.multipath.then(|| {
-            st.next_path_minor += 1;
-            (
-                format!("nvme{subsys}c{ctrl}n{NSID}"),
-                DevNum::new(EMULATED_MAJOR, st.next_path_minor),
-            )
-        });
-        let ns_name = if self.cfg.multipath {
-            format!("nvme{subsys}n{NSID}")
-        } else {
-            format!("nvme{ctrl}n{NSID}")
-        };
-        let mut conn = Connection {
-            ctrl,
-            subsys,
-            ns_name,
-            path_disk,
-            loop_dev,
-            req,
-            state: ControllerState::Live,
-            ns_devpath: String::new(),
-            ctrl_devpath: String::new(),
-            subsys_devpath: String::new(),
-        };
+        let ctrl = self.alloc_ctrl(st);
         let target = st
             .targets
             .get(nqn)
             .ok_or_else(|| FabricError::UnknownTarget(nqn.clone()))?;
-        let (size_bytes, uuid) = (target.size_bytes, target.uuid.clone());
-        if let Err(e) = self.write_tree(&mut conn, nqn, size_bytes, &uuid) {
+        let (backing, size, uuid, enabled) = (
+            target.backing.clone(),
+            target.size_bytes,
+            target.uuid.clone(),
+            target.ns_enabled,
+        );
+        let mut conn = Connection {
+            ctrl,
+            // The kernel names a new subsystem after its first controller's instance.
+            subsys: ctrl,
+            ns: None,
+            req,
+            state: ControllerState::Live,
+            ctrl_devpath: String::new(),
+            subsys_devpath: String::new(),
+        };
+        if let Err(e) = self.write_controller(&mut conn, nqn) {
             let _ = self.tear_down(st, conn, false);
             return Err(e);
         }
-        let node = self.cfg.dev_root.join(&conn.ns_name);
-        if let Err(e) = mknod_block(&node, conn.loop_dev.dev_num()) {
-            let _ = self.tear_down(st, conn, false);
-            return Err(FabricError::io("mknod", &node, e));
-        }
         let mut batch = vec![
+            (
+                conn.ctrl_devpath.clone(),
+                self.controller_props(&conn, Action::Add, None),
+            ),
             (
                 conn.subsys_devpath.clone(),
                 subsystem_event(Action::Add, &conn.subsys_devpath),
             ),
             (
                 conn.ctrl_devpath.clone(),
-                self.controller_props(&conn, Action::Add, None),
+                self.controller_props(&conn, Action::Change, Some("connected")),
             ),
         ];
-        batch.push((
-            conn.ns_devpath.clone(),
-            disk_event(
-                Action::Add,
-                &conn.ns_name,
-                &conn.ns_devpath,
-                conn.loop_dev.dev_num(),
-                conn.loop_dev.diskseq(),
-                &self.cfg.dev_root,
-            ),
-        ));
+        if enabled {
+            let ns = self
+                .cfg
+                .loops
+                .attach(&backing, AttachOptions::default())
+                .map_err(FabricError::from)
+                .and_then(|l| self.add_namespace(&conn, l, size, &uuid));
+            match ns {
+                Ok(ns) => {
+                    batch.push((
+                        ns.devpath.clone(),
+                        disk_event(
+                            Action::Add,
+                            &ns.name,
+                            &ns.devpath,
+                            ns.loop_dev.dev_num(),
+                            ns.loop_dev.diskseq(),
+                            &self.cfg.dev_root,
+                        ),
+                    ));
+                    conn.ns = Some(ns);
+                }
+                Err(e) => {
+                    let _ = self.tear_down(st, conn, false);
+                    return Err(e);
+                }
+            }
+        }
         for (devpath, props) in batch {
             if let Err(e) = send(&self.cfg, &mut st.seqnum, &st.injector, &devpath, props) {
                 let _ = self.tear_down(st, conn, false);
@@ -562,13 +782,7 @@ impl EmulatedFabric {
         Ok(conn)
     }
 
-    fn write_tree(
-        &self,
-        conn: &mut Connection,
-        nqn: &Nqn,
-        size_bytes: u64,
-        uuid: &str,
-    ) -> Result<(), FabricError> {
+    fn write_controller(&self, conn: &mut Connection, nqn: &Nqn) -> Result<(), FabricError> {
         let root = &self.cfg.sys_root;
         let name = conn.ctrl_name();
         conn.subsys_devpath = self
@@ -592,45 +806,152 @@ impl EmulatedFabric {
                 reconnect_delay: conn.req.reconnect_delay,
             })
             .map_err(tree_err("write controller under", root))?;
-        let ns = NamespaceSpec {
-            name: conn.ns_name.clone(),
+        Ok(())
+    }
+
+    /// Write a namespace of `conn` (head and hidden path with multipath), its node and its
+    /// `dev/block` link; on failure the loop device is detached (by drop).
+    fn add_namespace(
+        &self,
+        conn: &Connection,
+        loop_dev: LoopDevice,
+        size_bytes: u64,
+        uuid: &str,
+    ) -> Result<Namespace, FabricError> {
+        let root = &self.cfg.sys_root;
+        let ctrl_name = conn.ctrl_name();
+        let name = if self.cfg.multipath {
+            format!("nvme{}n{NSID}", conn.subsys)
+        } else {
+            format!("nvme{}n{NSID}", conn.ctrl)
+        };
+        let spec = NamespaceSpec {
+            name: name.clone(),
             nsid: NSID,
-            dev: conn.loop_dev.dev_num(),
-            diskseq: Some(conn.loop_dev.diskseq()),
+            dev: loop_dev.dev_num(),
+            diskseq: Some(loop_dev.diskseq()),
             size_sectors: size_bytes / 512,
             uuid: Some(uuid.to_owned()),
             nguid: None,
             wwid: None,
         };
-        conn.ns_devpath = if self.cfg.multipath {
+        let mut path_disk = None;
+        let devpath = if self.cfg.multipath {
             let devpath = self
                 .tree
-                .add_head(conn.subsys, &ns)
+                .add_head(conn.subsys, &spec)
                 .map_err(tree_err("write namespace head under", root))?;
-            if let Some((path_name, path_dev)) = &conn.path_disk {
-                let path_ns = NamespaceSpec {
-                    name: path_name.clone(),
-                    dev: *path_dev,
-                    diskseq: None,
-                    ..ns.clone()
-                };
-                self.tree
-                    .add_path(&name, &path_ns)
-                    .map_err(tree_err("write namespace path under", root))?;
-            }
+            let path_name = format!("nvme{}c{}n{NSID}", conn.subsys, conn.ctrl);
+            self.tree
+                .add_path(
+                    &ctrl_name,
+                    &NamespaceSpec {
+                        name: path_name.clone(),
+                        diskseq: None,
+                        ..spec.clone()
+                    },
+                )
+                .map_err(tree_err("write namespace path under", root))?;
+            path_disk = Some(path_name);
             devpath
         } else {
             self.tree
-                .add_namespace(&name, &ns)
+                .add_namespace(&ctrl_name, &spec)
                 .map_err(tree_err("write namespace under", root))?
         };
-        Ok(())
+        let ns = Namespace {
+            name,
+            path_disk,
+            loop_dev,
+            devpath,
+        };
+        let node = self.cfg.dev_root.join(&ns.name);
+        let _ = remove_node_if_ours(&node, ns.loop_dev.dev_num());
+        if let Err(e) = mknod_block(&node, ns.loop_dev.dev_num()) {
+            let _ = self.remove_tree_namespace(&ns);
+            return Err(FabricError::io("mknod", &node, e));
+        }
+        let real = self
+            .cfg
+            .loops
+            .sys_root()
+            .join("block")
+            .join(ns.loop_dev.name());
+        let real = std::fs::canonicalize(&real).unwrap_or(real);
+        self.tree
+            .link_dev_block(ns.loop_dev.dev_num(), &real)
+            .map_err(tree_err("link dev/block under", root))?;
+        Ok(ns)
     }
 
-    /// Remove namespace, controller and subsystem from the tree (sending `remove` events when
-    /// `events`), remove the node, detach the loop device. Keeps going after errors and returns
-    /// the first.
-    fn tear_down(&self, st: &mut State, conn: Connection, events: bool) -> Result<(), FabricError> {
+    fn remove_tree_namespace(&self, ns: &Namespace) -> Result<(), FabricError> {
+        let root = &self.cfg.sys_root;
+        if let Some(p) = &ns.path_disk {
+            self.tree
+                .remove_disk(p)
+                .map_err(tree_err("remove path disk under", root))?;
+        }
+        self.tree
+            .remove_disk(&ns.name)
+            .map_err(tree_err("remove namespace under", root))?;
+        self.tree
+            .unlink_dev_block(ns.loop_dev.dev_num())
+            .map_err(tree_err("unlink dev/block under", root))
+    }
+
+    /// Remove a namespace as the kernel does when it goes: its device stops working (the
+    /// loop device is cut off, the backing file untouched), tree entries and node go, the
+    /// head's `remove` event is sent (when `events`).
+    fn remove_namespace(
+        &self,
+        st: &mut State,
+        ns: Namespace,
+        events: bool,
+    ) -> Result<(), FabricError> {
+        let mut first: Option<FabricError> = None;
+        let mut keep = |r: Result<(), FabricError>| {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "emulated namespace removal step failed");
+                first.get_or_insert(e);
+            }
+        };
+        keep(ns.loop_dev.cut_off().map_err(FabricError::from));
+        keep(self.remove_tree_namespace(&ns));
+        keep(
+            remove_node_if_ours(&self.cfg.dev_root.join(&ns.name), ns.loop_dev.dev_num())
+                .map_err(tree_err("remove node", &self.cfg.dev_root)),
+        );
+        if events {
+            let props = disk_event(
+                Action::Remove,
+                &ns.name,
+                &ns.devpath,
+                ns.loop_dev.dev_num(),
+                ns.loop_dev.diskseq(),
+                &self.cfg.dev_root,
+            );
+            keep(send(
+                &self.cfg,
+                &mut st.seqnum,
+                &st.injector,
+                &ns.devpath,
+                props,
+            ));
+        }
+        // While mounted the device only gets autoclear and lives on, as with `losetup -d`.
+        keep(ns.loop_dev.detach().map_err(FabricError::from));
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Delete a controller as the kernel does: `deleting`, its namespace removed, then the
+    /// controller and its subsystem (with their `remove` events when `events`). Keeps going
+    /// after errors and returns the first.
+    fn tear_down(
+        &self,
+        st: &mut State,
+        mut conn: Connection,
+        events: bool,
+    ) -> Result<(), FabricError> {
         let root = &self.cfg.sys_root;
         let name = conn.ctrl_name();
         let mut first: Option<FabricError> = None;
@@ -640,53 +961,15 @@ impl EmulatedFabric {
                 first.get_or_insert(e);
             }
         };
-        // As the kernel does: the controller is `deleting` while its namespaces go away.
-        if self.tree.controller_dir(&name).is_dir() {
-            keep(
-                self.tree
-                    .set_controller_state(&name, ControllerState::Deleting.as_str())
-                    .map_err(tree_err("write state under", root)),
-            );
+        if self.tree.controller_dir(&conn.ctrl_name()).is_dir() {
+            keep(self.set_state(&mut conn, ControllerState::Deleting));
         }
-        if let Some((path_name, _)) = &conn.path_disk {
-            keep(
-                self.tree
-                    .remove_disk(path_name)
-                    .map_err(tree_err("remove path disk under", root)),
-            );
+        if let Some(ns) = conn.ns.take() {
+            keep(self.remove_namespace(st, ns, events));
         }
         keep(
             self.tree
-                .remove_disk(&conn.ns_name)
-                .map_err(tree_err("remove namespace under", root)),
-        );
-        keep(
-            remove_node_if_ours(
-                &self.cfg.dev_root.join(&conn.ns_name),
-                conn.loop_dev.dev_num(),
-            )
-            .map_err(tree_err("remove node", &self.cfg.dev_root)),
-        );
-        if events && !conn.ns_devpath.is_empty() {
-            let props = disk_event(
-                Action::Remove,
-                &conn.ns_name,
-                &conn.ns_devpath,
-                conn.loop_dev.dev_num(),
-                conn.loop_dev.diskseq(),
-                &self.cfg.dev_root,
-            );
-            keep(send(
-                &self.cfg,
-                &mut st.seqnum,
-                &st.injector,
-                &conn.ns_devpath,
-                props,
-            ));
-        }
-        keep(
-            self.tree
-                .remove_controller(&name)
+                .remove_controller(&conn.ctrl_name())
                 .map_err(tree_err("remove controller under", root)),
         );
         if events && !conn.ctrl_devpath.is_empty() {
@@ -714,45 +997,7 @@ impl EmulatedFabric {
                 props,
             ));
         }
-        // While mounted the device only gets autoclear and lives on, as with `losetup -d`.
-        keep(conn.loop_dev.detach().map_err(FabricError::from));
-        match first {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-}
-
-fn connected<'a>(
-    targets: &'a mut BTreeMap<Nqn, Target>,
-    nqn: &Nqn,
-) -> Result<&'a mut Connection, FabricError> {
-    targets
-        .get_mut(nqn)
-        .ok_or_else(|| FabricError::UnknownTarget(nqn.clone()))?
-        .conn
-        .as_mut()
-        .ok_or_else(|| FabricError::NotConnected(nqn.clone()))
-}
-
-/// Take a target's live connection out (the caller tears it down or puts it back).
-fn take_conn<'a>(
-    targets: &'a mut BTreeMap<Nqn, Target>,
-    nqn: &Nqn,
-) -> Result<(&'a mut Target, Connection), FabricError> {
-    let target = targets
-        .get_mut(nqn)
-        .ok_or_else(|| FabricError::UnknownTarget(nqn.clone()))?;
-    let conn = target
-        .conn
-        .take()
-        .ok_or_else(|| FabricError::NotConnected(nqn.clone()))?;
-    Ok((target, conn))
-}
-
-fn set_conn(targets: &mut BTreeMap<Nqn, Target>, nqn: &Nqn, conn: Connection) {
-    if let Some(t) = targets.get_mut(nqn) {
-        t.conn = Some(conn);
+        first.map_or(Ok(()), Err)
     }
 }
 
@@ -781,61 +1026,68 @@ fn send(
 
 impl Fabric for EmulatedFabric {
     fn connect(&self, req: &ConnectRequest) -> Result<ConnectOutcome, FabricError> {
-        if !self.cfg.managed.covers(&req.nqn) {
+        let inner = &self.inner;
+        if !inner.cfg.managed.covers(&req.nqn) {
             return Err(FabricError::NotManaged {
                 what: "connect".into(),
                 subsysnqn: req.nqn.to_string(),
-                prefix: self.cfg.managed.to_string(),
+                prefix: inner.cfg.managed.to_string(),
             });
         }
         req.to_options_line()?;
-        let mut guard = self.lock();
+        let mut guard = inner.lock();
         let st = &mut *guard;
-        let target = st
-            .targets
-            .get(&req.nqn)
-            .ok_or_else(|| FabricError::Refused {
-                nqn: req.nqn.clone(),
-                address: req.address(),
-                source: io::Error::new(
-                    io::ErrorKind::ConnectionRefused,
-                    "the emulated target has no such subsystem",
-                ),
-            })?;
+        let target = st.targets.get(&req.nqn).ok_or_else(|| {
+            refused(
+                &req.nqn,
+                req.address(),
+                "the emulated target has no such subsystem",
+            )
+        })?;
         if let Some(c) = &target.conn {
+            // The kernel: EALREADY for the same subsystem and address, reported as the
+            // existing controller.
             return Ok(ConnectOutcome {
                 controller: c.ctrl_name(),
                 already_connected: true,
             });
         }
-        let loop_dev = self
-            .cfg
-            .loops
-            .attach(&target.backing, AttachOptions::default())?;
-        let conn = self.bring_up(st, &req.nqn, req.clone(), loop_dev, None)?;
+        if !target.port_up {
+            return Err(refused(
+                &req.nqn,
+                req.address(),
+                "failed to connect socket: -111 (the emulated target's port is down)",
+            ));
+        }
+        let conn = inner.bring_up(st, &req.nqn, req.clone())?;
         let outcome = ConnectOutcome {
             controller: conn.ctrl_name(),
             already_connected: false,
         };
-        tracing::info!(nqn = %req.nqn, controller = outcome.controller, namespace = conn.ns_name,
-            dev = %conn.loop_dev.dev_num(), diskseq = %conn.loop_dev.diskseq(), "emulated connect");
-        set_conn(&mut st.targets, &req.nqn, conn);
+        if let Some(ns) = &conn.ns {
+            tracing::info!(nqn = %req.nqn, controller = outcome.controller, namespace = ns.name,
+                dev = %ns.loop_dev.dev_num(), diskseq = %ns.loop_dev.diskseq(), "emulated connect");
+        }
+        if let Some(t) = st.targets.get_mut(&req.nqn) {
+            t.conn = Some(conn);
+        }
         Ok(outcome)
     }
 
     fn disconnect(&self, controller: &str) -> Result<(), FabricError> {
+        let inner = &self.inner;
         // The same guard as the kernel fabric, read from the same tree.
-        let info = sysfs::read_controller(&self.cfg.sys_root, controller)?
+        let info = sysfs::read_controller(&inner.cfg.sys_root, controller)?
             .ok_or_else(|| FabricError::NoSuchController(controller.to_owned()))?;
-        let covered = Nqn::parse(&info.subsysnqn).is_ok_and(|n| self.cfg.managed.covers(&n));
+        let covered = Nqn::parse(&info.subsysnqn).is_ok_and(|n| inner.cfg.managed.covers(&n));
         if !covered {
             return Err(FabricError::NotManaged {
                 what: format!("disconnect {controller}"),
                 subsysnqn: info.subsysnqn,
-                prefix: self.cfg.managed.to_string(),
+                prefix: inner.cfg.managed.to_string(),
             });
         }
-        let mut guard = self.lock();
+        let mut guard = inner.lock();
         let st = &mut *guard;
         let conn = st
             .targets
@@ -844,11 +1096,11 @@ impl Fabric for EmulatedFabric {
             .and_then(|t| t.conn.take())
             .ok_or_else(|| FabricError::NoSuchController(controller.to_owned()))?;
         tracing::info!(controller, nqn = %info.subsysnqn, "emulated disconnect");
-        self.tear_down(st, conn, true)
+        inner.tear_down(st, conn, true)
     }
 
     fn controllers(&self) -> Result<Vec<ControllerInfo>, FabricError> {
-        sysfs::scan_controllers(&self.cfg.sys_root)
+        sysfs::scan_controllers(&self.inner.cfg.sys_root)
     }
 }
 
@@ -863,16 +1115,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn namespace_uuid_is_stable_per_nqn_and_well_formed() {
+    fn namespace_uuid_is_stable_per_nqn_and_generation_and_well_formed() {
         let a = Nqn::parse("nqn.2000-02.com.mikrotik:pvc-a").unwrap();
         let b = Nqn::parse("nqn.2000-02.com.mikrotik:pvc-b").unwrap();
-        let ua = uuid_for(&a);
+        let ua = uuid_for(&a, 0);
         assert_eq!(
             ua,
-            uuid_for(&a),
+            uuid_for(&a, 0),
             "a reconnect must see the same namespace uuid"
         );
-        assert_ne!(ua, uuid_for(&b));
+        assert_ne!(ua, uuid_for(&b, 0));
+        assert_ne!(ua, uuid_for(&a, 1), "another volume behind the same NQN");
         let groups: Vec<usize> = ua.split('-').map(str::len).collect();
         assert_eq!(groups, [8, 4, 4, 4, 12], "uuid {ua} must be 8-4-4-4-12");
         assert!(ua.bytes().all(|c| c == b'-' || c.is_ascii_hexdigit()));

@@ -60,9 +60,22 @@ pub struct ControllerSpec {
 }
 
 impl ControllerSpec {
-    /// The `address` attribute as the TCP transport prints it.
+    /// The `address` attribute as the TCP transport prints it: the local address it
+    /// connected from comes last.
     pub fn address(&self) -> String {
-        format!("traddr={},trsvcid={}", self.traddr, self.trsvcid)
+        format!(
+            "traddr={},trsvcid={},src_addr={}",
+            self.traddr, self.trsvcid, self.traddr
+        )
+    }
+}
+
+/// A timeout attribute as the kernel prints it: `off` for -1 (forever).
+fn tmo(v: i32) -> String {
+    if v < 0 {
+        "off".to_owned()
+    } else {
+        v.to_string()
     }
 }
 
@@ -127,7 +140,9 @@ impl NvmeTree {
         fs::create_dir_all(&dir)?;
         write_attr(&dir, "subsysnqn", nqn)?;
         write_attr(&dir, "iopolicy", "numa")?;
-        write_attr(&dir, "model", "rds-emulated")?;
+        write_attr(&dir, "model", "Linux")?;
+        write_attr(&dir, "serial", "rds-emulated")?;
+        write_attr(&dir, "subsystype", "nvm")?;
         write_attr(&dir, "uevent", "")?;
         self.class_link("nvme-subsystem", &name, &devpath)?;
         Ok(devpath)
@@ -186,17 +201,31 @@ impl NvmeTree {
         write_attr(&dir, "hostnqn", &spec.hostnqn)?;
         write_attr(&dir, "hostid", &spec.hostid)?;
         write_attr(&dir, "dev", &spec.dev.to_string())?;
-        if let Some(t) = spec.ctrl_loss_tmo {
-            write_attr(&dir, "ctrl_loss_tmo", &t.to_string())?;
-        }
-        if let Some(d) = spec.reconnect_delay {
-            write_attr(&dir, "reconnect_delay", &d.to_string())?;
-        }
+        // The kernel's defaults when the connect line does not set them: 600 s, 10 s.
+        write_attr(
+            &dir,
+            "ctrl_loss_tmo",
+            &tmo(spec.ctrl_loss_tmo.unwrap_or(600)),
+        )?;
+        write_attr(
+            &dir,
+            "reconnect_delay",
+            &spec.reconnect_delay.unwrap_or(10).to_string(),
+        )?;
+        write_attr(&dir, "fast_io_fail_tmo", "off")?;
+        write_attr(&dir, "kato", "5")?;
+        write_attr(&dir, "queue_count", "3")?;
+        write_attr(&dir, "sqsize", "127")?;
+        write_attr(&dir, "cntrltype", "io")?;
+        write_attr(&dir, "dctype", "none")?;
+        write_attr(&dir, "model", "Linux")?;
+        write_attr(&dir, "serial", "rds-emulated")?;
+        write_attr(&dir, "firmware_rev", "emulated")?;
         write_attr(
             &dir,
             "uevent",
             &format!(
-                "MAJOR={}\nMINOR={}\nDEVNAME={}\nNVME_TRTYPE={}\nNVME_TRADDR={}\nNVME_TRSVCID={}",
+                "MAJOR={}\nMINOR={}\nDEVNAME={}\nNVME_TRTYPE={}\nNVME_TRADDR={}\nNVME_TRSVCID={}\nNVME_HOST_TRADDR=none\nNVME_HOST_IFACE=none",
                 spec.dev.major,
                 spec.dev.minor,
                 spec.name,
@@ -312,23 +341,46 @@ impl NvmeTree {
         write_attr(&dir, "ro", "0")?;
         write_attr(&dir, "removable", "0")?;
         write_attr(&dir, "hidden", if hidden { "1" } else { "0" })?;
-        let mut uevent = format!(
-            "MAJOR={}\nMINOR={}\nDEVNAME={}\nDEVTYPE=disk",
-            ns.dev.major, ns.dev.minor, ns.name
-        );
+        // A hidden multipath path has no device number, no node and no uevents (measured on
+        // 6.12): its `uevent` file holds only DEVTYPE and DISKSEQ.
+        let mut uevent = if hidden {
+            "DEVTYPE=disk".to_owned()
+        } else {
+            format!(
+                "MAJOR={}\nMINOR={}\nDEVNAME={}\nDEVTYPE=disk",
+                ns.dev.major, ns.dev.minor, ns.name
+            )
+        };
         if let Some(s) = ns.diskseq {
             uevent.push_str(&format!("\nDISKSEQ={s}"));
             write_attr(&dir, "diskseq", &s.to_string())?;
         }
         write_attr(&dir, "uevent", &uevent)?;
         // `dev` last: the scanner treats a disk without `dev` as not there yet.
-        write_attr(&dir, "dev", &ns.dev.to_string())?;
+        if !hidden {
+            write_attr(&dir, "dev", &ns.dev.to_string())?;
+        }
         let rel = devpath.trim_start_matches('/');
         replace_symlink(&format!("../{rel}"), &self.sys.join("block").join(&ns.name))?;
         replace_symlink(
             &format!("../../{rel}"),
             &self.sys.join("class/block").join(&ns.name),
         )
+    }
+
+    /// `<sys>/dev/block/M:m` → `target` (the kernel links it to the device's directory; the
+    /// emulation links it to the real loop device's, so its request counters are the real
+    /// ones).
+    pub fn link_dev_block(&self, dev: DevNum, target: &Path) -> io::Result<()> {
+        let dir = self.sys.join("dev/block");
+        fs::create_dir_all(&dir)?;
+        let link = dir.join(dev.to_string());
+        let _ = fs::remove_file(&link);
+        symlink(target, link)
+    }
+
+    pub fn unlink_dev_block(&self, dev: DevNum) -> io::Result<()> {
+        remove_link(&self.sys.join("dev/block").join(dev.to_string()))
     }
 
     fn class_link(&self, class: &str, name: &str, devpath: &str) -> io::Result<()> {
