@@ -1,8 +1,7 @@
 //! What posting costs the caller (the monitor task, CSI handlers), and how fast the background
 //! task delivers to an API server on 127.0.0.1 (the fake one from the tests).
 
-#[path = "../tests/fake_api/mod.rs"]
-mod fake_api;
+use rds_testkit::fake_api;
 
 use std::time::{Duration, Instant};
 

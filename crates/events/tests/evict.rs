@@ -1,6 +1,6 @@
 //! Eviction against a fake API server on 127.0.0.1: exactly the pods on this node using the PVC.
 
-mod fake_api;
+use rds_testkit::fake_api;
 
 use fake_api::FakeApi;
 use rds_events::{evict_pods_using_pvc, EvictError};

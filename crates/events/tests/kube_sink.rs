@@ -1,6 +1,6 @@
 //! End-to-end tests of KubeSink against a fake API server on 127.0.0.1: what reaches the wire.
 
-mod fake_api;
+use rds_testkit::fake_api;
 
 use std::time::Duration;
 

@@ -11,6 +11,7 @@
 //! when the namespaces could not be entered, for example when not running as root.
 
 pub mod devices;
+pub mod fake_api;
 pub mod loopdev;
 
 use std::sync::OnceLock;

@@ -2,8 +2,6 @@
 //! crate (PV get, events create/patch, pods list, pod eviction) and records every request, so the
 //! tests check what really went over the wire.
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
