@@ -104,6 +104,11 @@ pub struct ServeArgs {
     pub emulated_backing_dir: PathBuf,
     #[arg(long, env = "UEVENT_SOURCE", value_enum, default_value_t = UeventSource::Auto)]
     pub uevent_source: UeventSource,
+    /// Read `<dev-root>/kmsg` for the NVMe core's messages, so a controller that loses its
+    /// transport is seen in milliseconds (no uevent announces it) rather than at the next
+    /// periodic state re-read.
+    #[arg(long, env = "KMSG", default_value_t = true, action = clap::ArgAction::Set)]
+    pub kmsg: bool,
     /// How long NodeStageVolume waits for the namespace's block device.
     #[arg(long, env = "DEVICE_WAIT", value_parser = humantime::parse_duration, default_value = "30s")]
     pub device_wait: Duration,

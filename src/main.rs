@@ -109,7 +109,8 @@ async fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error + Send + Sy
             },
         },
         devices: rds_devices::WatcherConfig::new(a.sys_root.clone(), a.run_root.clone())
-            .with_sources(a.uevent_source.into()),
+            .with_sources(a.uevent_source.into())
+            .with_kmsg(a.kmsg.then(|| a.dev_root.join("kmsg"))),
         mounts: {
             let mut m = rds_mounts::watch::WatcherConfig::new(a.proc_root.clone());
             m.strategy = a.mount_strategy.into();

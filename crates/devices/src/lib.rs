@@ -7,6 +7,7 @@
 //!   group-2 injector for synthetic events.
 //! - [`model`] (pure), [`scan`] (sysfs reader), [`source`] (netlink sockets), [`watcher`]
 //!   (the task and its resolver handle).
+pub mod kmsg;
 pub mod model;
 pub mod scan;
 pub mod source;

@@ -47,6 +47,10 @@ pub struct WatcherConfig {
     /// `NVME_EVENT=connected` once it is live again), so `connecting` is only observable by
     /// reading the attribute. `None` disables the re-check (events and resyncs only).
     pub state_poll: Option<Duration>,
+    /// The kernel log (`/dev/kmsg`), read as a hint: an NVMe core message about a controller
+    /// makes the watcher re-read controller states at once and for a short while after (see
+    /// [`crate::kmsg`]). `None`: periodic re-reads only.
+    pub kmsg: Option<PathBuf>,
 }
 
 impl WatcherConfig {
@@ -58,7 +62,13 @@ impl WatcherConfig {
             rcvbuf: DEFAULT_RCVBUF,
             channel_capacity: DEFAULT_CHANNEL_CAPACITY,
             state_poll: Some(DEFAULT_STATE_POLL),
+            kmsg: None,
         }
+    }
+
+    pub fn with_kmsg(mut self, path: Option<PathBuf>) -> Self {
+        self.kmsg = path;
+        self
     }
 
     pub fn with_state_poll(mut self, period: Option<Duration>) -> Self {
@@ -162,6 +172,25 @@ pub fn spawn(
     });
     let (tx, rx) = mpsc::channel(config.channel_capacity.max(1));
     let (resync_tx, resync_rx) = mpsc::channel(16);
+    let kmsg = config.kmsg.as_ref().and_then(|p| {
+        match crate::kmsg::Kmsg::open(p).and_then(|k| {
+            // SAFETY: the AsyncFd owns the log's file, whose fd stays open and unchanged until
+            // it is dropped.
+            unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(k, tokio::io::Interest::READABLE)
+            }
+            .map_err(|e| e.into_parts().1)
+        }) {
+            Ok(k) => {
+                info!(path = %p.display(), "reading the kernel log for controller state hints");
+                Some(k)
+            }
+            Err(e) => {
+                warn!(path = %p.display(), error = %e, "kernel log unavailable: controller states are re-read periodically only");
+                None
+            }
+        }
+    });
     let task = Task {
         shared: shared.clone(),
         reader,
@@ -170,6 +199,8 @@ pub fn spawn(
         resync_rx,
         state_poll: config.state_poll,
         lagged: 0,
+        kmsg,
+        burst_until: None,
     };
     tokio::spawn(task.run(replay));
     Ok((DeviceWatcherHandle { shared, resync_tx }, rx))
@@ -303,6 +334,55 @@ struct Task {
     state_poll: Option<Duration>,
     /// Events dropped because the receiver was full, not yet reported.
     lagged: u64,
+    kmsg: Option<tokio::io::unix::AsyncFd<crate::kmsg::Kmsg>>,
+    /// After a kernel-log hint, states are re-read every [`BURST_PERIOD`] until then (a
+    /// transition takes a few steps: `resetting`, then `connecting`).
+    burst_until: Option<tokio::time::Instant>,
+}
+
+/// Re-read period while a kernel-log hint is fresh, and for how long.
+const BURST_PERIOD: Duration = Duration::from_millis(20);
+const BURST_FOR: Duration = Duration::from_millis(600);
+
+impl crate::kmsg::Kmsg {
+    fn hints(&mut self) -> Vec<crate::kmsg::NvmeHint> {
+        let mut out = Vec::new();
+        if let Err(e) = self.read_hints(&mut out) {
+            debug!(error = %e, "reading the kernel log");
+        }
+        out
+    }
+}
+
+impl std::os::fd::AsRawFd for crate::kmsg::Kmsg {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.file().as_raw_fd()
+    }
+}
+
+/// Readable kernel log, or never.
+async fn kmsg_ready(
+    k: &mut Option<tokio::io::unix::AsyncFd<crate::kmsg::Kmsg>>,
+) -> Vec<crate::kmsg::NvmeHint> {
+    match k {
+        Some(k) => match k.readable_mut().await {
+            Ok(mut g) => {
+                let hints = g.get_inner_mut().hints();
+                g.clear_ready();
+                hints
+            }
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// The next burst re-read, or never.
+async fn burst(until: Option<tokio::time::Instant>) {
+    match until {
+        Some(u) if tokio::time::Instant::now() < u => tokio::time::sleep(BURST_PERIOD).await,
+        _ => std::future::pending().await,
+    }
 }
 
 impl Task {
@@ -318,6 +398,14 @@ impl Task {
             let lag_tx = (self.lagged > 0).then(|| self.tx.clone());
             tokio::select! {
                 biased;
+                hints = kmsg_ready(&mut self.kmsg) => {
+                    if !hints.is_empty() {
+                        debug!(?hints, "kernel log: NVMe controller message");
+                        self.recheck_states().await;
+                        self.burst_until = Some(tokio::time::Instant::now() + BURST_FOR);
+                    }
+                }
+                _ = burst(self.burst_until) => self.recheck_states().await,
                 _ = tick(&mut poll) => self.recheck_states().await,
                 permit = reserve(&lag_tx) => {
                     if let Some(p) = permit {

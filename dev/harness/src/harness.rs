@@ -154,7 +154,8 @@ impl Plugin {
                 },
             },
             devices: rds_devices::WatcherConfig::new(l.sys.clone(), root.join("run"))
-                .with_sources(rds_devices::SourceKind::Both),
+                .with_sources(rds_devices::SourceKind::Both)
+                .with_kmsg(Some(l.dev.join("kmsg"))),
             mounts: rds_mounts::watch::WatcherConfig::new("/proc"),
             monitor: rds_monitor::MonitorConfig {
                 gone_grace: GONE_GRACE,

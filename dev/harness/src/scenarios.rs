@@ -291,7 +291,7 @@ async fn port_loss(t: &mut Timeline, root: &Path) -> Result<(), DynError> {
     let c = wait(&p, vol, is("controller_reconnecting")).await?;
     t.detected_after = Some(kernel.elapsed());
     t.step(format!(
-        "monitor flagged it {} ms after the loss (the controller state is re-read every second): {}",
+        "monitor flagged it {} ms after the loss (the kernel log named the controller; its state was re-read at once): {}",
         kernel.elapsed().as_millis(),
         c.message
     ));

@@ -235,6 +235,17 @@ fn remove_node_if_ours(path: &Path, dev: DevNum) -> io::Result<()> {
     }
 }
 
+fn nix_mkfifo(path: &Path) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 fn refused(nqn: &Nqn, address: String, why: &str) -> FabricError {
     FabricError::Refused {
         nqn: nqn.clone(),
@@ -252,6 +263,11 @@ impl EmulatedFabric {
         let tree = NvmeTree::new(&cfg.sys_root);
         tree.set_multipath(cfg.multipath)
             .map_err(tree_err("write multipath parameter under", &cfg.sys_root))?;
+        // The emulation's kernel log: a FIFO in /dev/kmsg's record format.
+        let kmsg = cfg.dev_root.join("kmsg");
+        if !kmsg.exists() {
+            nix_mkfifo(&kmsg).map_err(tree_err("mkfifo", &kmsg))?;
+        }
         let injector = if cfg.inject_uevents {
             Some(UdevInjector::new().map_err(|e| FabricError::Uevent {
                 devpath: "(opening the netlink socket)".into(),
@@ -357,7 +373,8 @@ impl EmulatedFabric {
     pub fn lose_port(&self, nqn: &Nqn) -> Result<(), FabricError> {
         let (tmo, loss) = {
             let mut guard = self.inner.lock();
-            let target = guard
+            let st = &mut *guard;
+            let target = st
                 .targets
                 .get_mut(nqn)
                 .ok_or_else(|| FabricError::UnknownTarget(nqn.clone()))?;
@@ -369,7 +386,15 @@ impl EmulatedFabric {
             };
             if !conn.state.is_reconnecting() {
                 self.inner.set_state(conn, ControllerState::Resetting)?;
+                self.inner
+                    .log(&mut st.seqnum, conn.ctrl, "starting error recovery");
                 self.inner.set_state(conn, ControllerState::Connecting)?;
+                let delay = conn.req.reconnect_delay.unwrap_or(10);
+                self.inner.log(
+                    &mut st.seqnum,
+                    conn.ctrl,
+                    &format!("Reconnecting in {delay} seconds..."),
+                );
             }
             tracing::info!(%nqn, controller = conn.ctrl_name(), "emulated port lost: controller connecting");
             (conn.req.ctrl_loss_tmo.unwrap_or(600), loss)
@@ -406,6 +431,8 @@ impl EmulatedFabric {
             return Ok(());
         }
         self.inner.set_state(conn, ControllerState::Live)?;
+        self.inner
+            .log(&mut st.seqnum, conn.ctrl, "Successfully reconnected");
         let mut batch = Vec::new();
         if let Some(ns) = &conn.ns {
             batch.push((
@@ -647,6 +674,27 @@ impl Inner {
             if let Err(e) = inner.tear_down(st, conn, true) {
                 tracing::warn!(%nqn, error = %e, "emulated controller deletion");
             }
+        }
+    }
+
+    /// A line in the emulation's kernel log, as the NVMe core prints it (nobody reading it is
+    /// fine: the log is only a hint).
+    fn log(&self, seqnum: &mut u64, ctrl: u32, text: &str) {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        *seqnum += 1;
+        let rec = rds_devices::kmsg::format_record(
+            *seqnum,
+            &format!("nvme nvme{ctrl}: {text}"),
+            Some(DevNum::new(EMULATED_MAJOR, ctrl)),
+        );
+        let path = self.cfg.dev_root.join("kmsg");
+        if let Ok(mut f) = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+        {
+            let _ = f.write_all(rec.as_bytes());
         }
     }
 
@@ -964,6 +1012,7 @@ impl Inner {
         if self.tree.controller_dir(&conn.ctrl_name()).is_dir() {
             keep(self.set_state(&mut conn, ControllerState::Deleting));
         }
+        self.log(&mut st.seqnum, conn.ctrl, "Removing ctrl");
         if let Some(ns) = conn.ns.take() {
             keep(self.remove_namespace(st, ns, events));
         }
