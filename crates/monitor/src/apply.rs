@@ -297,6 +297,7 @@ impl Monitor {
                 history: VecDeque::new(),
                 outage_since: None,
                 watches: Default::default(),
+                paths_down: Default::default(),
             };
             r.write_into(&mut v);
             self.volumes.insert(id.clone(), v);

@@ -160,7 +160,7 @@ pub(crate) fn assess<'f>(
         None => false,
         Some(_) if storm.is_some() => false,
         Some(RecoveryReason::Reconnect) => true,
-        Some(_) => present.is_some() && link == Link::Fine,
+        Some(_) => present.is_some() && !matches!(link, Link::Reconnecting { .. }),
     };
     Assessment {
         mount_confirmed: !vol.is_filesystem() || staging.is_some(),
@@ -321,9 +321,17 @@ pub(crate) fn verdict(
             None if vol.is_filesystem() => "no staging mount".to_owned(),
             None => "raw block".to_owned(),
         };
+        let paths = match &a.link {
+            Link::Degraded { down, paths } => format!(
+                ", on {} of {paths} paths ({} reconnecting)",
+                paths - down.len(),
+                down.join(", ")
+            ),
+            _ => String::new(),
+        };
         (
             ConditionKind::Healthy,
-            format!("Healthy. Staged on {} ({on}).", vol.device),
+            format!("Healthy{paths}. Staged on {} ({on}).", vol.device),
         )
     };
     if kind.is_abnormal() && kind != ConditionKind::Recovering {

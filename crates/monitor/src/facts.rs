@@ -35,6 +35,8 @@ pub(crate) enum Resolution<'a> {
 pub(crate) enum Link<'a> {
     /// A live controller, or none known (no evidence of trouble).
     Fine,
+    /// Some paths are live, these reconnecting: I/O flows, with less redundancy.
+    Degraded { down: Vec<&'a str>, paths: usize },
     /// No live controller and this one reconnecting.
     Reconnecting {
         controller: &'a str,
@@ -141,7 +143,20 @@ impl Facts {
             return Link::Fine;
         };
         if ctrls.values().any(|s| *s == ControllerState::Live) {
-            return Link::Fine;
+            // Native multipath: I/O flows through the live paths; the others are reported.
+            let down: Vec<&str> = ctrls
+                .iter()
+                .filter(|(_, s)| s.is_reconnecting())
+                .map(|(c, _)| c.as_str())
+                .collect();
+            return if down.is_empty() {
+                Link::Fine
+            } else {
+                Link::Degraded {
+                    down,
+                    paths: ctrls.len(),
+                }
+            };
         }
         ctrls
             .iter()

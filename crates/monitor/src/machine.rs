@@ -213,6 +213,19 @@ impl Monitor {
             .map(|since| since.saturating_add(self.config.io_stall_after))
             .filter(|due| *due > now);
         vol.recovery = step.cycle;
+        // With every path down the outage itself is reported; paths are tracked while some
+        // carry the I/O.
+        let down: Option<std::collections::BTreeSet<String>> = match &a.link {
+            crate::facts::Link::Degraded { down, .. } => {
+                Some(down.iter().map(|c| (*c).to_owned()).collect())
+            }
+            crate::facts::Link::Fine => Some(Default::default()),
+            crate::facts::Link::Reconnecting { .. } => None,
+        };
+        if let Some(down) = down.filter(|d| *d != vol.paths_down) {
+            path_events(id, &vol.nqn, &vol.paths_down, &down, out);
+            vol.paths_down = down;
+        }
         let (kind, message) = verdict(&a, vol, &self.config);
         let history_len = self.config.history_len;
         let watches = desired_watches(&self.facts, vol);
@@ -424,6 +437,38 @@ fn event_reason_for(kind: ConditionKind) -> Option<EventReason> {
         ConditionKind::FilesystemFailed => Some(EventReason::FilesystemFailed),
         ConditionKind::DeviceReplaced => Some(EventReason::StaleMountDetected),
         ConditionKind::MountStorm => Some(EventReason::MountStorm),
+    }
+}
+
+/// One Event per path (controller) that goes down while others carry the I/O, and one when
+/// it is back.
+fn path_events(
+    id: &VolumeId,
+    nqn: &Nqn,
+    before: &std::collections::BTreeSet<String>,
+    now: &std::collections::BTreeSet<String>,
+    out: &mut Vec<Action>,
+) {
+    for c in now.difference(before) {
+        out.push(Action::PostEvent {
+            volume_id: id.clone(),
+            reason: EventReason::ConnectionFailure,
+            type_: EventType::Warning,
+            message: format!(
+                "One path to the volume's target is lost; I/O continues on the others. \
+                 Controller {c} of {nqn} is reconnecting."
+            ),
+        });
+    }
+    for c in before.difference(now) {
+        out.push(Action::PostEvent {
+            volume_id: id.clone(),
+            reason: EventReason::ConnectionRecovery,
+            type_: EventType::Normal,
+            message: format!(
+                "A lost path to the volume's target is back: controller {c} of {nqn}."
+            ),
+        });
     }
 }
 

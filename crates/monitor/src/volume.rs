@@ -49,6 +49,8 @@ pub(crate) struct Volume {
     pub outage_since: Option<Timestamp>,
     /// What the shell was last asked to watch for this volume.
     pub watches: Watches,
+    /// Paths (controllers) reported down while others carry the I/O.
+    pub paths_down: std::collections::BTreeSet<String>,
 }
 
 /// The kernel-side watches a volume needs, as last requested from the shell.

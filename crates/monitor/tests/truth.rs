@@ -530,3 +530,39 @@ fn every_condition_headline_is_short_and_says_what_to_do() {
         "every kind was checked: {seen:#?}"
     );
 }
+
+#[test]
+fn one_lost_path_of_two_keeps_the_volume_healthy_and_is_reported() {
+    let mut h = H::with_volume(1);
+    h.ev(ctrl(1, "nvme5", ControllerState::Live));
+    let out = h.ev(ctrl(1, "nvme5", ControllerState::Connecting));
+    assert_eq!(h.kind(1), ConditionKind::Healthy, "I/O flows through nvme1");
+    assert!(h.message(1).contains("1 of 2 paths"), "{}", h.message(1));
+    assert!(
+        posted(&out)
+            .iter()
+            .any(|(r, _, m)| *r == EventReason::ConnectionFailure && m.contains("nvme5")),
+        "{out:?}"
+    );
+    let out = h.ev(ctrl(1, "nvme1", ControllerState::Connecting));
+    assert_eq!(
+        h.kind(1),
+        ConditionKind::ControllerReconnecting,
+        "both lost"
+    );
+    assert!(
+        !posted(&out)
+            .iter()
+            .any(|(r, _, m)| *r == EventReason::ConnectionRecovery && m.contains("path")),
+        "losing the last path is no path coming back: {out:?}"
+    );
+    h.ev(ctrl(1, "nvme1", ControllerState::Live));
+    let out = h.ev(ctrl(1, "nvme5", ControllerState::Live));
+    assert_eq!(h.kind(1), ConditionKind::Healthy);
+    assert!(
+        posted(&out)
+            .iter()
+            .any(|(r, _, m)| *r == EventReason::ConnectionRecovery && m.contains("nvme5")),
+        "{out:?}"
+    );
+}
