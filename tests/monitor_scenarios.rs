@@ -261,8 +261,15 @@ async fn a_replaced_device_is_recovered_automatically_and_running_pods_are_told_
     e.stage_and_publish(vol).await;
     let target = e.plugin.target_path("pod", vol);
     std::fs::write(target.join("kept.txt"), b"survives the reconnect").unwrap();
+    // A second pod that runs nothing on the volume right now.
+    e.publish(vol, "idle", ext4(), false)
+        .await
+        .expect("publish idle");
     // Flush so the data is on the backing file before the emulated target restarts.
     nix::unistd::sync();
+    // The running pod: a process with its working directory open on the volume, as a
+    // container holds its mount.
+    let running = std::fs::File::open(&target).unwrap();
     reconnect(&e.plugin.fabric, &nqn_for(vol), true);
     let (_, new_dev, _) = e.plugin.fabric.namespace_of(&nqn_for(vol)).unwrap();
     e.wait(vol, kind_is("device_replaced"))
@@ -297,7 +304,22 @@ async fn a_replaced_device_is_recovered_automatically_and_running_pods_are_told_
         .await
         .expect("an event tells the user to recreate the pod");
     assert_eq!(ev.type_, rds_events::EventType::Warning, "{ev:?}");
+    // Nothing held the idle pod's bind: it was re-bound onto the healed mount and is true
+    // as healthy, with the data.
+    let idle = e.plugin.target_path("idle", vol);
+    let c = e
+        .wait_at(vol, &idle, |c| !c.abnormal())
+        .await
+        .expect("the idle pod's target is re-bound and healthy");
+    assert_eq!(
+        std::fs::read(idle.join("kept.txt")).unwrap(),
+        b"survives the reconnect",
+        "{}",
+        c.message
+    );
+    assert_eq!(common::top(&idle).expect("idle bound").dev, new_dev);
     // The pod is recreated: unpublish + publish binds the healed mount.
+    drop(running);
     e.unpublish(vol, "pod").await.expect("unpublish");
     e.publish(vol, "pod", ext4(), false)
         .await

@@ -205,6 +205,11 @@ pub trait Fabric: Send + Sync {
     fn disconnect(&self, controller: &str) -> Result<(), FabricError>;
     /// Every controller currently in sysfs.
     fn controllers(&self) -> Result<Vec<ControllerInfo>, FabricError>;
+    /// Ask controller `nvmeN` to scan its namespaces again (`rescan_controller`): the kernel
+    /// adds a namespace the target announced while nobody listened (after a reconnect it
+    /// drops a namespace whose identifiers changed and only a scan brings the new one in).
+    /// Non-destructive; refused outside the managed prefix like every other write.
+    fn rescan(&self, controller: &str) -> Result<(), FabricError>;
 }
 
 #[cfg(test)]

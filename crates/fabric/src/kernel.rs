@@ -158,4 +158,22 @@ impl Fabric for KernelFabric {
     fn controllers(&self) -> Result<Vec<ControllerInfo>, FabricError> {
         sysfs::scan_controllers(&self.sys_root)
     }
+
+    fn rescan(&self, controller: &str) -> Result<(), FabricError> {
+        let info = sysfs::read_controller(&self.sys_root, controller)?
+            .ok_or_else(|| FabricError::NoSuchController(controller.to_owned()))?;
+        self.check_managed(format!("rescan {controller}"), &info.subsysnqn)?;
+        let path = sysfs::class_nvme(&self.sys_root)
+            .join(controller)
+            .join("rescan_controller");
+        let mut f = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| FabricError::io("open", &path, e))?;
+        f.write_all(b"1")
+            .map_err(|e| FabricError::io("write", &path, e))?;
+        tracing::info!(controller, nqn = %info.subsysnqn, "rescanned controller");
+        Ok(())
+    }
 }

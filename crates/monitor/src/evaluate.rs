@@ -142,7 +142,11 @@ pub(crate) fn assess<'f>(
     let recoverable = if mismatch.is_some() {
         // Never mounted as this volume: a human must look at the target.
         None
-    } else if removed_at.is_some() && controllers_gone {
+    } else if removed_at.is_some()
+        && (controllers_gone || (gone && matches!(link, Link::Fine | Link::Degraded { .. })))
+    {
+        // Nothing brings the namespace back by itself: no controller is left (connect again),
+        // or a live one has gone without it past the grace (its scan dropped it: rescan).
         Some(RecoveryReason::Reconnect)
     } else if let Some(ns) = replaced_by {
         Some(RecoveryReason::DeviceReplaced {
@@ -160,7 +164,9 @@ pub(crate) fn assess<'f>(
         None => false,
         Some(_) if storm.is_some() => false,
         Some(RecoveryReason::Reconnect) => true,
-        Some(_) => present.is_some() && !matches!(link, Link::Reconnecting { .. }),
+        Some(_) => {
+            present.is_some() && !matches!(link, Link::Reconnecting { .. } | Link::Down { .. })
+        }
     };
     Assessment {
         mount_confirmed: !vol.is_filesystem() || staging.is_some(),
@@ -305,6 +311,16 @@ pub(crate) fn verdict(
                 vol.nqn
             ),
         )
+    } else if let Link::Down { controller, state } = &a.link {
+        (
+            ConditionKind::DeviceRemoved,
+            format!(
+                "The kernel is deleting the volume's NVMe controller: I/O fails; the plugin \
+                 connects again once it is gone. Controller {controller} of {} is {state} and \
+                 no path is live (ctrl_loss_tmo ran out, or it was disconnected).",
+                vol.nqn
+            ),
+        )
     } else if a.stalled_since.is_some() {
         (
             ConditionKind::IoStalled,
@@ -321,14 +337,7 @@ pub(crate) fn verdict(
             None if vol.is_filesystem() => "no staging mount".to_owned(),
             None => "raw block".to_owned(),
         };
-        let paths = match &a.link {
-            Link::Degraded { down, paths } => format!(
-                ", on {} of {paths} paths ({} reconnecting)",
-                paths - down.len(),
-                down.join(", ")
-            ),
-            _ => String::new(),
-        };
+        let paths = paths_note(&a.link);
         (
             ConditionKind::Healthy,
             format!("Healthy{paths}. Staged on {} ({on}).", vol.device),
@@ -365,6 +374,19 @@ pub(crate) fn verdict(
     (kind, message)
 }
 
+/// `, on 1 of 2 paths (nvme0 down)` while native multipath carries the I/O on fewer paths
+/// than it has; empty otherwise.
+pub(crate) fn paths_note(link: &Link<'_>) -> String {
+    match link {
+        Link::Degraded { down, paths } => format!(
+            ", on {} of {paths} paths ({} down)",
+            paths - down.len(),
+            down.join(", ")
+        ),
+        _ => String::new(),
+    }
+}
+
 pub(crate) fn describe_reason(r: &RecoveryReason) -> String {
     match r {
         RecoveryReason::DeviceReplaced { old, new } => {
@@ -372,7 +394,7 @@ pub(crate) fn describe_reason(r: &RecoveryReason) -> String {
         }
         RecoveryReason::FilesystemFailed => "filesystem failed".to_owned(),
         RecoveryReason::MountMissing => "staging mount missing".to_owned(),
-        RecoveryReason::Reconnect => "controller gone: reconnecting".to_owned(),
+        RecoveryReason::Reconnect => "namespace gone: connecting again".to_owned(),
     }
 }
 
@@ -391,6 +413,7 @@ pub(crate) struct PublishVerdict {
 pub(crate) fn publish_verdict(
     facts: &Facts,
     volume: Option<&VolumeCondition>,
+    paths: &str,
     recovering: bool,
     p: &Publish,
 ) -> PublishVerdict {
@@ -442,7 +465,7 @@ pub(crate) fn publish_verdict(
     }
     PublishVerdict {
         kind: ConditionKind::Healthy,
-        message: format!("Healthy. Published at {target}."),
+        message: format!("Healthy{paths}. Published at {target}."),
         own: false,
     }
 }

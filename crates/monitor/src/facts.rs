@@ -42,6 +42,13 @@ pub(crate) enum Link<'a> {
         controller: &'a str,
         state: &'a ControllerState,
     },
+    /// No live controller and none reconnecting: every one is being deleted (its
+    /// `ctrl_loss_tmo` ran out, or someone disconnected it) or dead. Nothing carries the I/O
+    /// and nothing will come back by itself.
+    Down {
+        controller: &'a str,
+        state: &'a ControllerState,
+    },
 }
 
 /// Request counters of one staged device, as last sampled.
@@ -143,10 +150,11 @@ impl Facts {
             return Link::Fine;
         };
         if ctrls.values().any(|s| *s == ControllerState::Live) {
-            // Native multipath: I/O flows through the live paths; the others are reported.
+            // Native multipath: I/O flows through the live paths; every other one is reported
+            // (reconnecting, being deleted, new).
             let down: Vec<&str> = ctrls
                 .iter()
-                .filter(|(_, s)| s.is_reconnecting())
+                .filter(|(_, s)| **s != ControllerState::Live)
                 .map(|(c, _)| c.as_str())
                 .collect();
             return if down.is_empty() {
@@ -158,13 +166,19 @@ impl Facts {
                 }
             };
         }
-        ctrls
+        if let Some((c, s)) = ctrls
             .iter()
-            .find(|(_, s)| s.is_reconnecting())
-            .map_or(Link::Fine, |(c, s)| Link::Reconnecting {
+            .find(|(_, s)| s.is_reconnecting() || **s == ControllerState::New)
+        {
+            return Link::Reconnecting {
                 controller: c.as_str(),
                 state: s,
-            })
+            };
+        }
+        ctrls.iter().next().map_or(Link::Fine, |(c, s)| Link::Down {
+            controller: c.as_str(),
+            state: s,
+        })
     }
 
     /// A storm on this device, or at or above one of these paths.

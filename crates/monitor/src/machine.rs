@@ -220,7 +220,7 @@ impl Monitor {
                 Some(down.iter().map(|c| (*c).to_owned()).collect())
             }
             crate::facts::Link::Fine => Some(Default::default()),
-            crate::facts::Link::Reconnecting { .. } => None,
+            crate::facts::Link::Reconnecting { .. } | crate::facts::Link::Down { .. } => None,
         };
         if let Some(down) = down.filter(|d| *d != vol.paths_down) {
             path_events(id, &vol.nqn, &vol.paths_down, &down, out);
@@ -255,13 +255,14 @@ impl Monitor {
             });
         }
         let volume_condition = vol.condition.as_ref();
+        let paths = crate::evaluate::paths_note(&a.link);
         // The executor's own unmounts and re-binds are not faults.
         let recovering = vol
             .recovery
             .as_ref()
             .is_some_and(crate::recovery::RecoveryCycle::in_flight);
         for p in vol.publishes.values_mut() {
-            let v = publish_verdict(&self.facts, volume_condition, recovering, p);
+            let v = publish_verdict(&self.facts, volume_condition, &paths, recovering, p);
             let Some(old) = set_condition(&mut p.condition, v.kind, v.message, cause, now) else {
                 continue;
             };

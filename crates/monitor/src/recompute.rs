@@ -71,6 +71,7 @@ pub fn recompute(m: &Monitor) -> Conditions {
             let pv = publish_verdict(
                 &m.facts,
                 Some(&vc),
+                &crate::evaluate::paths_note(&a.link),
                 v.recovery.as_ref().is_some_and(RecoveryCycle::in_flight),
                 p,
             );

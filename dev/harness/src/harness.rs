@@ -227,17 +227,30 @@ impl Plugin {
         }
         Ok(self.fabric.clone())
     }
+}
+
+impl KubeletDirs for Plugin {
+    fn kubelet_dir(&self) -> PathBuf {
+        self.layout().kubelet
+    }
+}
+
+/// Where kubelet keeps a plugin's volumes: staging paths and publish targets in kubelet's own
+/// layout, for every way the tests run a plugin.
+pub trait KubeletDirs {
+    /// The kubelet root (`/var/lib/kubelet` in production).
+    fn kubelet_dir(&self) -> PathBuf;
 
     /// A kubelet-style staging path for a volume.
-    pub fn staging_path(&self, volume_id: &str) -> PathBuf {
-        self.layout().kubelet.join(format!(
+    fn staging_path(&self, volume_id: &str) -> PathBuf {
+        self.kubelet_dir().join(format!(
             "plugins/kubernetes.io/csi/{DRIVER}/{volume_id}/globalmount"
         ))
     }
 
     /// A kubelet-style publish target for a volume in a pod.
-    pub fn target_path(&self, pod: &str, volume_id: &str) -> PathBuf {
-        self.layout().kubelet.join(format!(
+    fn target_path(&self, pod: &str, volume_id: &str) -> PathBuf {
+        self.kubelet_dir().join(format!(
             "pods/{pod}/volumes/kubernetes.io~csi/{volume_id}/mount"
         ))
     }
@@ -306,7 +319,7 @@ pub fn block_capability() -> csi::VolumeCapability {
 }
 
 pub fn stage_request(
-    p: &Plugin,
+    p: &impl KubeletDirs,
     volume_id: &str,
     cap: csi::VolumeCapability,
 ) -> csi::NodeStageVolumeRequest {
@@ -320,7 +333,7 @@ pub fn stage_request(
 }
 
 pub fn publish_request(
-    p: &Plugin,
+    p: &impl KubeletDirs,
     volume_id: &str,
     pod: &str,
     cap: csi::VolumeCapability,
@@ -337,7 +350,7 @@ pub fn publish_request(
     }
 }
 
-pub fn unstage_request(p: &Plugin, volume_id: &str) -> csi::NodeUnstageVolumeRequest {
+pub fn unstage_request(p: &impl KubeletDirs, volume_id: &str) -> csi::NodeUnstageVolumeRequest {
     csi::NodeUnstageVolumeRequest {
         volume_id: volume_id.into(),
         staging_target_path: p.staging_path(volume_id).display().to_string(),
@@ -345,7 +358,7 @@ pub fn unstage_request(p: &Plugin, volume_id: &str) -> csi::NodeUnstageVolumeReq
 }
 
 pub fn unpublish_request(
-    p: &Plugin,
+    p: &impl KubeletDirs,
     volume_id: &str,
     pod: &str,
 ) -> csi::NodeUnpublishVolumeRequest {

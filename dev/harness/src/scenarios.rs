@@ -335,6 +335,9 @@ async fn reconnect(t: &mut Timeline, root: &Path, same_name: bool) -> Result<(),
     t.step(format!(
         "staged on {old_name} ({old_dev}, diskseq {old_seq}) with ctrlLossTmo 1 s; data written"
     ));
+    // The running pod: a process with its working directory open on the volume, as a
+    // container holds its mount.
+    let running_pod = std::fs::File::open(p.target_path("pod", vol))?;
     let kernel = Instant::now();
     p.fabric.lose_port(&nqn)?;
     t.step("target: port unlinked; kernel: controller connecting, deleted after ctrl_loss_tmo");
@@ -400,6 +403,7 @@ async fn reconnect(t: &mut Timeline, root: &Path, same_name: bool) -> Result<(),
             "the running pod still holds the dead filesystem but reads healthy",
         ));
     }
+    drop(running_pod);
     unpublish(&p, &mut k, vol, "pod").await?;
     k.node
         .node_publish_volume(publish_request(&p, vol, "pod-new", cap("ext4"), false))

@@ -136,16 +136,31 @@ impl Exec {
             .retain(|p| !out.dropped.contains(&p.target));
         if !self.new.identity.same_device(&self.old) {
             let mark = StaleRecord::new(self.stale_kind, self.old, self.new.identity);
+            let new_dev = self.new.identity.dev;
+            // A filesystem target now bound onto the new mount is healed: nothing held the old
+            // bind (a running container's copy of it, in its own mount namespace, is a holder:
+            // such a target is stranded and keeps its bind). A block target's node may sit
+            // open in a running container, which keeps the old device: marked.
+            let rebound = |t: &Path| {
+                out.republished
+                    .iter()
+                    .any(|(p, m)| p == t && m.is_some_and(|(_, dev)| dev == new_dev))
+            };
+            let filesystem = matches!(self.rec.access, Access::Mount { .. });
+            let mut stale = Vec::new();
             self.rec.publishes = std::mem::take(&mut self.rec.publishes)
                 .into_iter()
                 .map(|mut p| {
-                    if p.stale.is_none() {
-                        p.stale = Some(mark.clone());
+                    if !(filesystem && rebound(&p.target)) {
+                        if p.stale.is_none() {
+                            p.stale = Some(mark.clone());
+                        }
+                        stale.push(p.target.clone());
                     }
-                    out.stale.push(p.target.clone());
                     p
                 })
                 .collect();
+            out.stale = stale;
         }
         self.volumes
             .save(self.rec.clone())

@@ -112,6 +112,8 @@ struct Namespace {
     path_disk: Option<String>,
     loop_dev: LoopDevice,
     devpath: String,
+    /// The identity the host read when it added the namespace.
+    uuid: String,
 }
 
 /// One controller connected to a target.
@@ -371,6 +373,19 @@ impl EmulatedFabric {
     /// no uevent (as the kernel); after the connect's `ctrl_loss_tmo` (never with -1) it is
     /// deleted. New connects are refused until [`Self::restore_port`].
     pub fn lose_port(&self, nqn: &Nqn) -> Result<(), FabricError> {
+        self.lose(nqn, false)
+    }
+
+    /// The target stops exporting the subsystem on a port that still serves others: the
+    /// controller starts reconnecting as after a port loss, but the first reconnect (after
+    /// `reconnect_delay`) is answered "no such subsystem" with DNR, and the kernel deletes
+    /// the controller then, whatever `ctrl_loss_tmo` says (measured on 6.12). Connects are
+    /// refused until [`Self::restore_port`].
+    pub fn unexport(&self, nqn: &Nqn) -> Result<(), FabricError> {
+        self.lose(nqn, true)
+    }
+
+    fn lose(&self, nqn: &Nqn, dnr: bool) -> Result<(), FabricError> {
         let (tmo, loss) = {
             let mut guard = self.inner.lock();
             let st = &mut *guard;
@@ -396,8 +411,13 @@ impl EmulatedFabric {
                     &format!("Reconnecting in {delay} seconds..."),
                 );
             }
-            tracing::info!(%nqn, controller = conn.ctrl_name(), "emulated port lost: controller connecting");
-            (conn.req.ctrl_loss_tmo.unwrap_or(600), loss)
+            tracing::info!(%nqn, controller = conn.ctrl_name(), dnr, "emulated port lost: controller connecting");
+            let tmo = if dnr {
+                i32::try_from(conn.req.reconnect_delay.unwrap_or(10)).unwrap_or(i32::MAX)
+            } else {
+                conn.req.ctrl_loss_tmo.unwrap_or(600)
+            };
+            (tmo, loss)
         };
         if tmo >= 0 {
             let weak = Arc::downgrade(&self.inner);
@@ -431,9 +451,59 @@ impl EmulatedFabric {
             return Ok(());
         }
         self.inner.set_state(conn, ControllerState::Live)?;
-        self.inner
-            .log(&mut st.seqnum, conn.ctrl, "Successfully reconnected");
+        self.inner.log_queues(&mut st.seqnum, conn.ctrl);
+        self.inner.log(
+            &mut st.seqnum,
+            conn.ctrl,
+            "Successfully reconnected (attempt 1/60)",
+        );
+        // The target changed the namespace while the host was away: the kernel's scan after
+        // the reconnect finds its identifiers changed and removes it; the new one appears
+        // only at the next scan (an AEN, or a rescan).
+        let changed = conn.ns.as_ref().is_some_and(|ns| ns.uuid != target.uuid);
         let mut batch = Vec::new();
+        if changed {
+            self.inner.log(
+                &mut st.seqnum,
+                conn.ctrl,
+                &format!("identifiers changed for nsid {NSID}"),
+            );
+            // The head is revalidated first (its `change`), then the controller announces
+            // the reconnect, then the scan removes the namespace.
+            if let Some(ns) = &conn.ns {
+                batch.push((
+                    ns.devpath.clone(),
+                    disk_event(
+                        Action::Change,
+                        &ns.name,
+                        &ns.devpath,
+                        ns.loop_dev.dev_num(),
+                        ns.loop_dev.diskseq(),
+                        &self.inner.cfg.dev_root,
+                    ),
+                ));
+            }
+            batch.push((
+                conn.ctrl_devpath.clone(),
+                self.inner
+                    .controller_props(conn, Action::Change, Some("connected")),
+            ));
+            let ns = conn.ns.take();
+            tracing::info!(%nqn, controller = conn.ctrl_name(), "emulated port back: the namespace changed, removed");
+            for (devpath, props) in batch {
+                send(
+                    &self.inner.cfg,
+                    &mut st.seqnum,
+                    &st.injector,
+                    &devpath,
+                    props,
+                )?;
+            }
+            if let Some(ns) = ns {
+                self.inner.remove_namespace(st, ns, true)?;
+            }
+            return Ok(());
+        }
         if let Some(ns) = &conn.ns {
             batch.push((
                 ns.devpath.clone(),
@@ -538,40 +608,7 @@ impl EmulatedFabric {
             .get_mut(nqn)
             .ok_or_else(|| FabricError::UnknownTarget(nqn.clone()))?;
         target.ns_enabled = true;
-        let (backing, size, uuid) = (
-            target.backing.clone(),
-            target.size_bytes,
-            target.uuid.clone(),
-        );
-        let Some(conn) = target.conn.as_mut() else {
-            return Ok(());
-        };
-        if conn.ns.is_some() {
-            return Ok(());
-        }
-        let loop_dev = self
-            .inner
-            .cfg
-            .loops
-            .attach(&backing, AttachOptions::default())?;
-        let ns = self.inner.add_namespace(conn, loop_dev, size, &uuid)?;
-        let props = disk_event(
-            Action::Add,
-            &ns.name,
-            &ns.devpath,
-            ns.loop_dev.dev_num(),
-            ns.loop_dev.diskseq(),
-            &self.inner.cfg.dev_root,
-        );
-        let devpath = ns.devpath.clone();
-        conn.ns = Some(ns);
-        send(
-            &self.inner.cfg,
-            &mut st.seqnum,
-            &st.injector,
-            &devpath,
-            props,
-        )
+        self.inner.scan(st, nqn)
     }
 
     /// The target is rebuilt with another volume behind the same NQN: a new namespace uuid and
@@ -645,6 +682,39 @@ impl EmulatedFabric {
 }
 
 impl Inner {
+    /// The host scans the target's namespaces: an enabled namespace it does not have yet is
+    /// added (with its `add` event) on a live controller.
+    fn scan(&self, st: &mut State, nqn: &Nqn) -> Result<(), FabricError> {
+        let target = st
+            .targets
+            .get_mut(nqn)
+            .ok_or_else(|| FabricError::UnknownTarget(nqn.clone()))?;
+        let (backing, size, uuid) = (
+            target.backing.clone(),
+            target.size_bytes,
+            target.uuid.clone(),
+        );
+        let Some(conn) = target.conn.as_mut() else {
+            return Ok(());
+        };
+        if !target.ns_enabled || conn.ns.is_some() || conn.state != ControllerState::Live {
+            return Ok(());
+        }
+        let loop_dev = self.cfg.loops.attach(&backing, AttachOptions::default())?;
+        let ns = self.add_namespace(conn, loop_dev, size, &uuid)?;
+        let props = disk_event(
+            Action::Add,
+            &ns.name,
+            &ns.devpath,
+            ns.loop_dev.dev_num(),
+            ns.loop_dev.diskseq(),
+            &self.cfg.dev_root,
+        );
+        let devpath = ns.devpath.clone();
+        conn.ns = Some(ns);
+        send(&self.cfg, &mut st.seqnum, &st.injector, &devpath, props)
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves the state as consistent as any error path does.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -696,6 +766,12 @@ impl Inner {
         {
             let _ = f.write_all(rec.as_bytes());
         }
+    }
+
+    /// What nvme-tcp prints when it sets up a controller's queues.
+    fn log_queues(&self, seqnum: &mut u64, ctrl: u32) {
+        self.log(seqnum, ctrl, "creating 2 I/O queues.");
+        self.log(seqnum, ctrl, "mapped 2/0/0 default/read/poll queues.");
     }
 
     fn set_state(&self, conn: &mut Connection, state: ControllerState) -> Result<(), FabricError> {
@@ -779,6 +855,17 @@ impl Inner {
             let _ = self.tear_down(st, conn, false);
             return Err(e);
         }
+        self.log_queues(&mut st.seqnum, ctrl);
+        self.log(
+            &mut st.seqnum,
+            ctrl,
+            &format!(
+                "new ctrl: NQN \"{nqn}\", addr {}:{}, hostnqn: {}",
+                conn.req.traddr,
+                conn.req.trsvcid,
+                conn.req.host_nqn.as_deref().unwrap_or("")
+            ),
+        );
         let mut batch = vec![
             (
                 conn.ctrl_devpath.clone(),
@@ -912,6 +999,7 @@ impl Inner {
             path_disk,
             loop_dev,
             devpath,
+            uuid: uuid.to_owned(),
         };
         let node = self.cfg.dev_root.join(&ns.name);
         let _ = remove_node_if_ours(&node, ns.loop_dev.dev_num());
@@ -1012,7 +1100,11 @@ impl Inner {
         if self.tree.controller_dir(&conn.ctrl_name()).is_dir() {
             keep(self.set_state(&mut conn, ControllerState::Deleting));
         }
-        self.log(&mut st.seqnum, conn.ctrl, "Removing ctrl");
+        self.log(
+            &mut st.seqnum,
+            conn.ctrl,
+            &format!("Removing ctrl: NQN \"{}\"", conn.req.nqn),
+        );
         if let Some(ns) = conn.ns.take() {
             keep(self.remove_namespace(st, ns, events));
         }
@@ -1150,6 +1242,23 @@ impl Fabric for EmulatedFabric {
 
     fn controllers(&self) -> Result<Vec<ControllerInfo>, FabricError> {
         sysfs::scan_controllers(&self.inner.cfg.sys_root)
+    }
+
+    fn rescan(&self, controller: &str) -> Result<(), FabricError> {
+        let inner = &self.inner;
+        let info = sysfs::read_controller(&inner.cfg.sys_root, controller)?
+            .ok_or_else(|| FabricError::NoSuchController(controller.to_owned()))?;
+        let nqn = Nqn::parse(&info.subsysnqn)
+            .ok()
+            .filter(|n| inner.cfg.managed.covers(n))
+            .ok_or_else(|| FabricError::NotManaged {
+                what: format!("rescan {controller}"),
+                subsysnqn: info.subsysnqn.clone(),
+                prefix: inner.cfg.managed.to_string(),
+            })?;
+        let mut guard = inner.lock();
+        tracing::info!(controller, %nqn, "emulated rescan");
+        inner.scan(&mut guard, &nqn)
     }
 }
 

@@ -243,7 +243,9 @@ impl NvmeTree {
         Ok(devpath)
     }
 
-    /// Sets a controller's `state` attribute.
+    /// Sets a controller's `state` attribute. The TCP transport prints `src_addr` in
+    /// `address` only while it has a socket: a controller that is not live shows
+    /// `traddr=..,trsvcid=..` alone (measured on 6.12).
     pub fn set_controller_state(&self, ctrl: &str, state: &str) -> io::Result<()> {
         let dir = self.controller_dir(ctrl);
         if !dir.is_dir() {
@@ -252,6 +254,22 @@ impl NvmeTree {
                 format!("no controller {ctrl}"),
             ));
         }
+        let address = fs::read_to_string(dir.join("address")).unwrap_or_default();
+        let base: Vec<&str> = address
+            .trim()
+            .split(',')
+            .filter(|kv| !kv.starts_with("src_addr="))
+            .collect();
+        let address = if state == "live" {
+            let traddr = base
+                .iter()
+                .find_map(|kv| kv.strip_prefix("traddr="))
+                .unwrap_or_default();
+            format!("{},src_addr={traddr}", base.join(","))
+        } else {
+            base.join(",")
+        };
+        write_attr(&dir, "address", &address)?;
         write_attr(&dir, "state", state)
     }
 

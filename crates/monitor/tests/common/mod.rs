@@ -196,6 +196,13 @@ impl H {
             .map(|c| c.kind)
     }
 
+    pub fn publish_message(&self, n: u32, pod: u32) -> String {
+        self.m
+            .publish_condition(&vid(n), &target(n, pod))
+            .map(|c| c.message.clone())
+            .unwrap_or_default()
+    }
+
     pub fn assert_consistent(&self) {
         let d = rds_monitor::recompute::check(&self.m);
         assert!(

@@ -272,6 +272,27 @@ impl NodeService {
             ))
         })?;
         tracing::info!(nqn = %t.nqn, controller = %outcome.controller, already = outcome.already_connected, "controller connected");
+        if outcome.already_connected {
+            // Connected, yet the namespace does not resolve: after a reconnect the kernel drops
+            // a namespace whose identifiers changed and adds the target's current one only at
+            // its next scan. Ask for that scan (harmless when the namespace is on its way).
+            let fabric = self.fabric.clone();
+            let ctrl = outcome.controller.clone();
+            match self
+                .blocking("nvme rescan", self.cfg.deadlines.connect, move || {
+                    fabric.rescan(&ctrl)
+                })
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(controller = %outcome.controller, error = %e, "rescan failed")
+                }
+                Err(e) => {
+                    tracing::warn!(controller = %outcome.controller, error = %e, "rescan did not finish")
+                }
+            }
+        }
         self.devices
             .wait_for(&t.nqn, self.cfg.deadlines.device_wait)
             .await

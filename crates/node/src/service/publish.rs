@@ -235,14 +235,22 @@ impl NodeService {
         let current = rec
             .as_ref()
             .and_then(|r| self.devices.resolve(&r.target.nqn));
-        let ours = |dev: DevNum| match &rec {
-            Some(r) => {
-                r.device.identity().is_some_and(|i| i.dev == dev)
-                    || current.as_ref().is_some_and(|c| c.identity.dev == dev)
-            }
-            // Without a record we cannot tell our layers from someone else's.
-            None => false,
-        };
+        // The devices this target may hold: the staged one, the one the NQN resolves to now,
+        // and the old incarnation a stranded pod was left on (its stale mark in the record).
+        let mut allowed: Vec<DevNum> = Vec::new();
+        if let Some(r) = &rec {
+            allowed.extend(r.device.identity().map(|i| i.dev));
+            allowed.extend(current.as_ref().map(|c| c.identity.dev));
+            allowed.extend(
+                r.publishes
+                    .iter()
+                    .filter(|p| p.target == target.as_path())
+                    .filter_map(|p| p.stale.as_ref()?.decode())
+                    .map(|(_, old, _)| old.dev),
+            );
+        }
+        // Without a record we cannot tell our layers from someone else's.
+        let ours = |dev: DevNum| allowed.contains(&dev);
 
         for _ in 0..crate::defaults::MAX_UNMOUNT_LAYERS {
             let view = self.mount_view().await?;
@@ -265,14 +273,11 @@ impl NodeService {
                 crate::defaults::MAX_UNMOUNT_LAYERS
             )));
         }
-        let staged_dev = rec
-            .as_ref()
-            .and_then(|r| r.device.identity())
-            .map(|i| i.dev);
         let t = target.as_path().to_owned();
         let table = view.clone();
+        let nodes = rec.is_some().then(|| allowed.clone());
         self.blocking("removing the target", self.cfg.deadlines.mount, move || {
-            remove_target(&t, &table, staged_dev)
+            remove_target(&t, &table, nodes.as_deref())
         })
         .await??;
 
@@ -355,7 +360,7 @@ fn create_node(dst: &Path, dev: DevNum, mode: u32) -> Result<(), NodeError> {
 fn remove_target(
     t: &Path,
     table: &rds_mounts::MountView,
-    staged: Option<DevNum>,
+    nodes: Option<&[DevNum]>,
 ) -> Result<(), NodeError> {
     let md = match std::fs::symlink_metadata(t) {
         Ok(m) => m,
@@ -384,7 +389,7 @@ fn remove_target(
     }
     if md.file_type().is_block_device() {
         let dev = DevNum::from_dev_t(md.rdev());
-        if staged.is_some_and(|s| s != dev) {
+        if nodes.is_some_and(|allowed| !allowed.contains(&dev)) {
             return Err(NodeError::FailedPrecondition(format!(
                 "{} is a block node for {dev}, not for this volume's device; leaving it",
                 t.display()
