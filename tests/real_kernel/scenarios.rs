@@ -266,7 +266,7 @@ async fn foreign_controller_untouched(g: &mut Guest) -> Result<Notes, Fail> {
         // the controller at once).
         g.nvmet.add_subsystem(foreign, &fb, SIZE, None).map_err(|e| e.to_string())?;
         g.nvmet.expose(foreign, PORT_B.0).map_err(|e| e.to_string())?;
-        connect_by_hand(foreign, PORT_B.1, ",ctrl_loss_tmo=-1")?;
+        connect_by_hand(foreign, PORT_B.1, ",ctrl_loss_tmo=-1,reconnect_delay=1")?;
         ensure!(wait_until(WAIT, || !heads(foreign).is_empty()).await, "no head for the foreign subsystem");
         let before = controllers(foreign);
         // A stage request naming it is refused before any action.
@@ -295,18 +295,23 @@ async fn foreign_controller_untouched(g: &mut Guest) -> Result<Notes, Fail> {
             during.len() == 1 && during[0].name == before[0].name,
             "the foreign controller changed: {before:?} -> {during:?}"
         );
+        let back = Instant::now();
         g.nvmet.expose(foreign, PORT_B.0).map_err(|e| e.to_string())?;
         ensure!(
             wait_until(WAIT, || controllers(foreign).iter().any(|c| c.state == "live")).await,
             "foreign controller did not come back by itself"
         );
+        let back_in = back.elapsed();
         let log = g.plugin.log();
         ensure!(
             !log.contains(&format!("deleted controller {}", before[0].name)),
             "the plugin deleted the foreign controller"
         );
         ensure!(all_zero(&fb)?, "the foreign namespace was written to");
-        Ok(vec![format!("foreign {} stayed {} through stage refusal, a managed unstage, its own outage and a plugin restart", before[0].name, foreign)])
+        Ok(vec![
+            format!("foreign {} ({foreign}) untouched through a refused stage, a managed unstage, its own outage and a plugin restart", before[0].name),
+            format!("its port back: live again by itself {}", secs(back_in)),
+        ])
     }
     .await;
     for c in controllers(foreign) {

@@ -21,6 +21,10 @@ use rds_node::{NsDevice, Volumes};
 const HOST_SLACK: Duration = Duration::from_secs(30);
 
 /// Everything the host steps need, moved into the blocking closure.
+
+/// How long a busy stale bind of a publish target is retried before the in-use check.
+const TARGET_UNMOUNT_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+
 pub(super) struct Exec {
     /// What pods left on the old superblock hold: the fault being healed.
     pub(super) stale_kind: rds_types::ConditionKind,
@@ -64,6 +68,16 @@ impl Exec {
     fn policy(&self) -> UnmountPolicy {
         UnmountPolicy {
             wait: self.unmount_wait,
+            allow_lazy_when_unused: true,
+        }
+    }
+
+    /// A pod's stale bind: a running container holds it for as long as it runs, so a busy
+    /// bind goes to the in-use check at once instead of being retried for the full wait (a
+    /// wait per stranded pod kept the volume `recovering` for seconds each).
+    fn target_policy(&self) -> UnmountPolicy {
+        UnmountPolicy {
+            wait: self.unmount_wait.min(TARGET_UNMOUNT_WAIT),
             allow_lazy_when_unused: true,
         }
     }
@@ -487,7 +501,7 @@ impl Exec {
                     }
                     Some((_, _, Layer::Stale)) => {}
                 }
-                match rds_hostops::mount::unmount(t, self.policy(), &self.roots) {
+                match rds_hostops::mount::unmount(t, self.target_policy(), &self.roots) {
                     Ok(_) | Err(UnmountError::NotMounted { .. }) => {}
                     Err(
                         e @ (UnmountError::InUse { .. }

@@ -152,6 +152,41 @@ pub fn boot(dir: &Path, script: &str, timeout: Duration) -> Result<VmRun, VmErro
     }
 }
 
+/// What this executable left after running itself in the guest.
+#[derive(Debug)]
+pub struct GuestRun {
+    pub vm: VmRun,
+    /// Everything it printed (stdout and stderr).
+    pub log: String,
+    /// Its exit status, `None` when it never finished.
+    pub rc: Option<i32>,
+}
+
+/// Boot the VM and run this very executable in it with [`GUEST_ENV`] set, `args` as its
+/// arguments and `RDS_VM_OUT` naming the shared directory `dir` (emptied first), where the
+/// guest side writes what the host reads back.
+pub fn run_self_in_guest(
+    dir: &Path,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<GuestRun, VmError> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let exe = std::env::current_exe()?;
+    let script = format!(
+        "#!/bin/bash\nexport {GUEST_ENV}=1 RDS_VM_OUT={dir} RUST_BACKTRACE=1\ncd {dir}\n{exe} {args} > {dir}/guest.log 2>&1\necho $? > {dir}/guest.rc\n",
+        dir = dir.display(),
+        exe = exe.display(),
+        args = args.join(" "),
+    );
+    let vm = boot(dir, &script, timeout)?;
+    let log = std::fs::read_to_string(dir.join("guest.log")).unwrap_or_default();
+    let rc = std::fs::read_to_string(dir.join("guest.rc"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    Ok(GuestRun { vm, log, rc })
+}
+
 /// The last `n` bytes of `s` (on a character boundary).
 pub fn tail(s: &str, n: usize) -> &str {
     let mut start = s.len().saturating_sub(n);
