@@ -193,6 +193,7 @@ pub async fn run(
     let node = NodeServer::new(NodeGrpc::new(service, rpcs));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let grpc = tonic::transport::Server::builder()
+        .layer(rds_node::server::BadInputCodes)
         .add_service(identity)
         .add_service(node)
         .serve_with_incoming_shutdown(rds_node::server::incoming(listener), async {

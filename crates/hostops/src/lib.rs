@@ -15,7 +15,9 @@
 //! | 5 in-use check a no-op | [`inuse::in_use`] is native and answers Unknown when it cannot see |
 //! | 6, 10 unbounded calls | [`deadline::run_blocking`], [`command::run`] with process-group kill |
 //! | 9 recovery left things worse | [`mount::bind`] removes its own half-made bind; unmount never goes lazy when in use |
+//! | paths that escape | [`beneath::Root`] opens every path beneath kubelet's directory without following a symlink |
 
+pub mod beneath;
 mod blockdev;
 pub mod command;
 pub mod deadline;

@@ -4,6 +4,9 @@
 //! live volume. Here a device is [`Content::Empty`] only when all of these hold:
 //! - the first and last MiB (or the whole device when smaller) were read back completely, with
 //!   `O_DIRECT` when possible so the bytes came from the device now and not from cached pages;
+//! - a sweep of the rest found only zeros: one 4 KiB block in every 64 KiB stripe of the first
+//!   GiB and 4,096 evenly spaced blocks beyond ([`sweep_offsets`]; at most 20,464 reads, 80 MiB,
+//!   whatever the size: on a 1 TiB namespace about 2 s at 100 µs per 4 KiB read);
 //! - every probed byte is zero and no known signature is present;
 //! - `blkid -p` (low-level probing, no cache) exited with status 2, "nothing found";
 //!   a blkid that cannot run is an error unless the caller explicitly opted out.
@@ -24,8 +27,64 @@ use crate::blockdev::{self, Identity};
 use crate::command::{self, Tool, ToolError};
 use crate::signatures::{self, Regions, Scan};
 
-/// Bytes probed at each end of the device.
+/// Bytes probed at each end of the device (partition tables, LVM and md labels, filesystem
+/// superblocks and their backups at the end all live there).
 pub const PROBE_WINDOW: u64 = 1 << 20;
+
+/// The sweep beyond the windows: one block of this size...
+pub const SWEEP_BLOCK: u64 = 4096;
+/// ...in every stripe of this size over the first [`SWEEP_DENSE`] bytes...
+pub const SWEEP_STRIPE: u64 = 64 << 10;
+pub const SWEEP_DENSE: u64 = 1 << 30;
+/// ...and this many evenly spaced blocks over the rest of the device.
+pub const SWEEP_SPARSE_BLOCKS: u64 = 4096;
+
+/// The offsets the sweep reads on a device of `size` bytes with `sector`-byte sectors: the
+/// start of every 64 KiB stripe of the first GiB (beyond the head window), then
+/// [`SWEEP_SPARSE_BLOCKS`] blocks evenly spaced up to the tail window. Pure, for the count
+/// and the tests.
+pub fn sweep_offsets(size: u64, sector: u64) -> Vec<u64> {
+    let sector = sector.max(512);
+    let block = SWEEP_BLOCK.max(sector);
+    let end = size.saturating_sub(PROBE_WINDOW);
+    if end <= PROBE_WINDOW {
+        return Vec::new();
+    }
+    let dense_end = end.min(SWEEP_DENSE);
+    let mut out: Vec<u64> = (PROBE_WINDOW..dense_end)
+        .step_by(SWEEP_STRIPE as usize)
+        .filter(|o| o + block <= end)
+        .collect();
+    if end > SWEEP_DENSE {
+        let span = end - SWEEP_DENSE;
+        let step = (span / SWEEP_SPARSE_BLOCKS).max(block);
+        let mut o = SWEEP_DENSE;
+        while o + block <= end
+            && (out.len() as u64) < SWEEP_DENSE / SWEEP_STRIPE + SWEEP_SPARSE_BLOCKS
+        {
+            out.push((o / sector) * sector);
+            o += step;
+        }
+    }
+    out
+}
+
+/// Read the sweep blocks; the offset of the first one holding a non-zero byte.
+fn sweep(
+    file: &std::fs::File,
+    size: u64,
+    sector: u64,
+    direct: bool,
+) -> std::io::Result<Option<u64>> {
+    let block = SWEEP_BLOCK.max(sector) as usize;
+    for off in sweep_offsets(size, sector) {
+        let b = blockdev::read_exact_at(file, off, block, direct)?;
+        if !signatures::all_zero(&b) {
+            return Ok(Some(off));
+        }
+    }
+    Ok(None)
+}
 
 /// Default deadline for blkid and for mkfs.
 pub const DEFAULT_BLKID_DEADLINE: Duration = Duration::from_secs(30);
@@ -280,6 +339,38 @@ fn read_windows(device: &Path) -> Result<(Identity, Scan), ProbeError> {
     Ok((identity, scan))
 }
 
+/// The sweep over the whole device, on a fresh descriptor; the device must still be the one
+/// probed.
+fn sweep_device(device: &Path, identity: Identity) -> Result<Option<u64>, ProbeError> {
+    let unreadable = |reason: String, source: Option<std::io::Error>| ProbeError::Unreadable {
+        device: device.to_owned(),
+        reason,
+        source,
+    };
+    let (file, mut direct) =
+        blockdev::open_direct(device).map_err(|e| unreadable("open failed".into(), Some(e)))?;
+    if blockdev::identity_of(&file).ok() != Some(identity) {
+        return Err(ProbeError::Changed {
+            device: device.to_owned(),
+        });
+    }
+    let sector = blockdev::logical_sector_size(&file);
+    if direct && identity.size % sector != 0 {
+        direct = false;
+    }
+    let file = if direct {
+        file
+    } else {
+        std::fs::File::open(device).map_err(|e| unreadable("reopen failed".into(), Some(e)))?
+    };
+    let started = std::time::Instant::now();
+    let found = sweep(&file, identity.size, sector, direct)
+        .map_err(|e| unreadable("sweeping the device failed".into(), Some(e)))?;
+    tracing::debug!(device = %device.display(), reads = sweep_offsets(identity.size, sector).len(),
+        elapsed = ?started.elapsed(), ?found, "swept the device for data");
+    Ok(found)
+}
+
 fn run_blkid(device: &Path, cfg: &ProbeConfig) -> Result<Blkid, ProbeError> {
     let tool = Tool::new(&cfg.blkid, cfg.blkid_deadline)
         .args(["-p", "-o", "export"])
@@ -316,10 +407,15 @@ pub fn probe_content_with(device: &Path, cfg: &ProbeConfig) -> Result<Content, P
     }
     let content = match decide(&scan, &blkid) {
         Some(content) => content,
-        None if again_scan == Scan::default() => Content::Empty(FormatPermit {
-            device: device.to_owned(),
-            identity,
-        }),
+        None if again_scan == Scan::default() => match sweep_device(device, identity)? {
+            // Data without a signature between the ends (a filesystem whose superblock was
+            // wiped, a database's raw file, encrypted blocks): never blank.
+            Some(off) => Content::Unrecognised(vec![format!("non-zero data at offset {off}")]),
+            None => Content::Empty(FormatPermit {
+                device: device.to_owned(),
+                identity,
+            }),
+        },
         None => {
             return Err(ProbeError::Changed {
                 device: device.to_owned(),
@@ -464,6 +560,39 @@ pub fn format(
 mod tests {
     use super::*;
     use crate::signatures::Signature;
+
+    #[test]
+    fn the_sweep_covers_every_stripe_of_the_first_gib_and_spreads_over_the_rest() {
+        // 64 MiB: every 64 KiB stripe between the two 1 MiB windows.
+        let o = sweep_offsets(64 << 20, 512);
+        assert_eq!(o.len() as u64, (62 << 20) / SWEEP_STRIPE);
+        assert_eq!(o.first(), Some(&PROBE_WINDOW));
+        assert!(o.windows(2).all(|w| w[1] - w[0] == SWEEP_STRIPE));
+        // 1 TiB: the dense part plus the sparse blocks, bounded whatever the size.
+        let tib = 1u64 << 40;
+        let o = sweep_offsets(tib, 4096);
+        let dense = ((SWEEP_DENSE - PROBE_WINDOW) / SWEEP_STRIPE) as usize;
+        assert!(
+            o.len() <= dense + SWEEP_SPARSE_BLOCKS as usize,
+            "{}",
+            o.len()
+        );
+        assert!(
+            o.len() >= dense + SWEEP_SPARSE_BLOCKS as usize - 1,
+            "{}",
+            o.len()
+        );
+        assert!(o
+            .iter()
+            .all(|x| x % 4096 == 0 && x + SWEEP_BLOCK <= tib - PROBE_WINDOW));
+        let last = *o.last().expect("offsets");
+        assert!(
+            last > tib - tib / 1000,
+            "the sparse blocks reach the end: {last}"
+        );
+        // Tiny devices are all windows.
+        assert!(sweep_offsets(2 << 20, 512).is_empty());
+    }
 
     fn sig(name: &'static str, filesystem: bool) -> Signature {
         Signature {

@@ -159,6 +159,40 @@ fn data_only_in_the_last_mib_makes_the_device_not_empty() {
 }
 
 #[test]
+fn data_between_the_ends_without_any_signature_is_never_empty() {
+    // Issue 10, item 8: 62 MiB of random data between two zeroed 1 MiB ends, no signature.
+    rds_testkit::require_private_namespaces();
+    let lo = Loop::new(64 * MIB);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let noise: Vec<u8> = (0..62 * MIB)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    lo.write_at(MIB, &noise);
+    match probe_content(&lo.path).expect("probe") {
+        Content::Unrecognised(what) => assert!(
+            what.iter().any(|w| w.contains("non-zero data at offset")),
+            "{what:?}"
+        ),
+        other => panic!("random data between the ends must not be empty: {other:?}"),
+    }
+    // One 4 KiB block of data in the middle of a stripe of the first GiB is found too.
+    let lo = Loop::new(64 * MIB);
+    lo.write_at(33 * MIB, &[0xa5; 4096]);
+    assert!(
+        matches!(
+            probe_content(&lo.path).expect("probe"),
+            Content::Unrecognised(_)
+        ),
+        "a 4 KiB block at a stripe start is data"
+    );
+}
+
+#[test]
 fn a_partition_table_is_unrecognised() {
     rds_testkit::require_private_namespaces();
     let lo = Loop::new(64 * MIB);

@@ -79,10 +79,26 @@ impl From<rds_mounts::ViewError> for NodeError {
     }
 }
 
+/// The longest status message sent: each input is already quoted to at most 256 bytes, and
+/// this bounds the whole (a message travels in a header, and clients limit header size).
+pub const STATUS_MESSAGE_MAX: usize = 2048;
+
+fn cap_message(mut m: String) -> String {
+    if m.len() > STATUS_MESSAGE_MAX {
+        let mut end = STATUS_MESSAGE_MAX;
+        while !m.is_char_boundary(end) {
+            end -= 1;
+        }
+        m.truncate(end);
+        m.push_str("... (truncated)");
+    }
+    m
+}
+
 impl From<NodeError> for Status {
     fn from(e: NodeError) -> Self {
         // Include the whole source chain: it is what an operator reads in kubelet's events.
-        Status::new(e.code(), rds_types::error_chain(&e))
+        Status::new(e.code(), cap_message(rds_types::error_chain(&e)))
     }
 }
 

@@ -65,6 +65,100 @@ pub fn incoming(listener: UnixListener) -> UnixListenerStream {
     UnixListenerStream::new(listener)
 }
 
+/// Requests the codec could not take get the code the CSI spec and gRPC give bad input:
+/// a string field that is not UTF-8 (or any undecodable message) is `InvalidArgument`, not
+/// tonic's `Internal`; a message over the size limit is `ResourceExhausted`, not
+/// `OutOfRange`. The status of such a call is in the response headers (a trailers-only
+/// response), which is where this layer rewrites it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BadInputCodes;
+
+impl<S> tower::Layer<S> for BadInputCodes {
+    type Service = BadInputCodesService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        BadInputCodesService { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BadInputCodesService<S> {
+    inner: S,
+}
+
+/// The code a codec-level rejection should carry, if this is one.
+pub fn remapped_code(code: tonic::Code, message: &str) -> Option<tonic::Code> {
+    match code {
+        tonic::Code::Internal if message.starts_with("failed to decode Protobuf message") => {
+            Some(tonic::Code::InvalidArgument)
+        }
+        tonic::Code::OutOfRange if message.contains("decoded message length too large") => {
+            Some(tonic::Code::ResourceExhausted)
+        }
+        _ => None,
+    }
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for BadInputCodesService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<R>;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let mut resp = fut.await?;
+            let h = resp.headers();
+            let code = h
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i32>().ok())
+                .map(tonic::Code::from_i32);
+            let message = h
+                .get("grpc-message")
+                .and_then(|v| v.to_str().ok())
+                .map(|m| percent_decode(m))
+                .unwrap_or_default();
+            if let Some(new) = code.and_then(|c| remapped_code(c, &message)) {
+                tracing::warn!(code = ?new, %message, "request refused by the codec");
+                let v = http::HeaderValue::from(new as i32);
+                resp.headers_mut().insert("grpc-status", v);
+            }
+            Ok(resp)
+        })
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};

@@ -38,7 +38,7 @@ impl AbsPath {
         if !p.is_absolute() {
             return Err(NodeError::invalid(
                 field,
-                format!("{s:?} is not an absolute path"),
+                format!("{} is not an absolute path", rds_types::quote(s)),
             ));
         }
         let mut out = PathBuf::from("/");
@@ -47,12 +47,15 @@ impl AbsPath {
                 Component::RootDir | Component::CurDir => {}
                 Component::Normal(n) => out.push(n),
                 Component::ParentDir => {
-                    return Err(NodeError::invalid(field, format!("{s:?} contains '..'")))
+                    return Err(NodeError::invalid(
+                        field,
+                        format!("{} contains '..'", rds_types::quote(s)),
+                    ))
                 }
                 Component::Prefix(_) => {
                     return Err(NodeError::invalid(
                         field,
-                        format!("{s:?} is not a Unix path"),
+                        format!("{} is not a Unix path", rds_types::quote(s)),
                     ))
                 }
             }
@@ -95,7 +98,10 @@ impl FsType {
             "xfs" => Ok(Self::Xfs),
             other => Err(NodeError::invalid(
                 field,
-                format!("filesystem {other:?} is not supported (ext4, xfs)"),
+                format!(
+                    "filesystem {} is not supported (ext4, xfs)",
+                    rds_types::quote(other)
+                ),
             )),
         }
     }
@@ -127,7 +133,9 @@ impl Access {
 /// Mount options a capability may carry. Anything else, and in particular `suid`, `dev` or
 /// options that change what a bind means, is refused: a volume never gains device files or
 /// set-uid binaries through its mount options.
-const ALLOWED_MOUNT_FLAGS: &[&str] = &[
+/// Mount options a StorageClass may ask for, for every filesystem (per-mount flags and
+/// superblock options both understand).
+const COMMON_MOUNT_FLAGS: &[&str] = &[
     "ro",
     "rw",
     "noatime",
@@ -144,32 +152,86 @@ const ALLOWED_MOUNT_FLAGS: &[&str] = &[
     "dirsync",
     "discard",
     "nodiscard",
+    "usrquota",
+    "grpquota",
+    "prjquota",
+];
+/// ext4's own options.
+const EXT4_MOUNT_FLAGS: &[&str] = &[
     "nobarrier",
     "barrier",
     "noquota",
     "quota",
-    "usrquota",
-    "grpquota",
-    "prjquota",
     "user_xattr",
     "nouser_xattr",
     "acl",
     "noacl",
-    "inode64",
-    "largeio",
-    "nouuid",
 ];
-const ALLOWED_VALUED_MOUNT_FLAGS: &[&str] = &[
-    "data=",
-    "commit=",
-    "errors=",
-    "logbufs=",
-    "logbsize=",
-    "allocsize=",
-];
+/// XFS's own options.
+const XFS_MOUNT_FLAGS: &[&str] = &["inode64", "largeio", "nouuid", "noquota"];
 
-fn check_mount_flags(flags: &[String]) -> Result<Vec<String>, NodeError> {
+/// A valued option's value, checked (`None`: the option is not one this plugin knows).
+fn check_valued(fs: FsType, key: &str, value: &str) -> Option<Result<(), String>> {
+    let number = |lo: u64, hi: u64| match value.parse::<u64>() {
+        Ok(n) if (lo..=hi).contains(&n) => Ok(()),
+        _ => Err(format!(
+            "{key}={}: expected a whole number from {lo} to {hi}",
+            rds_types::quote(value)
+        )),
+    };
+    let one_of = |allowed: &[&str]| {
+        if allowed.contains(&value) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{key}={}: expected one of {}",
+                rds_types::quote(value),
+                allowed.join(", ")
+            ))
+        }
+    };
+    Some(match (fs, key) {
+        (FsType::Ext4, "data") => one_of(&["ordered", "writeback", "journal"]),
+        (FsType::Ext4, "commit") => number(0, 300),
+        // errors=panic would let one filesystem error on one volume panic the whole node.
+        (FsType::Ext4, "errors") if value == "panic" => Err(
+            "errors=panic is refused: one filesystem error on one volume would panic the node"
+                .to_owned(),
+        ),
+        (FsType::Ext4, "errors") => one_of(&["continue", "remount-ro"]),
+        (FsType::Xfs, "logbufs") => number(2, 8),
+        (FsType::Xfs, "logbsize") => one_of(&["16k", "32k", "64k", "128k", "256k"]),
+        (FsType::Xfs, "allocsize") => {
+            let (n, unit) = value.split_at(
+                value
+                    .find(|c: char| !c.is_ascii_digit())
+                    .unwrap_or(value.len()),
+            );
+            let mult: u64 = match unit {
+                "k" | "K" => 1 << 10,
+                "m" | "M" => 1 << 20,
+                "g" | "G" => 1 << 30,
+                "" => 1,
+                _ => 0,
+            };
+            match n.parse::<u64>().ok().map(|n| n.saturating_mul(mult)) {
+                Some(b) if b.is_power_of_two() && ((4 << 10)..=(1 << 30)).contains(&b) => Ok(()),
+                _ => Err(format!(
+                    "{key}={}: expected a power of two from 4k to 1g",
+                    rds_types::quote(value)
+                )),
+            }
+        }
+        _ => return None,
+    })
+}
+
+fn check_mount_flags(fs: FsType, flags: &[String]) -> Result<Vec<String>, NodeError> {
     const FIELD: &str = "volume_capability.mount.mount_flags";
+    let own = match fs {
+        FsType::Ext4 => EXT4_MOUNT_FLAGS,
+        FsType::Xfs => XFS_MOUNT_FLAGS,
+    };
     let mut out = Vec::with_capacity(flags.len());
     for f in flags {
         for opt in f.split(',').map(str::trim).filter(|o| !o.is_empty()) {
@@ -179,17 +241,27 @@ fn check_mount_flags(flags: &[String]) -> Result<Vec<String>, NodeError> {
                     format!("{opt:?} is refused: volumes are always mounted nosuid,nodev"),
                 ));
             }
-            let allowed = ALLOWED_MOUNT_FLAGS.contains(&opt)
-                || ALLOWED_VALUED_MOUNT_FLAGS.iter().any(|p| {
-                    opt.starts_with(p) && opt.len() > p.len() && !opt.contains(char::is_whitespace)
-                });
-            if !allowed {
-                return Err(NodeError::invalid(
-                    FIELD,
-                    format!("mount option {opt:?} is not supported"),
-                ));
+            if COMMON_MOUNT_FLAGS.contains(&opt) || own.contains(&opt) {
+                out.push(opt.to_owned());
+                continue;
             }
-            out.push(opt.to_owned());
+            let verdict = opt
+                .split_once('=')
+                .and_then(|(k, v)| check_valued(fs, k, v));
+            match verdict {
+                Some(Ok(())) => out.push(opt.to_owned()),
+                Some(Err(why)) => return Err(NodeError::invalid(FIELD, why)),
+                None => {
+                    return Err(NodeError::invalid(
+                        FIELD,
+                        format!(
+                            "mount option {} is not supported for {}",
+                            rds_types::quote(opt),
+                            fs.as_str()
+                        ),
+                    ))
+                }
+            }
         }
     }
     Ok(out)
@@ -229,10 +301,13 @@ pub fn capability(cap: Option<&csi::VolumeCapability>) -> Result<(Access, bool),
     let cap = cap.ok_or_else(|| NodeError::invalid("volume_capability", "is missing"))?;
     let access = match &cap.access_type {
         Some(AccessType::Block(_)) => Access::Block,
-        Some(AccessType::Mount(m)) => Access::Mount {
-            fs_type: FsType::parse("volume_capability.mount.fs_type", &m.fs_type)?,
-            flags: check_mount_flags(&m.mount_flags)?,
-        },
+        Some(AccessType::Mount(m)) => {
+            let fs_type = FsType::parse("volume_capability.mount.fs_type", &m.fs_type)?;
+            Access::Mount {
+                fs_type,
+                flags: check_mount_flags(fs_type, &m.mount_flags)?,
+            }
+        }
         None => {
             return Err(NodeError::invalid(
                 "volume_capability.access_type",
@@ -263,11 +338,12 @@ fn ctx_int<T: std::str::FromStr>(
     match ctx.get(key) {
         None => Ok(None),
         Some(v) if v.trim().is_empty() => Err(NodeError::invalid(field, "is empty")),
-        Some(v) => v
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| NodeError::invalid(field, format!("{v:?} is not a valid number"))),
+        Some(v) => v.trim().parse().map(Some).map_err(|_| {
+            NodeError::invalid(
+                field,
+                format!("{} is not a valid number", rds_types::quote(v)),
+            )
+        }),
     }
 }
 
@@ -291,10 +367,12 @@ impl Target {
         if addr.trim().is_empty() {
             return Err(NodeError::invalid(addr_key, "is empty"));
         }
-        let address: IpAddr = addr
-            .trim()
-            .parse()
-            .map_err(|_| NodeError::invalid(addr_key, format!("{addr:?} is not an IP address")))?;
+        let address: IpAddr = addr.trim().parse().map_err(|_| {
+            NodeError::invalid(
+                addr_key,
+                format!("{} is not an IP address", rds_types::quote(addr)),
+            )
+        })?;
         let port = match ctx_int::<u32>(ctx, "nvmePort", "volume_context.nvmePort")? {
             None => defaults::NVME_PORT,
             Some(p) if (1..=65535).contains(&p) => p as u16,

@@ -90,7 +90,7 @@ impl fmt::Display for DevNum {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid device number {0:?}: expected MAJOR:MINOR")]
+#[error("invalid device number {}: expected MAJOR:MINOR", quote(.0))]
 pub struct DevNumError(pub String);
 
 impl FromStr for DevNum {
@@ -158,7 +158,7 @@ pub enum NqnError {
     Empty,
     #[error("NQN is {0} bytes long, the limit is 223")]
     TooLong(usize),
-    #[error("NQN {0:?} does not match nqn.YYYY-MM.<domain>:<name> (lowercase letters, digits, '.', '-', and '_' in the name)")]
+    #[error("NQN {} does not match nqn.YYYY-MM.<domain>:<name> (lowercase letters, digits, '.', '-', and '_' in the name)", quote(.0))]
     Malformed(String),
 }
 
@@ -234,7 +234,7 @@ impl FromStr for Nqn {
 pub struct ManagedPrefix(String);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("managed NQN prefix {0:?} is invalid: it must look like nqn.YYYY-MM.<domain>:<name-prefix> with a non-empty name prefix")]
+#[error("managed NQN prefix {} is invalid: it must look like nqn.YYYY-MM.<domain>:<name-prefix> with a non-empty name prefix", quote(.0))]
 pub struct ManagedPrefixError(pub String);
 
 impl ManagedPrefix {
