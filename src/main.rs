@@ -101,6 +101,7 @@ async fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error + Send + Sy
             node_id: a.node_id.clone(),
             managed,
             roots,
+            kubelet_dir: a.kubelet_dir.clone(),
             nvme_config_dir: a.nvme_config_dir.clone(),
             max_volumes_per_node: a.max_volumes_per_node,
             topology_key: rds_node::defaults::TOPOLOGY_KEY.to_owned(),

@@ -311,7 +311,7 @@ async fn recovery_waits_for_the_guard_and_touches_nothing_once_unstaged() {
         "recovery must wait while the unstage holds the guard"
     );
     // What NodeUnstageVolume does under its guard: unmount the staging path, drop the record.
-    nix::mount::umount2(&staging, nix::mount::MntFlags::empty()).expect("unmount staging");
+    rds_testkit::umount_as_admin(&staging).expect("unmount staging");
     svc.volumes().remove(&id(vol)).expect("remove the record");
     drop(held);
 
@@ -579,7 +579,7 @@ async fn a_vanished_staging_mount_is_mounted_again_from_the_same_device() {
     let (staging, target) = e.staged_ext4(vol).await;
     let (_, dev, seq) = e.plugin.fabric.namespace_of(&nqn).expect("connected");
     let target_before = mount_key(&target).expect("published");
-    nix::mount::umount2(&staging, nix::mount::MntFlags::empty()).expect("staging goes away");
+    rds_testkit::umount_as_admin(&staging).expect("staging goes away");
     assert_eq!(mount_key(&staging), None);
 
     let out = e

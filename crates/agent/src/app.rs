@@ -53,6 +53,8 @@ pub enum AppError {
     Metrics(#[from] rds_metrics::MetricsError),
     #[error("gRPC server")]
     Grpc(#[from] tonic::transport::Error),
+    #[error("the node service")]
+    Node(#[from] rds_node::NodeError),
 }
 
 /// A running plugin's handles, for tests and the demo.
@@ -117,7 +119,7 @@ pub async fn run(
     let observer: Arc<dyn VolumeObserver> = Arc::new(monitor.clone());
     let rpcs: Arc<dyn RpcObserver> = Arc::new(sink.clone());
     let records = volumes.all();
-    let service = NodeService::new(cfg.node.clone(), volumes, fabric, source, observer, guards)
+    let service = NodeService::new(cfg.node.clone(), volumes, fabric, source, observer, guards)?
         .with_connect_observer(Arc::new(sink.clone()));
     let recovery: Option<Arc<dyn crate::monitor::RecoveryRunner>> =
         (cfg.monitor.recovery_attempts > 0).then(|| {

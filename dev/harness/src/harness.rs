@@ -144,6 +144,7 @@ impl Plugin {
                     sys: l.sys.clone(),
                     dev: l.dev.clone(),
                 },
+                kubelet_dir: l.kubelet.clone(),
                 nvme_config_dir: root.join("etc-nvme"),
                 max_volumes_per_node: 16,
                 topology_key: rds_node::defaults::TOPOLOGY_KEY.into(),

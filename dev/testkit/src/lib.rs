@@ -103,3 +103,19 @@ macro_rules! private_namespaces {
 
 #[doc(hidden)]
 pub use ctor as __ctor;
+
+/// Unmount `path` as an administrator would, retrying while the kernel answers EBUSY for up to
+/// two seconds: the plugin opens mount points for an instant (`O_PATH` to mark a filesystem for
+/// `FAN_FS_ERROR`, to read `statfs`), and an unmount that lands in that instant is refused.
+/// Any other error, or EBUSY that lasts, is returned.
+pub fn umount_as_admin(path: &std::path::Path) -> nix::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match nix::mount::umount(path) {
+            Err(nix::errno::Errno::EBUSY) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
+}

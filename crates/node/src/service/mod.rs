@@ -31,6 +31,9 @@ pub struct NodeConfig {
     pub node_id: String,
     pub managed: ManagedPrefix,
     pub roots: HostRoots,
+    /// Kubelet's directory (`--kubelet-dir`): every staging path and publish target must be
+    /// beneath it, in kubelet's layout ([`crate::confine`]).
+    pub kubelet_dir: PathBuf,
     /// Where `hostnqn` and `hostid` live (`/etc/nvme`).
     pub nvme_config_dir: PathBuf,
     pub max_volumes_per_node: i64,
@@ -81,6 +84,7 @@ pub struct NodeService {
     pub(crate) devices: Arc<dyn NamespaceSource>,
     pub(crate) observer: Arc<dyn VolumeObserver>,
     pub(crate) connects: Option<Arc<dyn ConnectObserver>>,
+    pub(crate) kubelet: Arc<crate::confine::KubeletDir>,
 }
 
 /// Told the outcome and duration of every NVMe connect (implemented by the metrics).
@@ -96,6 +100,7 @@ impl NodeService {
         self
     }
 
+    /// Fails when the kubelet directory cannot be opened.
     pub fn new(
         cfg: NodeConfig,
         volumes: Volumes,
@@ -103,8 +108,9 @@ impl NodeService {
         devices: Arc<dyn NamespaceSource>,
         observer: Arc<dyn VolumeObserver>,
         guards: VolumeGuards,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, NodeError> {
+        let kubelet = Arc::new(crate::confine::KubeletDir::open(&cfg.kubelet_dir)?);
+        Ok(Self {
             cfg: Arc::new(cfg),
             guards,
             volumes,
@@ -112,7 +118,13 @@ impl NodeService {
             devices,
             observer,
             connects: None,
-        }
+            kubelet,
+        })
+    }
+
+    /// Kubelet's directory, confined (recovery moves and binds only through it).
+    pub fn kubelet(&self) -> &Arc<crate::confine::KubeletDir> {
+        &self.kubelet
     }
 
     pub fn config(&self) -> &NodeConfig {
