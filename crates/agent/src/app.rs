@@ -74,6 +74,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     started: impl FnOnce(Running) + Send,
 ) -> Result<(), AppError> {
+    // One plugin per socket, before anything else: a second instance must not adopt, watch or
+    // recover the volumes the first one serves.
+    let endpoint = cfg.endpoint.clone();
+    let (listener, socket) = tokio::task::spawn_blocking(move || {
+        rds_node::server::bind(&endpoint, rds_node::server::LOCK_WAIT)
+    })
+    .await
+    .map_err(|e| AppError::Node(rds_node::NodeError::internal("binding the socket", e)))??;
     let mut tasks = JoinSet::new();
     // Subscribe to the kernel first (both watchers scan after subscribing), then adopt.
     let (devices, device_events) = rds_devices::spawn(cfg.devices.clone())?;
@@ -181,7 +189,6 @@ pub async fn run(
         }
     });
 
-    let listener = rds_node::server::bind(&cfg.endpoint)?;
     tracing::info!(endpoint = %cfg.endpoint.display(), driver = %cfg.driver_name, node = %cfg.node.node_id, "CSI server listening");
     started(Running {
         service: service.clone(),
@@ -235,7 +242,7 @@ pub async fn run(
     if tokio::time::timeout(grace, drain).await.is_err() {
         tracing::warn!(grace = ?grace, "in-flight work did not finish within the grace period");
     }
-    let _ = std::fs::remove_file(&cfg.endpoint);
+    socket.remove();
     tasks.abort_all();
     tracing::info!("stopped");
     Ok(())

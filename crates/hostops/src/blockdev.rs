@@ -11,6 +11,42 @@ use rds_types::DevNum;
 nix::ioctl_read!(blkgetsize64, 0x12, 114, u64);
 nix::ioctl_read!(blkgetdiskseq, 0x12, 128, u64);
 nix::ioctl_read_bad!(blksszget, nix::request_code_none!(0x12, 104), libc::c_int);
+nix::ioctl_write_ptr_bad!(blkroset, nix::request_code_none!(0x12, 93), libc::c_int);
+nix::ioctl_read_bad!(blkroget, nix::request_code_none!(0x12, 94), libc::c_int);
+
+fn open_node(path: &Path) -> io::Result<File> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.file_type().is_block_device() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a block device", path.display()),
+        ));
+    }
+    Ok(f)
+}
+
+/// Whether the kernel refuses writes to the block device at `path` (`BLKROGET`: the device's
+/// own read-only state, set by the target or by `BLKROSET`).
+pub fn is_read_only(path: &Path) -> io::Result<bool> {
+    let f = open_node(path)?;
+    let mut ro: libc::c_int = 0;
+    // SAFETY: BLKROGET writes one int into `ro`, which outlives the call.
+    unsafe { blkroget(std::os::fd::AsRawFd::as_raw_fd(&f), &mut ro) }.map_err(io::Error::from)?;
+    Ok(ro != 0)
+}
+
+/// Make the block device at `path` read-only in the kernel, or writable again (`BLKROSET`):
+/// every write through any node of it then fails with EPERM, root's included.
+pub fn set_read_only(path: &Path, read_only: bool) -> io::Result<()> {
+    let f = open_node(path)?;
+    let v: libc::c_int = read_only.into();
+    // SAFETY: BLKROSET reads one int from `v`, which outlives the call.
+    unsafe { blkroset(std::os::fd::AsRawFd::as_raw_fd(&f), &v) }.map_err(io::Error::from)?;
+    Ok(())
+}
 
 /// Size in bytes: `BLKGETSIZE64` for a block device, the length for a regular file.
 pub(crate) fn size_of(file: &File) -> io::Result<u64> {

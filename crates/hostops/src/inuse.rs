@@ -290,19 +290,62 @@ fn block_holders(sys: &Path, dev: DevNum) -> Result<Vec<Holder>, String> {
     }
 }
 
-/// Try an `O_EXCL` open of `<dev>/block/<maj:min>`: EBUSY means someone holds the device
-/// exclusively. No such node (not a block device, or no udev-style links): nothing to learn.
-fn exclusive_claim(dev_root: &Path, dev: DevNum) -> Result<Option<Holder>, String> {
+/// Try an `O_EXCL` open of the device: EBUSY means someone holds it exclusively (a mounted
+/// or still-unmounting superblock, an `O_EXCL` opener). The node is found without relying on
+/// udev: `<dev>/block/<maj:min>`, else the kernel's own name (`DEVNAME` in sysfs) under the dev
+/// root, each only if it really is that device; else a private node made for the check.
+/// A device sysfs does not know (an anonymous superblock) has nothing to learn.
+fn exclusive_claim(roots: &HostRoots, dev: DevNum) -> Result<Option<Holder>, String> {
+    let sys_node = roots.sys.join("dev/block").join(dev.to_string());
+    if !sys_node.exists() {
+        return Ok(None);
+    }
+    let mut candidates = vec![roots.dev.join("block").join(dev.to_string())];
+    if let Ok(uevent) = std::fs::read_to_string(sys_node.join("uevent")) {
+        if let Some(name) = uevent.lines().find_map(|l| l.strip_prefix("DEVNAME=")) {
+            if !name.is_empty() && !name.contains("..") {
+                candidates.push(roots.dev.join(name));
+            }
+        }
+    }
+    for node in &candidates {
+        let is_it = std::fs::metadata(node).is_ok_and(|m| {
+            use std::os::unix::fs::{FileTypeExt, MetadataExt};
+            m.file_type().is_block_device() && DevNum::from_dev_t(m.rdev()) == dev
+        });
+        if is_it {
+            return try_exclusive(node);
+        }
+    }
+    // No node for it anywhere we look: make one of our own, beside the others.
+    let tmp = roots.dev.join(format!(".rds-inuse-{}-{}", std::process::id(), dev));
+    let _ = std::fs::remove_file(&tmp);
+    nix::sys::stat::mknod(
+        &tmp,
+        nix::sys::stat::SFlag::S_IFBLK,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+        libc::makedev(dev.major, dev.minor),
+    )
+    .map_err(|e| {
+        format!(
+            "no device node for {dev} and none can be made at {}: {e}",
+            tmp.display()
+        )
+    })?;
+    let r = try_exclusive(&tmp);
+    let _ = std::fs::remove_file(&tmp);
+    r
+}
+
+fn try_exclusive(node: &Path) -> Result<Option<Holder>, String> {
     use std::os::unix::fs::OpenOptionsExt;
-    let node = dev_root.join("block").join(dev.to_string());
     match std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_EXCL | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(&node)
+        .open(node)
     {
         Ok(_) => Ok(None),
         Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(Some(Holder::ExclusiveClaim)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("exclusive open of {}: {e}", node.display())),
     }
 }
@@ -404,7 +447,7 @@ pub fn in_use(dev: DevNum, mount_point: Option<&Path>, roots: &HostRoots) -> Usa
     if mount_point.is_none() && scan.holders.is_empty() {
         // Nothing mounted it and no process has it open: does anything claim it exclusively
         // (an O_EXCL opener, a filesystem mounted where we cannot see)?
-        match exclusive_claim(&roots.dev, dev) {
+        match exclusive_claim(roots, dev) {
             Ok(Some(h)) => scan.holders.push(h),
             Ok(None) => {}
             Err(why) => scan.note_unknown(why),

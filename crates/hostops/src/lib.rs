@@ -19,6 +19,7 @@
 
 pub mod beneath;
 mod blockdev;
+pub use blockdev::{is_read_only, set_read_only};
 pub mod command;
 pub mod deadline;
 pub mod fstools;

@@ -112,6 +112,19 @@ impl Default for BindOptions {
 /// under Bidirectional propagation caused a mount storm): publish raw block volumes with
 /// [`crate::mknod::create_block_node`].
 pub fn bind(src: &Path, target: &Path, opts: BindOptions) -> Result<(), MountError> {
+    bind_at(src, target, target, opts)
+}
+
+/// [`bind`] onto `target` (a confined `/proc/self/fd/N` of the target directory), then the
+/// option remount through `new_mount`, a path that reaches the new mount (`/proc/self/fd/P/
+/// <name>` of its parent): the descriptor of the directory itself still names the directory
+/// beneath the new mount.
+pub fn bind_at(
+    src: &Path,
+    target: &Path,
+    new_mount: &Path,
+    opts: BindOptions,
+) -> Result<(), MountError> {
     use std::os::unix::fs::FileTypeExt;
     if std::fs::metadata(src).is_ok_and(|m| m.file_type().is_block_device()) {
         return Err(MountError::BlockDeviceSource {
@@ -139,10 +152,10 @@ pub fn bind(src: &Path, target: &Path, opts: BindOptions) -> Result<(), MountErr
     }
     if opts.read_only || opts.nosuid_nodev {
         if let Err(errno) =
-            nix::mount::mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
+            nix::mount::mount(None::<&str>, new_mount, None::<&str>, flags, None::<&str>)
         {
             // Never leave a writable (or suid-capable) view behind: undo our own fresh bind.
-            let undo = nix::mount::umount2(target, MntFlags::UMOUNT_NOFOLLOW).err();
+            let undo = nix::mount::umount2(new_mount, MntFlags::UMOUNT_NOFOLLOW).err();
             tracing::error!(target = %target.display(), %errno, ?undo, "restricting bind mount failed; removed it");
             return Err(MountError::RestrictBind {
                 target: target.to_owned(),
@@ -255,10 +268,22 @@ pub fn unmount(
     policy: UnmountPolicy,
     roots: &HostRoots,
 ) -> Result<UnmountOutcome, UnmountError> {
+    unmount_at(target, target, policy, roots)
+}
+
+/// [`unmount`], with the syscalls acting on `action` (a confined `/proc/self/fd/N/<name>`
+/// of the same mount point, see [`crate::beneath`]) while messages and mount-table lookups
+/// use `target`, the path as kubelet names it.
+pub fn unmount_at(
+    action: &Path,
+    target: &Path,
+    policy: UnmountPolicy,
+    roots: &HostRoots,
+) -> Result<UnmountOutcome, UnmountError> {
     let start = Instant::now();
     let mut pause = Duration::from_millis(20);
     loop {
-        match nix::mount::umount2(target, MntFlags::UMOUNT_NOFOLLOW) {
+        match nix::mount::umount2(action, MntFlags::UMOUNT_NOFOLLOW) {
             Ok(()) => {
                 tracing::info!(target = %target.display(), "unmounted");
                 return Ok(UnmountOutcome::Unmounted);
@@ -313,7 +338,7 @@ pub fn unmount(
             reason,
         }),
         Usage::NotInUse => {
-            nix::mount::umount2(target, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW).map_err(
+            nix::mount::umount2(action, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW).map_err(
                 |errno| UnmountError::Syscall {
                     target: target.to_owned(),
                     errno,
@@ -435,6 +460,15 @@ pub enum RemoveError {
 /// Remove a publish/staging target directory: only after proving it is not a mount point, and
 /// only if it is empty (`rmdir`, never a recursive delete: incident 3).
 pub fn remove_target_dir(path: &Path, table: &MountView) -> Result<Removal, RemoveError> {
+    remove_target_dir_at(path, path, table)
+}
+
+/// [`remove_target_dir`], removing through `action` (a confined `/proc/self/fd/P/<name>`).
+pub fn remove_target_dir_at(
+    action: &Path,
+    path: &Path,
+    table: &MountView,
+) -> Result<Removal, RemoveError> {
     match is_mount_point(path, table) {
         Ok(true) => return Err(RemoveError::StillMounted(path.to_owned())),
         Ok(false) => {}
@@ -445,7 +479,7 @@ pub fn remove_target_dir(path: &Path, table: &MountView) -> Result<Removal, Remo
             })
         }
     }
-    match std::fs::remove_dir(path) {
+    match std::fs::remove_dir(action) {
         Ok(()) => Ok(Removal::Removed),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Removal::AlreadyAbsent),
         Err(source) => Err(RemoveError::Remove {

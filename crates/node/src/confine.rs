@@ -14,7 +14,7 @@
 
 use std::path::{Component, Path};
 
-use rds_hostops::beneath::{BeneathError, Root};
+use rds_hostops::beneath::{BeneathError, Handle, Root};
 
 use crate::error::NodeError;
 use crate::validate::AbsPath;
@@ -89,6 +89,28 @@ impl KubeletDir {
 
     pub fn root(&self) -> &Root {
         &self.root
+    }
+
+    /// Create `p` (and missing parents) beneath the kubelet directory without following a
+    /// symlink; the directory opened, and whether this call created it.
+    pub fn mkdir(&self, field: &'static str, p: &Path) -> Result<(Handle, bool), NodeError> {
+        self.root.mkdir_all(p).map_err(|e| refused(field, e))
+    }
+
+    /// Open the existing directory `p` without following a symlink.
+    pub fn dir(&self, field: &'static str, p: &Path) -> Result<Handle, NodeError> {
+        self.root.dir(p).map_err(|e| refused(field, e))
+    }
+
+    /// The parent of `p`, opened without following a symlink, and `p`'s last component:
+    /// `parent.child_proc_path(&name)` names `p` for calls that do not follow it (unmount,
+    /// rmdir, unlink, mknod).
+    pub fn parent(
+        &self,
+        field: &'static str,
+        p: &Path,
+    ) -> Result<(Handle, std::ffi::OsString), NodeError> {
+        self.root.parent(p).map_err(|e| refused(field, e))
     }
 
     /// The path is beneath the kubelet directory where kubelet puts a path of `kind`; the

@@ -19,6 +19,9 @@ pub enum NodeError {
     /// Another operation on the same volume is in progress.
     #[error("an operation ({op}) is already in progress on volume {volume_id}")]
     Aborted { volume_id: String, op: &'static str },
+    /// Another volume's operation holds the staging path or NQN this one claims.
+    #[error("an operation ({op}) of another volume is in progress on {what}")]
+    AbortedOn { what: String, op: &'static str },
     /// Something did not finish in time (the device did not appear, a syscall hung).
     #[error("{0}")]
     DeadlineExceeded(String),
@@ -61,7 +64,7 @@ impl NodeError {
             Self::NotFound(_) => Code::NotFound,
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::AlreadyExists(_) => Code::AlreadyExists,
-            Self::Aborted { .. } => Code::Aborted,
+            Self::Aborted { .. } | Self::AbortedOn { .. } => Code::Aborted,
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Self::Unavailable(_) => Code::Unavailable,
             Self::OutOfRange(_) => Code::OutOfRange,

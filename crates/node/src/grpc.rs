@@ -180,10 +180,23 @@ impl csi::node_server::Node for NodeGrpc {
                 .as_ref()
                 .map(|c| c.required_bytes)
                 .unwrap_or(0);
+            let limit = r.capacity_range.as_ref().map(|c| c.limit_bytes).unwrap_or(0);
             if required < 0 {
                 return Err(NodeError::invalid(
                     "capacity_range.required_bytes",
                     "must not be negative",
+                ));
+            }
+            if limit < 0 {
+                return Err(NodeError::invalid(
+                    "capacity_range.limit_bytes",
+                    "must not be negative",
+                ));
+            }
+            if limit > 0 && limit < required {
+                return Err(NodeError::invalid(
+                    "capacity_range.limit_bytes",
+                    format!("{limit} is below required_bytes {required}"),
                 ));
             }
             let bytes = self.svc.expand(id, path, required).await?;

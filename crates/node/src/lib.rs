@@ -16,6 +16,7 @@ pub mod error;
 pub mod grpc;
 pub mod guard;
 pub mod identity;
+pub mod inflight;
 pub mod observer;
 pub mod options;
 pub mod record;

@@ -20,6 +20,12 @@ pub enum EndpointError {
     },
     #[error("endpoint {0} exists and is not a socket: refusing to remove it")]
     NotASocket(PathBuf),
+    #[error("another instance serves {path} (it holds {lock}; waited {waited:?}): stop it first")]
+    InUse {
+        path: PathBuf,
+        lock: PathBuf,
+        waited: Duration,
+    },
 }
 
 /// `unix:///csi/csi.sock` (or `unix:/csi/csi.sock`, or a bare absolute path) to its path.
@@ -34,9 +40,54 @@ pub fn socket_path(endpoint: &str) -> Result<PathBuf, EndpointError> {
     Ok(PathBuf::from(p))
 }
 
-/// Bind the socket: create the parent directory, remove a stale socket (only a socket), and
+/// The socket this process serves, and the lock that makes it the only one serving there.
+///
+/// The lock is an exclusive `flock` on `<socket>.lock` beside the socket, held for the life of
+/// the process (the kernel releases it when the process dies, however it dies). The socket is
+/// removed on shutdown only while it is still the one this process created (same device and
+/// inode): a successor that already took over keeps its socket.
+#[derive(Debug)]
+pub struct BoundSocket {
+    path: PathBuf,
+    ino: (u64, u64),
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl BoundSocket {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Remove the socket if it is still ours; returns whether it was removed.
+    pub fn remove(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if m.file_type().is_socket() && (m.dev(), m.ino()) == self.ino => {
+                std::fs::remove_file(&self.path).is_ok()
+            }
+            Ok(_) => {
+                tracing::info!(socket = %self.path.display(), "the socket is no longer ours: leaving it");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// How long a second instance waits for the lock before giving up.
+pub const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(".lock");
+    path.with_file_name(name)
+}
+
+/// Bind the socket: create the parent directory, take the socket's lock (waiting up to
+/// `lock_wait` for a previous instance to exit), remove a stale socket (only a socket), and
 /// restrict permissions to owner and group (kubelet runs as root).
-pub fn bind(path: &Path) -> Result<UnixListener, EndpointError> {
+pub fn bind(path: &Path, lock_wait: Duration) -> Result<(UnixListener, BoundSocket), EndpointError> {
+    use std::os::unix::fs::MetadataExt;
     let io = |op| {
         move |source| EndpointError::Io {
             path: path.to_owned(),
@@ -47,6 +98,34 @@ pub fn bind(path: &Path) -> Result<UnixListener, EndpointError> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(io("creating the parent directory"))?;
     }
+    let lock_file = lock_path(path);
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_file)
+        .map_err(io("opening the lock file"))?;
+    let start = std::time::Instant::now();
+    let mut file = lock;
+    let lock = loop {
+        use nix::fcntl::{Flock, FlockArg};
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(held) => break held,
+            Err((f, nix::errno::Errno::EWOULDBLOCK)) if start.elapsed() < lock_wait => {
+                // Retry pacing while another instance shuts down, not synchronisation.
+                file = f;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                return Err(EndpointError::InUse {
+                    path: path.to_owned(),
+                    lock: lock_file,
+                    waited: start.elapsed(),
+                })
+            }
+            Err((_, e)) => return Err(io("locking")(e.into())),
+        }
+    };
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {
             std::fs::remove_file(path).map_err(io("removing the stale socket"))?
@@ -58,7 +137,15 @@ pub fn bind(path: &Path) -> Result<UnixListener, EndpointError> {
     let listener = UnixListener::bind(path).map_err(io("binding"))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .map_err(io("setting permissions"))?;
-    Ok(listener)
+    let m = std::fs::symlink_metadata(path).map_err(io("inspecting the new socket"))?;
+    Ok((
+        listener,
+        BoundSocket {
+            path: path.to_owned(),
+            ino: (m.dev(), m.ino()),
+            _lock: lock,
+        },
+    ))
 }
 
 pub fn incoming(listener: UnixListener) -> UnixListenerStream {
@@ -206,7 +293,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("csi.sock");
         std::fs::write(&p, b"precious").unwrap();
-        assert!(matches!(bind(&p), Err(EndpointError::NotASocket(_))));
+        assert!(matches!(
+            bind(&p, Duration::ZERO),
+            Err(EndpointError::NotASocket(_))
+        ));
         assert_eq!(std::fs::read(&p).unwrap(), b"precious");
     }
 
@@ -214,8 +304,8 @@ mod tests {
     async fn a_stale_socket_is_replaced_and_the_new_one_is_not_world_writable() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("sub/csi.sock");
-        drop(bind(&p).unwrap());
-        let l = bind(&p).expect("stale socket replaced");
+        drop(bind(&p, Duration::ZERO).unwrap());
+        let l = bind(&p, Duration::ZERO).expect("stale socket replaced");
         let mode = std::fs::metadata(&p).unwrap().permissions().mode();
         assert_eq!(
             mode & 0o002,
@@ -223,5 +313,29 @@ mod tests {
             "socket must not be world-writable: {mode:o}"
         );
         drop(l);
+    }
+
+    #[tokio::test]
+    async fn one_instance_per_socket_and_a_successors_socket_is_never_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("csi.sock");
+        let (_l1, first) = bind(&p, Duration::ZERO).unwrap();
+        match bind(&p, Duration::from_millis(300)) {
+            Err(EndpointError::InUse { lock, .. }) => {
+                assert_eq!(lock, d.path().join("csi.sock.lock"))
+            }
+            other => panic!("a second instance must not take the socket: {other:?}"),
+        }
+        assert!(p.exists(), "the first instance's socket is untouched");
+        // A successor replaced the socket (say, an operator removed the lock): the first
+        // instance's shutdown leaves the successor's socket alone.
+        std::fs::remove_file(&p).unwrap();
+        let _successor = std::os::unix::net::UnixListener::bind(&p).unwrap();
+        assert!(!first.remove(), "not ours any more");
+        assert!(p.exists(), "the successor's socket stays");
+        drop(first);
+        let (_l2, second) = bind(&p, Duration::ZERO).expect("the lock is free once released");
+        assert!(second.remove(), "its own socket is removed");
+        assert!(!p.exists());
     }
 }

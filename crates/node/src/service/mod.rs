@@ -85,6 +85,7 @@ pub struct NodeService {
     pub(crate) observer: Arc<dyn VolumeObserver>,
     pub(crate) connects: Option<Arc<dyn ConnectObserver>>,
     pub(crate) kubelet: Arc<crate::confine::KubeletDir>,
+    pub(crate) unmounts: crate::inflight::Unmounts,
 }
 
 /// Told the outcome and duration of every NVMe connect (implemented by the metrics).
@@ -119,6 +120,7 @@ impl NodeService {
             observer,
             connects: None,
             kubelet,
+            unmounts: Default::default(),
         })
     }
 

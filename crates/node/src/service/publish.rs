@@ -8,13 +8,19 @@ use rds_hostops::mount::BindOptions;
 use rds_types::DevNum;
 
 use super::{exists, NodeService};
+use crate::confine::{KubeletDir, PathKind};
 use crate::error::NodeError;
+use crate::guard::GuardKey;
 use crate::record::{PublishEntry, VolumeRecord};
 use crate::validate::{AbsPath, Access, PublishArgs, VolumeId};
 
 impl NodeService {
     #[tracing::instrument(skip_all, fields(volume.id = %args.volume_id, target = %args.target_path))]
     pub async fn publish(&self, args: PublishArgs) -> Result<(), NodeError> {
+        self.kubelet
+            .check("staging_target_path", PathKind::Staging, &args.staging_path)?;
+        self.kubelet
+            .check("target_path", PathKind::Target, &args.target_path)?;
         // A stale staged volume (replaced device, failed filesystem, missing mount) is
         // recovered by the monitor first; wait for it, bounded, before binding anything.
         let cond = self
@@ -34,9 +40,19 @@ impl NodeService {
                 )));
             }
         }
-        let _guard = self
-            .guards
-            .try_acquire(args.volume_id.as_str(), "NodePublishVolume")?;
+        let _guard = self.guards.try_acquire_all(
+            args.volume_id.as_str(),
+            &[GuardKey::Path(args.target_path.as_path().to_owned())],
+            "NodePublishVolume",
+        )?;
+        if let Some(owner) = self.owner_of_target(&args.target_path) {
+            if owner != args.volume_id {
+                return Err(NodeError::AlreadyExists(format!(
+                    "{} is a publish target of volume {owner}",
+                    args.target_path
+                )));
+            }
+        }
         let mut rec = self.volumes.get(&args.volume_id).ok_or_else(|| {
             NodeError::FailedPrecondition(format!(
                 "volume {} is not staged on this node",
@@ -115,13 +131,32 @@ impl NodeService {
                 );
                 let ro = args.read_only;
                 let noexec = flags.iter().any(|f| f == "noexec");
+                let kubelet = self.kubelet.clone();
                 mount_key = self.blocking(
                     "bind-mounting the target",
                     self.cfg.deadlines.mount,
                     move || {
-                        prepare_dir(&dst)?;
-                        rds_hostops::mount::bind(&src, &dst, BindOptions::read_only(ro))
-                            .map_err(|e| NodeError::internal("bind-mounting the target", e))?;
+                        // Both ends resolved beneath the kubelet directory, no symlink
+                        // followed; the kernel acts on exactly the directories opened.
+                        let from = kubelet.dir("staging_target_path", &src)?;
+                        let (to, created) = prepare_dir(&kubelet, &dst)?;
+                        let (parent, name) = kubelet.parent("target_path", &dst)?;
+                        let new_mount = parent.child_proc_path(&name);
+                        let bound = rds_hostops::mount::bind_at(
+                            &from.proc_path(),
+                            &to.proc_path(),
+                            &new_mount,
+                            BindOptions::read_only(ro),
+                        );
+                        drop(to);
+                        if let Err(e) = bound {
+                            if created {
+                                // Nothing created on the failure path is left behind.
+                                let _ = std::fs::remove_dir(&new_mount);
+                            }
+                            return Err(NodeError::internal("bind-mounting the target", e));
+                        }
+                        let dst = new_mount;
                         if noexec {
                             let flags = crate::options::bind_flags(&["noexec".into()], ro)
                                 | nix::mount::MsFlags::MS_BIND
@@ -165,12 +200,39 @@ impl NodeService {
                         args.target_path
                     )));
                 }
+                // A read-only raw block publish makes the device read-only in the kernel
+                // (BLKROSET): a 0440 node alone does not stop root. That needs every publish
+                // of it to be read-only.
+                let mixed = rec.publishes.iter().find(|p| {
+                    p.target != args.target_path.as_path() && p.read_only != args.read_only
+                });
+                if let Some(other) = mixed {
+                    return Err(NodeError::FailedPrecondition(format!(
+                        "volume {} is published {} at {}; a raw block volume is published either all read-only (the device is made read-only in the kernel) or all read-write",
+                        args.volume_id,
+                        if other.read_only { "read-only" } else { "read-write" },
+                        other.target.display()
+                    )));
+                }
+                let dev_path = self.dev_path(&current.name);
                 let dst = args.target_path.as_path().to_owned();
                 let mode = if args.read_only { 0o440 } else { 0o660 };
+                let ro = args.read_only;
+                let kubelet = self.kubelet.clone();
                 self.blocking(
                     "creating the block device node",
                     self.cfg.deadlines.mount,
-                    move || publish_block_node(&dst, staged.dev, mode),
+                    move || {
+                        if ro {
+                            rds_hostops::set_read_only(&dev_path, true).map_err(|e| {
+                                NodeError::internal(
+                                    format!("making {} read-only (BLKROSET)", dev_path.display()),
+                                    e,
+                                )
+                            })?;
+                        }
+                        publish_block_node(&kubelet, &dst, staged.dev, mode)
+                    },
                 )
                 .await??;
             }
@@ -203,9 +265,20 @@ impl NodeService {
 
     #[tracing::instrument(skip_all, fields(volume.id = %id, target = %target))]
     pub async fn unpublish(&self, id: VolumeId, target: AbsPath) -> Result<(), NodeError> {
-        let _guard = self
-            .guards
-            .try_acquire(id.as_str(), "NodeUnpublishVolume")?;
+        self.kubelet
+            .check("target_path", PathKind::Target, &target)?;
+        let _guard = self.guards.try_acquire_all(
+            id.as_str(),
+            &[GuardKey::Path(target.as_path().to_owned())],
+            "NodeUnpublishVolume",
+        )?;
+        if let Some(owner) = self.owner_of_target(&target) {
+            if owner != id {
+                return Err(NodeError::FailedPrecondition(format!(
+                    "{target} is a publish target of volume {owner}, not of volume {id}; leaving it"
+                )));
+            }
+        }
         let rec = self.volumes.get(&id);
         // Tell the monitor first: the unmount below is ours, not a fault.
         self.observer.unpublished(&id, target.as_path()).await;
@@ -249,8 +322,15 @@ impl NodeService {
                     .map(|(_, old, _)| old.dev),
             );
         }
-        // Without a record we cannot tell our layers from someone else's.
-        let ours = |dev: DevNum| allowed.contains(&dev);
+        // Without a record, only a mount of a namespace under the managed prefix is ours
+        // (the plugin stopped between binding and recording); nothing else is touched.
+        let ours = |dev: DevNum| match &rec {
+            Some(_) => allowed.contains(&dev),
+            None => self
+                .devices
+                .nqn_of(dev)
+                .is_some_and(|n| self.cfg.managed.covers(&n)),
+        };
 
         for _ in 0..crate::defaults::MAX_UNMOUNT_LAYERS {
             let view = self.mount_view().await?;
@@ -263,7 +343,7 @@ impl NodeService {
                     top.dev
                 )));
             }
-            self.unmount_path(target).await?;
+            self.unmount_path(target, top.dev).await?;
         }
 
         let view = self.mount_view().await?;
@@ -273,47 +353,84 @@ impl NodeService {
                 crate::defaults::MAX_UNMOUNT_LAYERS
             )));
         }
+        let Some(mut rec) = rec else {
+            // No record: no file, directory or node here is provably this volume's.
+            tracing::info!("volume has no record on this node: nothing removed");
+            return Ok(());
+        };
         let t = target.as_path().to_owned();
         let table = view.clone();
-        let nodes = rec.is_some().then(|| allowed.clone());
+        let nodes = allowed.clone();
+        let kubelet = self.kubelet.clone();
         self.blocking("removing the target", self.cfg.deadlines.mount, move || {
-            remove_target(&t, &table, nodes.as_deref())
+            remove_target(&kubelet, &t, &table, &nodes)
         })
         .await??;
 
-        if let Some(mut rec) = rec {
-            let before = rec.publishes.len();
-            rec.publishes.retain(|p| p.target != target.as_path());
-            if rec.publishes.len() != before {
-                self.save_record(rec).await?;
+        let before = rec.publishes.len();
+        rec.publishes.retain(|p| p.target != target.as_path());
+        if rec.publishes.len() != before {
+            if rec.access.is_block() && rec.publishes.is_empty() && !rec.read_only {
+                // The last publish is gone: a device made read-only for read-only publishes
+                // is writable again for the next read-write one.
+                if let Some(dev) = current.as_ref().map(|c| self.dev_path(&c.name)) {
+                    let r = self
+                        .blocking("BLKROSET", self.cfg.deadlines.stats, move || {
+                            rds_hostops::set_read_only(&dev, false)
+                        })
+                        .await;
+                    if !matches!(r, Ok(Ok(()))) {
+                        tracing::warn!(result = ?r, "could not make the device writable again");
+                    }
+                }
             }
+            self.save_record(rec).await?;
         }
         tracing::info!("volume unpublished");
         Ok(())
     }
 }
 
-/// Create the publish target directory (the plugin owns the target; its parent must exist).
-fn prepare_dir(dst: &Path) -> Result<(), NodeError> {
-    match std::fs::symlink_metadata(dst) {
-        Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(NodeError::AlreadyExists(format!(
-            "{} exists and is not a directory",
-            dst.display()
-        ))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(dst)
-            .map_err(|e| NodeError::internal(format!("creating {}", dst.display()), e)),
-        Err(e) => Err(NodeError::internal(
-            format!("inspecting {}", dst.display()),
-            e,
-        )),
+impl NodeService {
+    /// The volume that records `target` among its publishes, if any.
+    fn owner_of_target(&self, target: &AbsPath) -> Option<VolumeId> {
+        self.volumes
+            .all()
+            .into_iter()
+            .find(|r| r.publishes.iter().any(|p| p.target == target.as_path()))
+            .map(|r| r.volume_id)
     }
 }
 
+/// Create the publish target directory beneath the kubelet directory (never through a
+/// symlink); the directory opened, and whether this call created it.
+fn prepare_dir(
+    kubelet: &KubeletDir,
+    dst: &Path,
+) -> Result<(rds_hostops::beneath::Handle, bool), NodeError> {
+    use rds_hostops::beneath::BeneathError;
+    kubelet.root().mkdir_all(dst).map_err(|e| match e {
+        BeneathError::NotADirectory { .. } => {
+            NodeError::AlreadyExists(format!("{} exists and is not a directory", dst.display()))
+        }
+        e => crate::confine::refused("target_path", e),
+    })
+}
+
 /// Make `dst` a block node for `dev`: idempotent when it already is; an empty placeholder
-/// (file or directory) is replaced; anything else is left alone.
-fn publish_block_node(dst: &Path, dev: DevNum, mode: u32) -> Result<(), NodeError> {
-    let state = rds_hostops::mknod::check_block_node(dst, dev)
+/// (file or directory) is replaced; anything else is left alone. Every step acts through the
+/// parent directory opened beneath the kubelet directory, on the last component only.
+fn publish_block_node(
+    kubelet: &KubeletDir,
+    dst: &Path,
+    dev: DevNum,
+    mode: u32,
+) -> Result<(), NodeError> {
+    let parent_path = dst.parent().unwrap_or(dst);
+    kubelet.mkdir("target_path", parent_path)?;
+    let (parent, name) = kubelet.parent("target_path", dst)?;
+    let at = parent.child_proc_path(&name);
+    let state = rds_hostops::mknod::check_block_node(&at, dev)
         .map_err(|e| NodeError::internal("inspecting the target", e))?;
     match state {
         NodeState::Matches => Ok(()),
@@ -322,12 +439,12 @@ fn publish_block_node(dst: &Path, dev: DevNum, mode: u32) -> Result<(), NodeErro
             dst.display()
         ))),
         NodeState::NotABlockDevice => {
-            let md = std::fs::symlink_metadata(dst)
+            let md = std::fs::symlink_metadata(&at)
                 .map_err(|e| NodeError::internal("inspecting the target", e))?;
             let removed = if md.is_file() && md.len() == 0 {
-                std::fs::remove_file(dst)
+                std::fs::remove_file(&at)
             } else if md.is_dir() {
-                std::fs::remove_dir(dst)
+                std::fs::remove_dir(&at)
             } else {
                 return Err(NodeError::AlreadyExists(format!(
                     "{} exists and is not an empty placeholder",
@@ -340,29 +457,33 @@ fn publish_block_node(dst: &Path, dev: DevNum, mode: u32) -> Result<(), NodeErro
                     dst.display()
                 ))
             })?;
-            create_node(dst, dev, mode)
+            create_node(&at, dev, mode)
         }
-        NodeState::Missing => create_node(dst, dev, mode),
+        NodeState::Missing => create_node(&at, dev, mode),
     }
 }
 
-fn create_node(dst: &Path, dev: DevNum, mode: u32) -> Result<(), NodeError> {
-    if let Some(parent) = dst.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| NodeError::internal(format!("creating {}", parent.display()), e))?;
-    }
-    rds_hostops::mknod::create_block_node(dst, dev, mode)
+fn create_node(at: &Path, dev: DevNum, mode: u32) -> Result<(), NodeError> {
+    rds_hostops::mknod::create_block_node(at, dev, mode)
         .map_err(|e| NodeError::internal("creating the block node", e))
 }
 
 /// Remove the target once it is no longer a mount point: an empty directory, an empty
-/// placeholder file, or a block node of this volume's device. Never recursive.
+/// placeholder file, or a block node of this volume's device (`nodes`). Never recursive,
+/// never through a symlink.
 fn remove_target(
+    kubelet: &KubeletDir,
     t: &Path,
     table: &rds_mounts::MountView,
-    nodes: Option<&[DevNum]>,
+    nodes: &[DevNum],
 ) -> Result<(), NodeError> {
-    let md = match std::fs::symlink_metadata(t) {
+    let (parent, name) = match kubelet.parent("target_path", t) {
+        Ok(p) => p,
+        Err(NodeError::NotFound(_)) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let at = parent.child_proc_path(&name);
+    let md = match std::fs::symlink_metadata(&at) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => {
@@ -373,7 +494,7 @@ fn remove_target(
         }
     };
     if md.is_dir() {
-        return rds_hostops::mount::remove_target_dir(t, table)
+        return rds_hostops::mount::remove_target_dir_at(&at, t, table)
             .map(|_| ())
             .map_err(|e| match e {
                 rds_hostops::mount::RemoveError::Remove { source, .. }
@@ -389,20 +510,20 @@ fn remove_target(
     }
     if md.file_type().is_block_device() {
         let dev = DevNum::from_dev_t(md.rdev());
-        if nodes.is_some_and(|allowed| !allowed.contains(&dev)) {
+        if !nodes.contains(&dev) {
             return Err(NodeError::FailedPrecondition(format!(
                 "{} is a block node for {dev}, not for this volume's device; leaving it",
                 t.display()
             )));
         }
-        return std::fs::remove_file(t)
+        return std::fs::remove_file(&at)
             .map_err(|e| NodeError::internal(format!("removing {}", t.display()), e));
     }
     if md.is_file() && md.len() == 0 {
-        return std::fs::remove_file(t)
+        return std::fs::remove_file(&at)
             .map_err(|e| NodeError::internal(format!("removing {}", t.display()), e));
     }
-    if !exists(t) {
+    if !exists(&at) {
         return Ok(());
     }
     Err(NodeError::FailedPrecondition(format!(

@@ -1,14 +1,16 @@
 //! NodeStageVolume and NodeUnstageVolume.
 
 use std::os::unix::fs::FileTypeExt;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rds_hostops::mount::{UnmountError, UnmountPolicy};
 use rds_hostops::probe::{Content, FsKind};
 use rds_types::DevNum;
 
 use super::{NodeService, NsDevice};
+use crate::confine::PathKind;
 use crate::error::NodeError;
+use crate::guard::GuardKey;
 use crate::record::{DeviceRecord, VolumeRecord};
 use crate::validate::{AbsPath, Access, FsType, StageArgs, VolumeId};
 
@@ -22,10 +24,19 @@ pub(crate) fn fs_kind(t: FsType) -> FsKind {
 impl NodeService {
     #[tracing::instrument(skip_all, fields(volume.id = %args.volume_id, nqn = %args.target.nqn))]
     pub async fn stage(&self, args: StageArgs) -> Result<(), NodeError> {
-        let _guard = self
-            .guards
-            .try_acquire(args.volume_id.as_str(), "NodeStageVolume")?;
+        self.kubelet
+            .check("staging_target_path", PathKind::Staging, &args.staging_path)?;
         self.check_managed(&args.target.nqn)?;
+        // The staging path and the NQN are claimed with the volume: no other volume's call
+        // can use either while this one runs.
+        let _guard = self.guards.try_acquire_all(
+            args.volume_id.as_str(),
+            &[
+                GuardKey::Path(args.staging_path.as_path().to_owned()),
+                GuardKey::Nqn(args.target.nqn.as_str().to_owned()),
+            ],
+            "NodeStageVolume",
+        )?;
         let view = self.mount_view().await?;
 
         if let Some(rec) = self.volumes.get(&args.volume_id) {
@@ -51,17 +62,26 @@ impl NodeService {
                 }
             }
         }
-        // Another volume recorded at this staging path?
-        if let Some(other) = self
+        // Another volume recorded at this staging path, or on this subsystem (its device
+        // would be mounted twice under two volume IDs)?
+        for other in self
             .volumes
             .all()
             .into_iter()
-            .find(|r| r.staging_path == args.staging_path && r.volume_id != args.volume_id)
+            .filter(|r| r.volume_id != args.volume_id)
         {
-            return Err(NodeError::AlreadyExists(format!(
-                "staging path {} belongs to volume {}",
-                args.staging_path, other.volume_id
-            )));
+            if other.staging_path == args.staging_path {
+                return Err(NodeError::AlreadyExists(format!(
+                    "staging path {} belongs to volume {}",
+                    args.staging_path, other.volume_id
+                )));
+            }
+            if other.target.nqn == args.target.nqn {
+                return Err(NodeError::AlreadyExists(format!(
+                    "subsystem {} is already staged as volume {}",
+                    args.target.nqn, other.volume_id
+                )));
+            }
         }
 
         let ns = match self.connect_and_wait(&args.target).await {
@@ -80,6 +100,27 @@ impl NodeService {
         };
         let dev_path = self.dev_path(&ns.name);
         check_device_node(&dev_path, ns.identity.dev)?;
+        if !args.read_only {
+            let p = dev_path.clone();
+            let ro = self
+                .blocking("BLKROGET", self.cfg.deadlines.stats, move || {
+                    rds_hostops::is_read_only(&p)
+                })
+                .await?
+                .map_err(|e| {
+                    NodeError::Unavailable(format!(
+                        "cannot tell whether {} is writable: {e}",
+                        dev_path.display()
+                    ))
+                })?;
+            if ro {
+                return Err(NodeError::FailedPrecondition(format!(
+                    "device {} ({}) is read-only (the target exports it so); stage the volume read-only",
+                    dev_path.display(),
+                    ns.identity
+                )));
+            }
+        }
 
         let mut mounted_here = false;
         let mut mount_key = None;
@@ -115,7 +156,8 @@ impl NodeService {
                     )))
                 }
                 None => {
-                    self.prepare_filesystem(&dev_path, *fs_type).await?;
+                    self.prepare_filesystem(&dev_path, *fs_type, args.read_only)
+                        .await?;
                     mount_key = self.mount_staging(&args, &dev_path, *fs_type, flags).await?;
                     mounted_here = true;
                 }
@@ -142,7 +184,7 @@ impl NodeService {
         if let Err(e) = self.save_record(rec.clone()).await {
             // Nothing half-done: without its record a staged volume could not be recovered.
             if mounted_here {
-                let _ = self.unmount_path(&args.staging_path).await;
+                let _ = self.unmount_path(&args.staging_path, ns.identity.dev).await;
             }
             return Err(e);
         }
@@ -156,6 +198,7 @@ impl NodeService {
         &self,
         dev_path: &std::path::Path,
         fs: FsType,
+        read_only: bool,
     ) -> Result<(), NodeError> {
         let p = dev_path.to_owned();
         let content = self
@@ -167,6 +210,10 @@ impl NodeService {
             .await?
             .map_err(|e| NodeError::Unavailable(format!("{e}; refusing to format or mount it")))?;
         match content {
+            Content::Empty(_) if read_only => Err(NodeError::FailedPrecondition(format!(
+                "{} holds no filesystem and the volume is read-only: a read-only volume is never formatted",
+                dev_path.display()
+            ))),
             Content::Empty(permit) => {
                 tracing::info!(device = %dev_path.display(), fs = fs.as_str(), "device proven empty: creating the filesystem");
                 let p = dev_path.to_owned();
@@ -199,22 +246,45 @@ impl NodeService {
         fs: FsType,
         flags: &[String],
     ) -> Result<Option<rds_types::MountKey>, NodeError> {
-        let (ms, data) = crate::options::fs_mount_options(flags, args.read_only);
+        let (ms, mut data) = crate::options::fs_mount_options(flags, args.read_only);
+        if args.read_only {
+            // Read-only never writes, journal replay included: ext4 skips loading the journal,
+            // xfs skips log recovery (both refuse to mount read-write that way).
+            let no_replay = match fs {
+                FsType::Ext4 => "noload",
+                FsType::Xfs => "norecovery",
+            };
+            if !data.split(',').any(|o| o == no_replay) {
+                if !data.is_empty() {
+                    data.push(',');
+                }
+                data.push_str(no_replay);
+            }
+        }
         let (src, dst) = (dev_path.to_owned(), args.staging_path.as_path().to_owned());
+        let kubelet = self.kubelet.clone();
         self.blocking(
             "mounting the staging path",
             self.cfg.deadlines.mount,
             move || {
-                std::fs::create_dir_all(&dst)
-                    .map_err(|e| NodeError::internal(format!("creating {}", dst.display()), e))?;
-                rds_hostops::mount::mount_fs(
+                let (dir, created) = kubelet.mkdir("staging_target_path", &dst)?;
+                let mounted = rds_hostops::mount::mount_fs(
                     &src,
-                    &dst,
+                    &dir.proc_path(),
                     fs.as_str(),
                     ms,
                     (!data.is_empty()).then_some(data.as_str()),
-                )
-                .map_err(|e| NodeError::internal("mounting the staging path", e))?;
+                );
+                if let Err(e) = mounted {
+                    drop(dir);
+                    if created {
+                        // Nothing created on the failure path is left behind.
+                        if let Ok((parent, name)) = kubelet.parent("staging_target_path", &dst) {
+                            let _ = std::fs::remove_dir(parent.child_proc_path(&name));
+                        }
+                    }
+                    return Err(mount_failed(e, &src));
+                }
                 // The new mount as the kernel identifies it, for the monitor.
                 Ok(rds_hostops::mount::mount_key_at(&dst)
                     .map_err(|e| tracing::warn!(path = %dst.display(), error = %e, "cannot read the new mount's id"))
@@ -224,9 +294,13 @@ impl NodeService {
         .await?
     }
 
-    /// Unmount one layer at `path`: normal unmount, waiting; lazy only when nothing uses it.
-    pub(crate) async fn unmount_path(&self, path: &AbsPath) -> Result<(), NodeError> {
+    /// Unmount one layer (of device `dev`) at `path`: normal unmount, waiting; lazy only
+    /// when nothing uses it. The path is resolved beneath the kubelet directory without
+    /// following a symlink, and the unmount is tracked until its syscall returns, however late.
+    pub(crate) async fn unmount_path(&self, path: &AbsPath, dev: DevNum) -> Result<(), NodeError> {
         let p = path.as_path().to_owned();
+        let (parent, name) = self.kubelet.parent("path", &p)?;
+        let in_flight = self.unmounts.start(dev);
         let roots = self.cfg.roots.clone();
         let policy = UnmountPolicy {
             wait: self.cfg.deadlines.unmount_wait,
@@ -235,7 +309,8 @@ impl NodeService {
         let deadline = self.cfg.deadlines.unmount_wait + self.cfg.deadlines.mount;
         match self
             .blocking("unmounting", deadline, move || {
-                rds_hostops::mount::unmount(&p, policy, &roots)
+                let _in_flight = in_flight;
+                rds_hostops::mount::unmount_at(&parent.child_proc_path(&name), &p, policy, &roots)
             })
             .await?
         {
@@ -251,8 +326,28 @@ impl NodeService {
 
     #[tracing::instrument(skip_all, fields(volume.id = %id))]
     pub async fn unstage(&self, id: VolumeId, staging: AbsPath) -> Result<(), NodeError> {
-        let _guard = self.guards.try_acquire(id.as_str(), "NodeUnstageVolume")?;
+        self.kubelet
+            .check("staging_target_path", PathKind::Staging, &staging)?;
+        let _guard = self.guards.try_acquire_all(
+            id.as_str(),
+            &[GuardKey::Path(staging.as_path().to_owned())],
+            "NodeUnstageVolume",
+        )?;
         let rec = self.volumes.get(&id);
+        if rec.is_none() {
+            // Another volume's staging path is never this unknown volume's to unmount.
+            if let Some(owner) = self
+                .volumes
+                .all()
+                .into_iter()
+                .find(|r| r.staging_path == staging)
+            {
+                return Err(NodeError::FailedPrecondition(format!(
+                    "{staging} is volume {}'s staging path, not volume {id}'s; leaving it",
+                    owner.volume_id
+                )));
+            }
+        }
         if let Some(rec) = &rec {
             if rec.staging_path != staging {
                 return Err(NodeError::NotFound(format!(
@@ -351,7 +446,7 @@ impl NodeService {
                     top.dev
                 )));
             }
-            self.unmount_path(staging).await?;
+            self.unmount_path(staging, top.dev).await?;
         }
         let view = self.mount_view().await?;
         if view.top_at(staging.as_path()).is_some() {
@@ -391,6 +486,13 @@ impl NodeService {
             .into_iter()
             .chain(current.map(|c| c.identity.dev));
         for dev in devs {
+            if let Some(running) = self.unmounts.running_for(dev) {
+                return Err(NodeError::FailedPrecondition(format!(
+                    "an unmount of device {dev} of volume {} is still running in the kernel ({} so far; its filesystem may still be writing back); not disconnecting",
+                    rec.volume_id,
+                    humantime::format_duration(Duration::from_secs(running.as_secs()))
+                )));
+            }
             // A process holding the raw device (or anything stacked on it) keeps it: never
             // cut it off. "Unknown" (no host PID view) is logged; the publish check above
             // already proved kubelet holds no target of this volume.
@@ -455,4 +557,19 @@ pub fn check_device_node(path: &std::path::Path, expected: DevNum) -> Result<(),
         )));
     }
     Ok(())
+}
+
+/// A failed mount: a read-only device refused for writing is the node's state
+/// (FailedPrecondition), anything else unexpected (Internal).
+fn mount_failed(e: rds_hostops::mount::MountError, dev: &std::path::Path) -> NodeError {
+    match e {
+        rds_hostops::mount::MountError::Mount {
+            errno: nix::errno::Errno::EACCES | nix::errno::Errno::EROFS | nix::errno::Errno::EPERM,
+            ..
+        } => NodeError::FailedPrecondition(format!(
+            "{} cannot be mounted as asked ({e}); is the device read-only?",
+            dev.display()
+        )),
+        e => NodeError::internal("mounting the staging path", e),
+    }
 }

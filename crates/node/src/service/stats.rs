@@ -132,6 +132,25 @@ impl NodeService {
         let Access::Mount { fs_type, .. } = rec.access else {
             return Ok(size);
         };
+        // Online resize only, through the staging mount of the recorded device: never an
+        // offline resize of a device whose filesystem is mounted elsewhere or not at all.
+        let staged = rec.device.identity().map(|i| i.dev);
+        let view = self.mount_view().await?;
+        match view.top_at(rec.staging_path.as_path()) {
+            Some(m) if Some(m.dev) == staged => {}
+            Some(m) => {
+                return Err(NodeError::FailedPrecondition(format!(
+                    "the staging path {} holds device {}, not volume {id}'s device; not resizing",
+                    rec.staging_path, m.dev
+                )))
+            }
+            None => {
+                return Err(NodeError::FailedPrecondition(format!(
+                    "the staging mount of volume {id} at {} is missing; not resizing",
+                    rec.staging_path
+                )))
+            }
+        }
         let kind = super::stage::fs_kind(fs_type);
         let mp = rec.staging_path.as_path().to_owned();
         let deadline = self.cfg.deadlines.resize;
