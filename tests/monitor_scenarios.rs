@@ -99,7 +99,8 @@ async fn a_staging_mount_removed_behind_our_back_is_flagged_mount_missing() {
     let mut e = env().await;
     let vol = "pvc-unmounted";
     e.stage_and_publish(vol).await;
-    rds_testkit::umount_as_admin(&e.plugin.staging_path(vol)).expect("someone unmounts the staging path");
+    rds_testkit::umount_as_admin(&e.plugin.staging_path(vol))
+        .expect("someone unmounts the staging path");
     e.wait(vol, kind_is("mount_missing"))
         .await
         .expect("MountMissing");
@@ -382,7 +383,8 @@ async fn after_a_restart_adopted_mounts_are_watched_like_fresh_ones() {
         "nothing changed while it was down: {healthy:?}"
     );
     // The re-adopted staging mount is known by its identity: its disappearance is noticed.
-    rds_testkit::umount_as_admin(&plugin.staging_path(vol)).expect("someone unmounts the staging path");
+    rds_testkit::umount_as_admin(&plugin.staging_path(vol))
+        .expect("someone unmounts the staging path");
     plugin
         .running
         .monitor

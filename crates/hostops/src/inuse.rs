@@ -318,7 +318,9 @@ fn exclusive_claim(roots: &HostRoots, dev: DevNum) -> Result<Option<Holder>, Str
         }
     }
     // No node for it anywhere we look: make one of our own, beside the others.
-    let tmp = roots.dev.join(format!(".rds-inuse-{}-{}", std::process::id(), dev));
+    let tmp = roots
+        .dev
+        .join(format!(".rds-inuse-{}-{}", std::process::id(), dev));
     let _ = std::fs::remove_file(&tmp);
     nix::sys::stat::mknod(
         &tmp,

@@ -180,7 +180,11 @@ impl csi::node_server::Node for NodeGrpc {
                 .as_ref()
                 .map(|c| c.required_bytes)
                 .unwrap_or(0);
-            let limit = r.capacity_range.as_ref().map(|c| c.limit_bytes).unwrap_or(0);
+            let limit = r
+                .capacity_range
+                .as_ref()
+                .map(|c| c.limit_bytes)
+                .unwrap_or(0);
             if required < 0 {
                 return Err(NodeError::invalid(
                     "capacity_range.required_bytes",

@@ -218,7 +218,10 @@ mod tests {
     fn distinct_unknown_ids_leave_no_entries() {
         let g = VolumeGuards::default();
         for i in 0..10_000 {
-            drop(g.try_acquire(&format!("pvc-{i}"), "NodeUnpublishVolume").unwrap());
+            drop(
+                g.try_acquire(&format!("pvc-{i}"), "NodeUnpublishVolume")
+                    .unwrap(),
+            );
         }
         assert_eq!(g.len(), 0);
     }

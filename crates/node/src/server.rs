@@ -86,7 +86,10 @@ fn lock_path(path: &Path) -> PathBuf {
 /// Bind the socket: create the parent directory, take the socket's lock (waiting up to
 /// `lock_wait` for a previous instance to exit), remove a stale socket (only a socket), and
 /// restrict permissions to owner and group (kubelet runs as root).
-pub fn bind(path: &Path, lock_wait: Duration) -> Result<(UnixListener, BoundSocket), EndpointError> {
+pub fn bind(
+    path: &Path,
+    lock_wait: Duration,
+) -> Result<(UnixListener, BoundSocket), EndpointError> {
     use std::os::unix::fs::MetadataExt;
     let io = |op| {
         move |source| EndpointError::Io {

@@ -147,6 +147,8 @@ struct Target {
     conn: Option<Connection>,
     /// Bumped on every port loss: a `ctrl_loss_tmo` timer only acts on its own loss.
     loss: u64,
+    /// The target exports its namespace read-only (the host sees a read-only disk).
+    read_only: bool,
 }
 
 #[derive(Default)]
@@ -319,10 +321,22 @@ impl EmulatedFabric {
                 ns_enabled: true,
                 conn: None,
                 loss: 0,
+                read_only: false,
             },
         );
         tracing::debug!(%nqn, size_bytes, backing = %backing.display(), "emulated target added");
         Ok(backing)
+    }
+
+    /// Export the target's namespace read-only (or writable) from its next connect on.
+    pub fn set_read_only(&self, nqn: &Nqn, read_only: bool) -> Result<(), FabricError> {
+        let mut st = self.inner.lock();
+        let t = st
+            .targets
+            .get_mut(nqn)
+            .ok_or_else(|| FabricError::UnknownTarget(nqn.clone()))?;
+        t.read_only = read_only;
+        Ok(())
     }
 
     /// The namespace block device of a connected target: name, device number, diskseq.
@@ -689,10 +703,11 @@ impl Inner {
             .targets
             .get_mut(nqn)
             .ok_or_else(|| FabricError::UnknownTarget(nqn.clone()))?;
-        let (backing, size, uuid) = (
+        let (backing, size, uuid, ro) = (
             target.backing.clone(),
             target.size_bytes,
             target.uuid.clone(),
+            target.read_only,
         );
         let Some(conn) = target.conn.as_mut() else {
             return Ok(());
@@ -700,7 +715,11 @@ impl Inner {
         if !target.ns_enabled || conn.ns.is_some() || conn.state != ControllerState::Live {
             return Ok(());
         }
-        let loop_dev = self.cfg.loops.attach(&backing, AttachOptions::default())?;
+        let opts = AttachOptions {
+            read_only: ro,
+            ..AttachOptions::default()
+        };
+        let loop_dev = self.cfg.loops.attach(&backing, opts)?;
         let ns = self.add_namespace(conn, loop_dev, size, &uuid)?;
         let props = disk_event(
             Action::Add,
@@ -835,11 +854,12 @@ impl Inner {
             .targets
             .get(nqn)
             .ok_or_else(|| FabricError::UnknownTarget(nqn.clone()))?;
-        let (backing, size, uuid, enabled) = (
+        let (backing, size, uuid, enabled, ro) = (
             target.backing.clone(),
             target.size_bytes,
             target.uuid.clone(),
             target.ns_enabled,
+            target.read_only,
         );
         let mut conn = Connection {
             ctrl,
@@ -884,7 +904,13 @@ impl Inner {
             let ns = self
                 .cfg
                 .loops
-                .attach(&backing, AttachOptions::default())
+                .attach(
+                    &backing,
+                    AttachOptions {
+                        read_only: ro,
+                        ..AttachOptions::default()
+                    },
+                )
                 .map_err(FabricError::from)
                 .and_then(|l| self.add_namespace(&conn, l, size, &uuid));
             match ns {
