@@ -355,7 +355,7 @@ fn sweep_device(device: &Path, identity: Identity) -> Result<Option<u64>, ProbeE
         });
     }
     let sector = blockdev::logical_sector_size(&file);
-    if direct && identity.size % sector != 0 {
+    if direct && !identity.size.is_multiple_of(sector) {
         direct = false;
     }
     let file = if direct {

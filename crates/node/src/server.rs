@@ -219,7 +219,7 @@ where
             let message = h
                 .get("grpc-message")
                 .and_then(|v| v.to_str().ok())
-                .map(|m| percent_decode(m))
+                .map(percent_decode)
                 .unwrap_or_default();
             if let Some(new) = code.and_then(|c| remapped_code(c, &message)) {
                 tracing::warn!(code = ?new, %message, "request refused by the codec");

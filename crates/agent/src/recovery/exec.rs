@@ -20,11 +20,10 @@ use rds_node::{NsDevice, Volumes};
 /// Slack added to the host-steps deadline for mount-table reads and in-use scans.
 const HOST_SLACK: Duration = Duration::from_secs(30);
 
-/// Everything the host steps need, moved into the blocking closure.
-
 /// How long a busy stale bind of a publish target is retried before the in-use check.
 const TARGET_UNMOUNT_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// Everything the host steps need, moved into the blocking closure.
 pub(super) struct Exec {
     /// What pods left on the old superblock hold: the fault being healed.
     pub(super) stale_kind: rds_types::ConditionKind,
