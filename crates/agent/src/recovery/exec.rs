@@ -35,6 +35,9 @@ pub(super) struct Exec {
     pub(super) work_dir: PathBuf,
     pub(super) unmount_wait: Duration,
     pub(super) volumes: Volumes,
+    /// Kubelet's directory: every recorded path is proven beneath it, free of symlinks,
+    /// before any step.
+    pub(super) kubelet: std::sync::Arc<rds_node::confine::KubeletDir>,
 }
 
 /// What to do with the mount found at a path.
@@ -113,6 +116,24 @@ impl Exec {
     }
 
     fn run_inner(mut self) -> Result<RecoveryOutcome, RecoveryError> {
+        // The recorded paths were confined when staged and published; a symlink planted in
+        // one since then must not redirect a move, bind or unmount.
+        let paths = std::iter::once(self.rec.staging_path.as_path())
+            .chain(self.rec.publishes.iter().map(|p| p.target.as_path()));
+        for p in paths {
+            // An absent path has nothing to redirect (a block volume has no staging
+            // directory); a symlink or a path outside the kubelet directory is refused.
+            match self.kubelet.root().parent(p) {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => {
+                    return Err(RecoveryError::BadRecord {
+                        volume_id: self.volume_id(),
+                        why: format!("{} cannot be used safely: {e}", p.display()),
+                    })
+                }
+            }
+        }
         rds_node::service::check_device_node(&self.dev_path, self.new.identity.dev).map_err(
             |source| RecoveryError::DeviceNode {
                 volume_id: self.volume_id(),

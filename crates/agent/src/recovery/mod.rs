@@ -309,6 +309,7 @@ impl Recovery {
             work_dir: self.cfg.work_dir.clone(),
             unmount_wait: self.cfg.unmount_wait,
             volumes: self.svc.volumes().clone(),
+            kubelet: self.svc.kubelet().clone(),
         };
         let deadline = exec.budget(self.cfg.mount);
         match run_blocking("recovery host steps", deadline, move || exec.run(guard)).await {
