@@ -779,3 +779,32 @@ async fn a_staged_volume_whose_record_was_lost_can_still_be_unstaged_but_a_forei
     nix::mount::umount(&other_staging).unwrap();
     plugin.stop().await.unwrap();
 }
+
+/// The CSI sanity suite's rule: stats and expand of an unknown volume are NotFound, whatever
+/// its path (it sends the relative `some/path`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_and_expand_of_an_unknown_volume_are_not_found_before_the_path_is_checked() {
+    let _s = SERIAL.lock().await;
+    let mut e = env().await;
+    let st =
+        e.k.node
+            .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
+                volume_id: "pvc-nobody".into(),
+                volume_path: "some/path".into(),
+                staging_target_path: String::new(),
+            })
+            .await
+            .expect_err("unknown volume");
+    assert_eq!(st.code(), Code::NotFound, "{}", st.message());
+    let st =
+        e.k.node
+            .node_expand_volume(csi::NodeExpandVolumeRequest {
+                volume_id: "pvc-nobody".into(),
+                volume_path: "some/path".into(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("unknown volume");
+    assert_eq!(st.code(), Code::NotFound, "{}", st.message());
+    e.finish().await;
+}

@@ -128,6 +128,9 @@ impl csi::node_server::Node for NodeGrpc {
         let r = req.into_inner();
         self.run("NodeGetVolumeStats", async {
             let id = crate::validate::volume_id("volume_id", &r.volume_id)?;
+            // An unknown volume is NotFound whatever its path (the CSI sanity suite sends
+            // `some/path`).
+            self.svc.require_staged(&id)?;
             let path = AbsPath::parse("volume_path", &r.volume_path)?;
             let reply = self.svc.stats(id, path).await?;
             use csi::volume_usage::Unit;
@@ -174,6 +177,7 @@ impl csi::node_server::Node for NodeGrpc {
         let r = req.into_inner();
         self.run("NodeExpandVolume", async {
             let id = crate::validate::volume_id("volume_id", &r.volume_id)?;
+            self.svc.require_staged(&id)?;
             let path = AbsPath::parse("volume_path", &r.volume_path)?;
             let required = r
                 .capacity_range

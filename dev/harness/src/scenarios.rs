@@ -493,9 +493,9 @@ async fn dead_path(t: &mut Timeline, root: &Path) -> Result<(), DynError> {
     ));
     let s = stats(&p, &mut k, vol, "pod").await?;
     t.step(format!(
-        "NodeGetVolumeStats: {} (statvfs skipped: {})",
+        "NodeGetVolumeStats: {} (statvfs skipped, last usage answered: {})",
         condition_text(&s),
-        s.usage.is_empty()
+        !s.usage.is_empty()
     ));
     let ev = p
         .events

@@ -86,6 +86,7 @@ pub struct NodeService {
     pub(crate) connects: Option<Arc<dyn ConnectObserver>>,
     pub(crate) kubelet: Arc<crate::confine::KubeletDir>,
     pub(crate) unmounts: crate::inflight::Unmounts,
+    pub(crate) last_usage: stats::LastUsage,
 }
 
 /// Told the outcome and duration of every NVMe connect (implemented by the metrics).
@@ -121,6 +122,7 @@ impl NodeService {
             connects: None,
             kubelet,
             unmounts: Default::default(),
+            last_usage: Default::default(),
         })
     }
 

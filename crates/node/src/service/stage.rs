@@ -460,6 +460,7 @@ impl NodeService {
             self.disconnect_if_unused(&rec, current.as_ref(), &view)
                 .await?;
             self.remove_record(id).await?;
+            self.last_usage.forget(id);
             tracing::info!("volume unstaged");
         } else {
             tracing::info!("volume was not staged (nothing recorded, nothing mounted)");

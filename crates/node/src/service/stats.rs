@@ -15,8 +15,34 @@ pub enum Usage {
     Block {
         bytes: u64,
     },
-    /// Not measured: the volume is known to be dead, or the measurement timed out.
+    /// Not measured: the volume is known to be dead, or the measurement timed out. Never
+    /// reaches kubelet (a reply without usage is an error to it): [`NodeService::stats`]
+    /// answers the last measured figures instead.
     Unmeasured,
+}
+
+/// The last usage measured per volume, answered (marked stale in the condition) while the
+/// volume must not or cannot be measured.
+#[derive(Debug, Clone, Default)]
+pub struct LastUsage {
+    by_volume: std::sync::Arc<dashmap::DashMap<VolumeId, (Usage, std::time::SystemTime)>>,
+}
+
+impl LastUsage {
+    pub(crate) fn remember(&self, id: &VolumeId, u: &Usage) {
+        if !matches!(u, Usage::Unmeasured) {
+            self.by_volume
+                .insert(id.clone(), (u.clone(), std::time::SystemTime::now()));
+        }
+    }
+
+    pub(crate) fn forget(&self, id: &VolumeId) {
+        self.by_volume.remove(id);
+    }
+
+    fn last(&self, id: &VolumeId) -> Option<(Usage, std::time::SystemTime)> {
+        self.by_volume.get(id).map(|e| e.value().clone())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -26,6 +52,16 @@ pub struct StatsReply {
 }
 
 impl NodeService {
+    /// NotFound unless the volume is staged on this node (from memory, O(1)).
+    pub fn require_staged(&self, id: &VolumeId) -> Result<(), NodeError> {
+        match self.volumes.get(id) {
+            Some(_) => Ok(()),
+            None => Err(NodeError::NotFound(format!(
+                "volume {id} is not staged on this node"
+            ))),
+        }
+    }
+
     /// The record of the volume at `path` (its staging path or one of its publish targets).
     fn record_at(&self, id: &VolumeId, path: &AbsPath) -> Result<VolumeRecord, NodeError> {
         let rec = self.volumes.get(id).ok_or_else(|| {
@@ -44,9 +80,44 @@ impl NodeService {
     #[tracing::instrument(skip_all, fields(volume.id = %id, path = %path))]
     pub async fn stats(&self, id: VolumeId, path: AbsPath) -> Result<StatsReply, NodeError> {
         let rec = self.record_at(&id, &path)?;
+        let mut reply = self.measure(&id, &path, &rec).await?;
+        if matches!(reply.usage, Usage::Unmeasured) {
+            // Kubelet drops a reply without usage before it reads the condition: answer the
+            // last measured figures, and say in the condition that they are not current.
+            let (usage, note) = match self.last_usage.last(&id) {
+                Some((u, at)) => (
+                    u,
+                    format!(
+                        " Usage figures are the last measured, at {}, not current.",
+                        humantime::format_rfc3339_seconds(at)
+                    ),
+                ),
+                None if rec.access.is_block() => (
+                    Usage::Block { bytes: 0 },
+                    " The device size could not be read.".to_owned(),
+                ),
+                None => (
+                    Usage::Filesystem(Default::default()),
+                    " Usage was never measured: the figures are zero, not current.".to_owned(),
+                ),
+            };
+            reply.usage = usage;
+            reply.condition.message.push_str(&note);
+        } else {
+            self.last_usage.remember(&id, &reply.usage);
+        }
+        Ok(reply)
+    }
+
+    async fn measure(
+        &self,
+        id: &VolumeId,
+        path: &AbsPath,
+        rec: &VolumeRecord,
+    ) -> Result<StatsReply, NodeError> {
         let condition = self
             .observer
-            .condition(&id, path.as_path())
+            .condition(id, path.as_path())
             .unwrap_or_else(|| Health {
                 kind: ConditionKind::Healthy,
                 message: "Healthy. Not evaluated by the monitor yet.".into(),
@@ -60,7 +131,7 @@ impl NodeService {
             });
         }
         let p = path.as_path().to_owned();
-        let dev = self.block_path(&rec);
+        let dev = self.block_path(rec);
         let block = rec.access.is_block();
         // Off the runtime, with a deadline: a dead filesystem can hang statvfs.
         let measured =
