@@ -8,6 +8,7 @@
 //! it), [`VolumeObserver`] (what the node service tells the monitor) and [`NamespaceSource`]
 //! (what it asks the device watcher).
 
+pub mod authority;
 pub mod confine;
 pub mod csi;
 pub mod defaults;

@@ -151,8 +151,15 @@ pub fn bind(
     ))
 }
 
-pub fn incoming(listener: UnixListener) -> UnixListenerStream {
-    UnixListenerStream::new(listener)
+/// The accepted connections, each reaching the server with any client's `:authority`
+/// accepted ([`crate::authority`]).
+pub fn incoming(
+    listener: UnixListener,
+) -> impl tokio_stream::Stream<
+    Item = std::io::Result<crate::authority::AnyAuthority<tokio::net::UnixStream>>,
+> {
+    use tokio_stream::StreamExt;
+    UnixListenerStream::new(listener).map(|r| r.map(crate::authority::AnyAuthority::new))
 }
 
 /// Requests the codec could not take get the code the CSI spec and gRPC give bad input:

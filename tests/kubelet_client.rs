@@ -1,0 +1,187 @@
+//! The plugin as clients that are not tonic see it, over the real socket: a raw HTTP/2 gRPC
+//! client sends each `:authority` form real clients send (kubelet before 1.26, grpc-java and
+//! `csc`: the socket path; grpcio since 1.57: the percent-encoded path; kubelet since 1.26:
+//! `localhost`; none at all), and kubelet's rule on stats replies (a reply without usage is an
+//! error) is applied to a healthy and to an abnormal volume.
+
+rds_testkit::private_namespaces!();
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use prost::Message;
+use rds_harness::harness::*;
+use rds_node::csi;
+
+mod common;
+use common::*;
+
+fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+    out.push(kind);
+    out.push(flags);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// What the server answered on a stream.
+#[derive(Debug, Default)]
+struct Answer {
+    headers: Vec<(String, String)>,
+    data: Vec<u8>,
+    reset: Option<u32>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One unary gRPC call over a fresh HTTP/2 connection, with `authority` as given (or none),
+/// frames built by hand as a non-tonic client would.
+fn call(socket: &std::path::Path, authority: Option<&[u8]>, path: &str, msg: &[u8]) -> Answer {
+    let mut s = UnixStream::connect(socket).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    frame(&mut out, 0x4, 0, 0, &[]); // SETTINGS
+    let mut enc = hpack::Encoder::new();
+    let mut headers: Vec<(&[u8], &[u8])> = vec![
+        (b":method", b"POST"),
+        (b":scheme", b"http"),
+        (b":path", path.as_bytes()),
+    ];
+    if let Some(a) = authority {
+        headers.push((b":authority", a));
+    }
+    headers.push((b"content-type", b"application/grpc"));
+    headers.push((b"te", b"trailers"));
+    let block = enc.encode(headers);
+    frame(&mut out, 0x1, 0x4, 1, &block); // HEADERS, END_HEADERS
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    body.extend_from_slice(msg);
+    frame(&mut out, 0x0, 0x1, 1, &body); // DATA, END_STREAM
+    s.write_all(&out).unwrap();
+
+    let mut dec = hpack::Decoder::new();
+    let mut answer = Answer::default();
+    loop {
+        let mut head = [0u8; 9];
+        if s.read_exact(&mut head).is_err() {
+            return answer;
+        }
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let (kind, flags) = (head[3], head[4]);
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).unwrap();
+        match kind {
+            0x4 if flags & 0x1 == 0 => {
+                let mut ack = Vec::new();
+                frame(&mut ack, 0x4, 0x1, 0, &[]);
+                s.write_all(&ack).unwrap();
+            }
+            0x1 if stream == 1 => {
+                for (n, v) in dec.decode(&payload).expect("server headers decode") {
+                    answer.headers.push((
+                        String::from_utf8_lossy(&n).into_owned(),
+                        String::from_utf8_lossy(&v).into_owned(),
+                    ));
+                }
+                if flags & 0x1 != 0 {
+                    return answer;
+                }
+            }
+            0x0 if stream == 1 => {
+                answer.data.extend_from_slice(&payload);
+                if flags & 0x1 != 0 {
+                    return answer;
+                }
+            }
+            0x3 if stream == 1 => {
+                answer.reset = Some(u32::from_be_bytes([
+                    payload[0], payload[1], payload[2], payload[3],
+                ]));
+                return answer;
+            }
+            0x7 => {
+                // GOAWAY
+                answer.reset = Some(u32::MAX);
+                return answer;
+            }
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_authority_form_real_clients_send_is_served() {
+    let _s = SERIAL.lock().await;
+    let e = env().await;
+    let socket = e.plugin.layout().socket;
+    let path = socket.display().to_string();
+    let encoded = path.replace('/', "%2F");
+    let forms: Vec<Option<Vec<u8>>> = vec![
+        Some(path.clone().into_bytes()),
+        Some(encoded.into_bytes()),
+        Some(b"localhost".to_vec()),
+        None,
+    ];
+    for form in forms {
+        let shown = form
+            .as_ref()
+            .map(|f| String::from_utf8_lossy(f).into_owned());
+        let sock = socket.clone();
+        let a = tokio::task::spawn_blocking(move || {
+            call(
+                &sock,
+                form.as_deref(),
+                "/csi.v1.Identity/GetPluginInfo",
+                &csi::GetPluginInfoRequest {}.encode_to_vec(),
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(a.reset, None, "{shown:?}: the stream was reset: {a:?}");
+        assert_eq!(a.header(":status"), Some("200"), "{shown:?}: {a:?}");
+        assert_eq!(a.header("grpc-status"), Some("0"), "{shown:?}: {a:?}");
+        assert!(a.data.len() > 5, "{shown:?}: a reply message");
+        let reply = csi::GetPluginInfoResponse::decode(&a.data[5..]).expect("reply decodes");
+        assert_eq!(reply.name, DRIVER, "{shown:?}");
+    }
+    e.finish().await;
+}
+
+/// Kubelet's rule (pkg/volume/csi): a NodeGetVolumeStats reply without usage is an error,
+/// and the condition is read only after it. A healthy and an abnormal volume both pass it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_replies_pass_kubelets_rule_healthy_and_abnormal() {
+    let _s = SERIAL.lock().await;
+    let mut e = env().await;
+    let vol = "pvc-kubelet-rule";
+    e.stage_and_publish(vol).await;
+    let kubelet_rule = |r: &csi::NodeGetVolumeStatsResponse| -> Result<bool, String> {
+        if r.usage.is_empty() {
+            return Err("failed to get usage from response. usage is nil".into());
+        }
+        Ok(r.volume_condition
+            .as_ref()
+            .map(|c| c.abnormal)
+            .unwrap_or(false))
+    };
+    let target = e.plugin.target_path("pod", vol);
+    let r = e.stats(vol, &target).await.expect("stats");
+    assert_eq!(kubelet_rule(&r), Ok(false));
+    // The staging mount disappears: abnormal, and still usage for kubelet.
+    rds_testkit::umount_as_admin(&e.plugin.staging_path(vol)).unwrap();
+    e.wait(vol, |c| c.abnormal()).await.expect("abnormal");
+    // Recovery may heal it quickly; kubelet's rule holds on every answer meanwhile.
+    let r = e.stats(vol, &target).await.expect("stats");
+    assert!(kubelet_rule(&r).is_ok(), "{r:?}");
+    e.plugin.stop().await.unwrap();
+}
