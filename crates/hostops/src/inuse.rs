@@ -397,7 +397,7 @@ fn visibility_problem(proc: &Path) -> Option<String> {
 /// Decide whether `dev` is in use (see the module doc). `mount_point`, when given, is the mount
 /// (in our namespace) about to be removed, which does not count. Blocking: it walks `/proc`.
 pub fn in_use(dev: DevNum, mount_point: Option<&Path>, roots: &HostRoots) -> Usage {
-    let resolved = mount_point.map(crate::mount::resolved_path);
+    let resolved = mount_point.map(crate::paths::resolved_path);
     let mut scan = Scan {
         dev,
         mount_point: resolved.as_deref(),

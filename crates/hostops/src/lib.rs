@@ -26,6 +26,7 @@ pub mod fstools;
 pub mod inuse;
 pub mod mknod;
 pub mod mount;
+mod paths;
 pub mod probe;
 pub mod signatures;
 pub mod statfs;

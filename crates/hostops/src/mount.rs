@@ -313,7 +313,7 @@ pub fn unmount_at(
             target: target.to_owned(),
             source,
         })?;
-    let resolved = resolved_path(target);
+    let resolved = crate::paths::resolved_path(target);
     let Some(entry) = table.top_at(&resolved).or_else(|| table.top_at(target)) else {
         return Err(UnmountError::NotMounted {
             target: target.to_owned(),
@@ -368,29 +368,13 @@ pub enum MountPointError {
     },
 }
 
-/// `path` with symlinks in its parent resolved, as the mount table spells it; `path` itself when
-/// that fails (the caller then compares the literal path).
-pub(crate) fn resolved_path(path: &Path) -> PathBuf {
-    resolve_parent(path)
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| path.to_owned())
-}
-
 /// Resolve symlinks in the parent only, never touching `path` itself (it may be a dead mount).
 /// `None` when the parent does not exist.
 fn resolve_parent(path: &Path) -> Result<Option<PathBuf>, MountPointError> {
-    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-        return Ok(Some(path.to_owned()));
-    };
-    match std::fs::canonicalize(parent) {
-        Ok(p) => Ok(Some(p.join(name))),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-        Err(source) => Err(MountPointError::Resolve {
-            path: path.to_owned(),
-            source,
-        }),
-    }
+    crate::paths::resolve_parent(path).map_err(|source| MountPointError::Resolve {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Is `path` a mount point? Decided from the mount table first (by mount point, after
