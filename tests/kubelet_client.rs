@@ -185,3 +185,58 @@ async fn stats_replies_pass_kubelets_rule_healthy_and_abnormal() {
     assert!(kubelet_rule(&r).is_ok(), "{r:?}");
     e.plugin.stop().await.unwrap();
 }
+
+/// Kubelet asks for a raw block volume's stats at its own map path
+/// (`plugins/kubernetes.io/csi/volumeDevices/<pv>/dev/<pod-uid>`, a bind mount of the published
+/// node): the plugin answers there for the publish of the same PV and pod, and only when the
+/// node there is the volume's device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_stats_are_answered_at_kubelets_map_path() {
+    let _s = SERIAL.lock().await;
+    let mut e = env().await;
+    let vol = "pvc-mapped";
+    e.target(vol, SIZE);
+    e.stage(vol, block_capability()).await.expect("stage block");
+    let k = e.plugin.layout().kubelet;
+    let pod = "4f0c-pod-uid";
+    let csi_dir = k.join("plugins/kubernetes.io/csi/volumeDevices");
+    let publish = csi_dir.join(format!("publish/{vol}/{pod}"));
+    let mut req = publish_request(&e.plugin, vol, pod, block_capability(), false);
+    req.target_path = publish.display().to_string();
+    e.k.node.node_publish_volume(req).await.expect("publish");
+    // What kubelet does next: bind-mount the published node at its global map path.
+    let map = csi_dir.join(format!("{vol}/dev/{pod}"));
+    std::fs::create_dir_all(map.parent().unwrap()).unwrap();
+    std::fs::write(&map, b"").unwrap();
+    nix::mount::mount(
+        Some(&publish),
+        &map,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+    let r = e.stats(vol, &map).await.expect("stats at the map path");
+    let bytes = r.usage.first().expect("usage").total;
+    assert_eq!(bytes, SIZE as i64, "the device's size");
+    assert_eq!(r.volume_condition.map(|c| c.abnormal), Some(false));
+    // A map path of another pod (no such publish) is NotFound.
+    let other = csi_dir.join(format!("{vol}/dev/another-pod"));
+    let st = e.stats(vol, &other).await.expect_err("no publish for it");
+    assert_eq!(st.code(), tonic::Code::NotFound, "{}", st.message());
+    nix::mount::umount(&map).unwrap();
+    // The map file no longer holds the device: NotFound, not another device's figures.
+    let st = e.stats(vol, &map).await.expect_err("not the device");
+    assert_eq!(st.code(), tonic::Code::NotFound, "{}", st.message());
+    std::fs::remove_file(&map).unwrap();
+    let req = csi::NodeUnpublishVolumeRequest {
+        volume_id: vol.into(),
+        target_path: publish.display().to_string(),
+    };
+    e.k.node
+        .node_unpublish_volume(req)
+        .await
+        .expect("unpublish");
+    e.unstage(vol).await.unwrap();
+    e.finish().await;
+}

@@ -36,6 +36,7 @@ pub const ALL: &[(&str, Run)] = &[
     scenario!(namespace_disabled_while_mounted),
     scenario!(restart_while_reconnecting),
     scenario!(restart_while_deleted),
+    scenario!(unstage_while_an_unmount_is_stuck),
 ];
 
 fn st(e: tonic::Status) -> Fail {
@@ -863,5 +864,88 @@ async fn restart_while_deleted(g: &mut Guest) -> Result<Notes, Fail> {
     }
     .await;
     g.clean(vol, &["pod-a"]).await;
+    r
+}
+
+/// An unstage while the target is away and the filesystem still has dirty data: the unmount
+/// blocks in the kernel (writeback to a reconnecting controller) after its mount has left the
+/// mount table, the call gives up at its deadline and the thread is left behind. A retried
+/// unstage must not disconnect the controller under that writeback (nothing in the mount table
+/// shows the device is in use, and this guest has no udev links). Once the port is back the
+/// writeback finishes, the unstage completes and disconnects, and the data is on the device.
+async fn unstage_while_an_unmount_is_stuck(g: &mut Guest) -> Result<Notes, Fail> {
+    let vol = "pvc-vm-stuckumount";
+    let r = async {
+        let nqn = Guest::nqn(vol);
+        g.target(vol)?;
+        let ctx = Guest::context(vol, &[("ctrlLossTmo", "-1")]);
+        g.stage(vol, ext4(), ctx.clone()).await.map_err(st)?;
+        let staging = g.staging(vol);
+        // Dirty data, not synced: the unmount has to write it back.
+        std::fs::write(staging.join("dirty"), pattern(vol)).map_err(|e| e.to_string())?;
+        g.nvmet.hide(&nqn, PORT_A.0).map_err(|e| e.to_string())?;
+        ensure!(
+            wait_until(WAIT, || controllers(&nqn).iter().all(|c| c.state != "live")).await,
+            "the controller stayed live"
+        );
+        let t0 = Instant::now();
+        let first = g.unstage(vol).await;
+        let first_took = t0.elapsed();
+        ensure!(
+            first.is_err(),
+            "the unstage finished although its writeback cannot: {first:?}"
+        );
+        ensure!(
+            mounted_dev(&staging).is_none(),
+            "the staging mount is still in the table (the unmount did not start?)"
+        );
+        // Retried (kubelet retries): refused every time, and the controller stays.
+        let mut refusals = Vec::new();
+        for _ in 0..3 {
+            let r = g.unstage(vol).await;
+            match r {
+                Ok(()) => return Err("a retried unstage succeeded during the writeback".into()),
+                Err(e) => refusals.push(format!("{:?}: {}", e.code(), e.message())),
+            }
+            ensure!(
+                !controllers(&nqn).is_empty(),
+                "the controller was disconnected under the writeback"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let back = Instant::now();
+        g.nvmet.expose(&nqn, PORT_A.0).map_err(|e| e.to_string())?;
+        let mut done = None;
+        while back.elapsed() < WAIT * 2 {
+            if g.unstage(vol).await.is_ok() {
+                done = Some(back.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let done = done.ok_or("the unstage never completed after the port came back")?;
+        ensure!(
+            wait_until(WAIT, || controllers(&nqn).is_empty()).await,
+            "the controller was not disconnected by the completed unstage"
+        );
+        // The data written back is there.
+        g.stage(vol, ext4(), ctx).await.map_err(st)?;
+        check_file(&g.staging(vol).join("dirty"), vol)?;
+        g.unstage(vol).await.map_err(st)?;
+        Ok(vec![
+            format!(
+                "first unstage gave up after {}: {}",
+                secs(first_took),
+                first.err().map(|e| e.message().to_owned()).unwrap_or_default()
+            ),
+            format!("retries refused: {}", refusals.join(" | ")),
+            format!(
+                "port back: unstage completed and disconnected {} later; the dirty data is on the device",
+                secs(done)
+            ),
+        ])
+    }
+    .await;
+    g.clean(vol, &[]).await;
     r
 }

@@ -78,7 +78,42 @@ pub fn refused(field: &'static str, e: BeneathError) -> NodeError {
     }
 }
 
+/// Kubelet's global map path of a raw block volume in a pod,
+/// `plugins/kubernetes.io/csi/volumeDevices/<pv>/dev/<pod-uid>` (where kubelet asks
+/// NodeGetVolumeStats), to the publish target it maps,
+/// `plugins/kubernetes.io/csi/volumeDevices/publish/<pv>/<pod-uid>`. `None` for any other path.
+pub fn block_publish_of_map_path(rel: &Path) -> Option<std::path::PathBuf> {
+    let n = names(rel);
+    match n.as_slice() {
+        ["plugins", "kubernetes.io", "csi", "volumeDevices", pv, "dev", pod]
+            if *pv != "publish" && *pv != "staging" =>
+        {
+            Some(
+                [
+                    "plugins",
+                    "kubernetes.io",
+                    "csi",
+                    "volumeDevices",
+                    "publish",
+                    pv,
+                    pod,
+                ]
+                .iter()
+                .collect(),
+            )
+        }
+        _ => None,
+    }
+}
+
 impl KubeletDir {
+    /// The publish target that kubelet's map path `p` stands for (see
+    /// [`block_publish_of_map_path`]), as an absolute path beneath the kubelet directory.
+    pub fn block_publish_of(&self, p: &Path) -> Option<std::path::PathBuf> {
+        let rel = self.root.relative(p).ok()?;
+        block_publish_of_map_path(rel).map(|r| self.root.path().join(r))
+    }
+
     /// Open kubelet's directory (it must exist).
     pub fn open(dir: &Path) -> Result<Self, NodeError> {
         let root = Root::open(dir).map_err(|e| {
@@ -141,6 +176,24 @@ impl KubeletDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_map_path_names_its_block_publish() {
+        assert_eq!(
+            block_publish_of_map_path(Path::new(
+                "plugins/kubernetes.io/csi/volumeDevices/pvc-1/dev/1234-abcd"
+            )),
+            Some("plugins/kubernetes.io/csi/volumeDevices/publish/pvc-1/1234-abcd".into())
+        );
+        for other in [
+            "plugins/kubernetes.io/csi/volumeDevices/publish/pvc-1/1234",
+            "plugins/kubernetes.io/csi/volumeDevices/pvc-1/dev",
+            "plugins/kubernetes.io/csi/volumeDevices/pvc-1/dev/a/b",
+            "pods/1234/volumes/kubernetes.io~csi/pvc-1/mount",
+        ] {
+            assert_eq!(block_publish_of_map_path(Path::new(other)), None, "{other}");
+        }
+    }
 
     #[test]
     fn kubelets_layout() {

@@ -62,24 +62,62 @@ impl NodeService {
         }
     }
 
-    /// The record of the volume at `path` (its staging path or one of its publish targets).
-    fn record_at(&self, id: &VolumeId, path: &AbsPath) -> Result<VolumeRecord, NodeError> {
+    /// The record of the volume at `path` (its staging path or one of its publish targets),
+    /// and the recorded path the answer is about. Kubelet asks for a raw block volume's stats
+    /// at its own map path (`volumeDevices/<pv>/dev/<pod>`): that stands for the publish target
+    /// of the same PV and pod, when the node there is the volume's device.
+    fn record_at(
+        &self,
+        id: &VolumeId,
+        path: &AbsPath,
+    ) -> Result<(VolumeRecord, AbsPath), NodeError> {
         let rec = self.volumes.get(id).ok_or_else(|| {
             NodeError::NotFound(format!("volume {id} is not staged on this node"))
         })?;
         let known =
             rec.staging_path == *path || rec.publishes.iter().any(|p| p.target == path.as_path());
-        if !known {
-            return Err(NodeError::NotFound(format!(
-                "{path} is not a staging path or publish target of volume {id}"
-            )));
+        if known {
+            return Ok((rec, path.clone()));
         }
-        Ok(rec)
+        if rec.access.is_block() {
+            if let Some(publish) = self.kubelet.block_publish_of(path.as_path()) {
+                if rec.publishes.iter().any(|p| p.target == publish)
+                    && self.is_volumes_node(&rec, path)
+                {
+                    let target = AbsPath::parse("volume_path", &publish.to_string_lossy())?;
+                    return Ok((rec, target));
+                }
+            }
+        }
+        Err(NodeError::NotFound(format!(
+            "{path} is not a staging path or publish target of volume {id}"
+        )))
+    }
+
+    /// The block node at `path` is the volume's device (staged or current), without
+    /// following a symlink out of place: lstat, and for kubelet's bind-mounted map file, stat.
+    fn is_volumes_node(&self, rec: &VolumeRecord, path: &AbsPath) -> bool {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let Ok(h) = self.kubelet.root().any(path.as_path()) else {
+            return false;
+        };
+        let Ok(md) = std::fs::metadata(h.proc_path()) else {
+            return false;
+        };
+        if !md.file_type().is_block_device() {
+            return false;
+        }
+        let dev = rds_types::DevNum::from_dev_t(md.rdev());
+        rec.device.identity().is_some_and(|i| i.dev == dev)
+            || self
+                .devices
+                .resolve(&rec.target.nqn)
+                .is_some_and(|c| c.identity.dev == dev)
     }
 
     #[tracing::instrument(skip_all, fields(volume.id = %id, path = %path))]
     pub async fn stats(&self, id: VolumeId, path: AbsPath) -> Result<StatsReply, NodeError> {
-        let rec = self.record_at(&id, &path)?;
+        let (rec, path) = self.record_at(&id, &path)?;
         let mut reply = self.measure(&id, &path, &rec).await?;
         if matches!(reply.usage, Usage::Unmeasured) {
             // Kubelet drops a reply without usage before it reads the condition: answer the
@@ -186,7 +224,7 @@ impl NodeService {
         required: i64,
     ) -> Result<u64, NodeError> {
         let _guard = self.guards.try_acquire(id.as_str(), "NodeExpandVolume")?;
-        let rec = self.record_at(&id, &path)?;
+        let (rec, _) = self.record_at(&id, &path)?;
         let dev = self.block_path(&rec);
         let dev2 = dev.clone();
         let size = self

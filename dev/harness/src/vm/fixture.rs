@@ -111,7 +111,8 @@ pub const STEPS: &[&str] = &[
     "unexported",
 ];
 
-/// Replace UUIDs, hex runs of 16 or more and decimal runs by placeholders.
+/// Replace UUIDs, hex runs of 16 or more and decimal runs by placeholders, and runs of blanks
+/// by one space.
 pub fn shape(value: &str) -> String {
     let b = value.as_bytes();
     let mut out = String::with_capacity(value.len());
@@ -140,6 +141,13 @@ pub fn shape(value: &str) -> String {
         } else if digits > 0 {
             out.push('#');
             i += digits;
+        } else if b[i] == b' ' || b[i] == b'\t' {
+            // Column padding (`stat`, `inflight`) widens and narrows with the numbers.
+            out.push(' ');
+            i += b[i..]
+                .iter()
+                .take_while(|&&c| c == b' ' || c == b'\t')
+                .count();
         } else {
             out.push(b[i] as char);
             i += 1;
@@ -593,6 +601,11 @@ mod tests {
         assert_eq!(shape("eui.0123456789abcdef0123456789abcdef"), "eui.<hex>");
         assert_eq!(shape("off"), "off");
         assert_eq!(shape("live"), "live");
+        // sysfs `stat` pads its columns to the numbers' width: the shape does not depend on it.
+        assert_eq!(
+            shape("     153        0     6682      22"),
+            shape("    1153        0    16682     122")
+        );
     }
 
     #[test]
