@@ -240,3 +240,27 @@ async fn block_stats_are_answered_at_kubelets_map_path() {
     e.unstage(vol).await.unwrap();
     e.finish().await;
 }
+
+/// A string field that is not UTF-8 is InvalidArgument (tonic's codec would say Internal), and
+/// nothing is staged. (An oversized request is ResourceExhausted: `tests/confinement.rs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_requests_get_the_codes_bad_input_gets() {
+    let _s = SERIAL.lock().await;
+    let e = env().await;
+    let socket = e.plugin.layout().socket;
+    // NodeStageVolumeRequest { volume_id (field 1) = b"\xff\xfe" }, encoded by hand.
+    let msg = vec![0x0a, 0x02, 0xff, 0xfe];
+    let a = tokio::task::spawn_blocking(move || {
+        call(
+            &socket,
+            Some(b"localhost"),
+            "/csi.v1.Node/NodeStageVolume",
+            &msg,
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(a.header("grpc-status"), Some("3"), "InvalidArgument: {a:?}");
+    assert!(e.plugin.running.service.volumes().all().is_empty());
+    e.finish().await;
+}
