@@ -3,6 +3,8 @@
 //! of its actions (conditions, Kubernetes Events, metrics, eviction), the recovery executor,
 //! and [`app::run`], which assembles the whole plugin. See docs/ARCHITECTURE.md.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 pub mod app;
 pub mod metrics;
 pub mod monitor;

@@ -7,6 +7,8 @@
 //!   group-2 injector for synthetic events.
 //! - [`model`] (pure), [`scan`] (sysfs reader), [`source`] (netlink sockets), [`watcher`]
 //!   (the task and its resolver handle).
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 pub mod kmsg;
 pub mod model;
 pub mod scan;

@@ -12,6 +12,8 @@
 //!
 //! This crate does not choose a Kubernetes API version for k8s-openapi: the final binary does.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 mod cache;
 mod connect;
 mod event;

@@ -8,6 +8,8 @@
 //!   block device nodes and injects the udev events a real kernel + udev would send.
 //! - [`loopdev`]: the loop-device ioctls the emulation is built on.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 pub mod api;
 pub mod emulated;
 pub mod kernel;

@@ -115,8 +115,9 @@ fn is_gone(e: &io::Error) -> bool {
 fn statx_dev(path: &Path) -> io::Result<DevNum> {
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: zeroed statx is a valid out-buffer; `c` outlives the call.
+    // SAFETY: an all-zero statx is a valid value of this plain C struct.
     let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is NUL-terminated and outlives the call; `st` is a valid out-buffer.
     let rc = unsafe {
         libc::statx(
             libc::AT_FDCWD,

@@ -17,6 +17,8 @@
 //! | 9 recovery left things worse | [`mount::bind`] removes its own half-made bind; unmount never goes lazy when in use |
 //! | paths that escape | [`beneath::Root`] opens every path beneath kubelet's directory without following a symlink |
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 pub mod beneath;
 mod blockdev;
 pub use blockdev::{is_read_only, set_read_only};

@@ -14,6 +14,8 @@
 //! Closed sets owned here ([`RecoveryResult`], [`ResyncSource`], [`ResyncReason`],
 //! [`ConnectResult`]) are enums with pre-created series.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 mod error;
 mod http;
 mod labels;

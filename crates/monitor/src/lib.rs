@@ -147,6 +147,8 @@
 //! and `FsError`s seen before the restart (the kernel's `emergency_ro`/`shutdown` flags are
 //! still visible in the mount resync).
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 mod action;
 mod apply;
 mod condition;

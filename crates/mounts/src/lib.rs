@@ -64,6 +64,8 @@
 //! source path. Every entry built from `statmount` is byte-for-byte what mountinfo prints
 //! (checked by the `kernel_sys` tests).
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 pub mod mountinfo;
 pub mod storm;
 mod sys;

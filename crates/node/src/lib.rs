@@ -8,6 +8,8 @@
 //! it), [`VolumeObserver`] (what the node service tells the monitor) and [`NamespaceSource`]
 //! (what it asks the device watcher).
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 pub mod authority;
 pub mod confine;
 pub mod csi;

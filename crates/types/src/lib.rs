@@ -6,6 +6,8 @@
 //! `diskseq` (a device that comes back under the same name and number is a new device when its
 //! diskseq differs), and an NVMe subsystem is its NQN.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 use std::fmt;
 use std::str::FromStr;
 
