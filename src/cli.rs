@@ -181,7 +181,7 @@ pub struct WatchArgs {
     #[arg(long, env = "UEVENT_SOURCE", value_enum, default_value_t = UeventSource::Auto)]
     pub uevent_source: UeventSource,
     /// Watch the mount namespace of this file (e.g. /proc/<pid>/ns/mnt) instead of our own.
-    #[arg(long)]
+    #[arg(long, env = "MOUNT_NS")]
     pub mount_ns: Option<PathBuf>,
     #[arg(long, env = "MOUNT_STRATEGY", value_enum, default_value_t = MountStrategy::Auto)]
     pub mount_strategy: MountStrategy,
