@@ -127,16 +127,19 @@ async fn detaching_17000_mounts_at_once_converges_to_the_exact_table(strategy: S
 
     umount2(&guard.0[1], MntFlags::MNT_DETACH).expect("lazy umount of the holder");
     guard.0.pop();
-    let (mut overflow, mut resynced) = until(&h, &mut rx, "the detach of every bind", |t| {
+    let (overflow, mut resynced) = until(&h, &mut rx, "the detach of every bind", |t| {
         t.device_count(dev) == 1
     })
     .await;
-    if strategy == Strategy::Fanotify {
-        // The table is published just before its Resynced is sent: read up to that event.
+    if strategy == Strategy::Fanotify && overflow {
+        // The queue overflowed: a resync must follow it (the table is published just before
+        // its Resynced is sent). Whether 17,001 detach events overflow the 16,384-event queue
+        // depends on how much the reader drains while the kernel is still queueing them (on
+        // two CPUs it reads concurrently), so either path may be the one taken; both must end
+        // in the exact table.
         let fut = async {
-            while resynced.as_ref().is_none_or(|t| t.device_count(dev) != 1) {
+            while resynced.is_none() {
                 match rx.recv().await {
-                    Some(MountEvent::Overflow) => overflow = true,
                     Some(MountEvent::Resynced { table }) => resynced = Some(table),
                     Some(_) => {}
                     None => panic!("watcher stopped before its Resynced"),
@@ -145,12 +148,12 @@ async fn detaching_17000_mounts_at_once_converges_to_the_exact_table(strategy: S
         };
         tokio::time::timeout(DEADLINE, fut)
             .await
-            .expect("a Resynced without the detached binds follows the Overflow");
-        assert!(
-            overflow,
-            "17,001 detach events exceed fanotify's 16,384-event queue: Overflow expected"
-        );
+            .expect("a Resynced follows the Overflow");
     }
+    eprintln!(
+        "{strategy:?}: overflow {overflow}, resynced {}",
+        resynced.is_some()
+    );
     assert_same_as_fresh_read(&h.table());
 }
 
