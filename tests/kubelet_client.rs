@@ -177,12 +177,27 @@ async fn stats_replies_pass_kubelets_rule_healthy_and_abnormal() {
     let target = e.plugin.target_path("pod", vol);
     let r = e.stats(vol, &target).await.expect("stats");
     assert_eq!(kubelet_rule(&r), Ok(false));
-    // The staging mount disappears: abnormal, and still usage for kubelet.
-    rds_testkit::umount_as_admin(&e.plugin.staging_path(vol)).unwrap();
-    e.wait(vol, |c| c.abnormal()).await.expect("abnormal");
-    // Recovery may heal it quickly; kubelet's rule holds on every answer meanwhile.
+    // The path dies and the filesystem fails (FAN_FS_ERROR); the device is not replaced, so
+    // recovery cannot heal it: the volume stays abnormal, and kubelet must still get usage.
+    e.plugin
+        .fabric
+        .kill_path(&nqn_for(vol))
+        .expect("kill the path");
+    let t = target.clone();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::File::create(t.join("after.txt")) {
+            let _ = f.write_all(&[1u8; 8192]);
+            let _ = f.sync_all();
+        }
+    })
+    .await
+    .unwrap();
+    e.wait_at(vol, &target, |c| c.kind.as_str() == "filesystem_failed")
+        .await
+        .expect("filesystem_failed");
     let r = e.stats(vol, &target).await.expect("stats");
-    assert!(kubelet_rule(&r).is_ok(), "{r:?}");
+    assert_eq!(kubelet_rule(&r), Ok(true), "{r:?}");
     e.plugin.stop().await.unwrap();
 }
 
