@@ -197,6 +197,14 @@ impl NodeService {
         }
     }
 
+    /// `dev` is the block device of a namespace under the managed prefix (the device
+    /// watcher's model, O(1)): without a record, the only mounts a call may take as its own.
+    pub(crate) fn is_managed_device(&self, dev: rds_types::DevNum) -> bool {
+        self.devices
+            .nqn_of(dev)
+            .is_some_and(|n| self.cfg.managed.covers(&n))
+    }
+
     /// A fresh mount table off the runtime, bounded: idempotency decisions come from the
     /// kernel's table, never from our own notes.
     pub(crate) async fn mount_view(&self) -> Result<MountView, NodeError> {

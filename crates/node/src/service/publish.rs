@@ -215,6 +215,13 @@ impl NodeService {
                     )));
                 }
                 let dev_path = self.dev_path(&current.name);
+                // Another read-only publish (or a read-only stage) keeps the device
+                // read-only even if this one fails.
+                let read_only_kept_by_others = rec.read_only
+                    || rec
+                        .publishes
+                        .iter()
+                        .any(|p| p.target != args.target_path.as_path());
                 let dst = args.target_path.as_path().to_owned();
                 let mode = if args.read_only { 0o440 } else { 0o660 };
                 let ro = args.read_only;
@@ -231,7 +238,14 @@ impl NodeService {
                                 )
                             })?;
                         }
-                        publish_block_node(&kubelet, &dst, staged.dev, mode)
+                        let r = publish_block_node(&kubelet, &dst, staged.dev, mode);
+                        if r.is_err() && ro && !read_only_kept_by_others {
+                            // Nothing half-done: no publish holds the device read-only.
+                            if let Err(e) = rds_hostops::set_read_only(&dev_path, false) {
+                                tracing::warn!(device = %dev_path.display(), error = %e, "could not make the device writable again");
+                            }
+                        }
+                        r
                     },
                 )
                 .await??;
@@ -326,10 +340,7 @@ impl NodeService {
         // (the plugin stopped between binding and recording); nothing else is touched.
         let ours = |dev: DevNum| match &rec {
             Some(_) => allowed.contains(&dev),
-            None => self
-                .devices
-                .nqn_of(dev)
-                .is_some_and(|n| self.cfg.managed.covers(&n)),
+            None => self.is_managed_device(dev),
         };
 
         for _ in 0..crate::defaults::MAX_UNMOUNT_LAYERS {

@@ -428,10 +428,7 @@ impl NodeService {
                 r.device.identity().is_some_and(|i| i.dev == dev)
                     || current.as_ref().is_some_and(|c| c.identity.dev == dev)
             }
-            None => self
-                .devices
-                .nqn_of(dev)
-                .is_some_and(|n| self.cfg.managed.covers(&n)),
+            None => self.is_managed_device(dev),
         };
 
         // Peel every layer we placed at the staging path (normally one).
