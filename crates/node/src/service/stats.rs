@@ -66,7 +66,7 @@ impl NodeService {
     /// and the recorded path the answer is about. Kubelet asks for a raw block volume's stats
     /// at its own map path (`volumeDevices/<pv>/dev/<pod>`): that stands for the publish target
     /// of the same PV and pod, when the node there is the volume's device.
-    fn record_at(
+    async fn record_at(
         &self,
         id: &VolumeId,
         path: &AbsPath,
@@ -81,11 +81,31 @@ impl NodeService {
         }
         if rec.access.is_block() {
             if let Some(publish) = self.kubelet.block_publish_of(path.as_path()) {
-                if rec.publishes.iter().any(|p| p.target == publish)
-                    && self.is_volumes_node(&rec, path)
-                {
-                    let target = AbsPath::parse("volume_path", &publish.to_string_lossy())?;
-                    return Ok((rec, target));
+                if rec.publishes.iter().any(|p| p.target == publish) {
+                    // The node there must be the volume's device: staged or current.
+                    let devs: Vec<rds_types::DevNum> = rec
+                        .device
+                        .identity()
+                        .map(|i| i.dev)
+                        .into_iter()
+                        .chain(
+                            self.devices
+                                .resolve(&rec.target.nqn)
+                                .map(|c| c.identity.dev),
+                        )
+                        .collect();
+                    let (kubelet, p) = (self.kubelet.clone(), path.as_path().to_owned());
+                    let node = self
+                        .blocking(
+                            "reading kubelet's map path",
+                            self.cfg.deadlines.stats,
+                            move || block_node_at(&kubelet, &p),
+                        )
+                        .await?;
+                    if node.is_some_and(|d| devs.contains(&d)) {
+                        let target = AbsPath::parse("volume_path", &publish.to_string_lossy())?;
+                        return Ok((rec, target));
+                    }
                 }
             }
         }
@@ -94,30 +114,9 @@ impl NodeService {
         )))
     }
 
-    /// The block node at `path` is the volume's device (staged or current), without
-    /// following a symlink out of place: lstat, and for kubelet's bind-mounted map file, stat.
-    fn is_volumes_node(&self, rec: &VolumeRecord, path: &AbsPath) -> bool {
-        use std::os::unix::fs::{FileTypeExt, MetadataExt};
-        let Ok(h) = self.kubelet.root().any(path.as_path()) else {
-            return false;
-        };
-        let Ok(md) = std::fs::metadata(h.proc_path()) else {
-            return false;
-        };
-        if !md.file_type().is_block_device() {
-            return false;
-        }
-        let dev = rds_types::DevNum::from_dev_t(md.rdev());
-        rec.device.identity().is_some_and(|i| i.dev == dev)
-            || self
-                .devices
-                .resolve(&rec.target.nqn)
-                .is_some_and(|c| c.identity.dev == dev)
-    }
-
     #[tracing::instrument(skip_all, fields(volume.id = %id, path = %path))]
     pub async fn stats(&self, id: VolumeId, path: AbsPath) -> Result<StatsReply, NodeError> {
-        let (rec, path) = self.record_at(&id, &path)?;
+        let (rec, path) = self.record_at(&id, &path).await?;
         let mut reply = self.measure(&id, &path, &rec).await?;
         if matches!(reply.usage, Usage::Unmeasured) {
             // Kubelet drops a reply without usage before it reads the condition: answer the
@@ -224,7 +223,7 @@ impl NodeService {
         required: i64,
     ) -> Result<u64, NodeError> {
         let _guard = self.guards.try_acquire(id.as_str(), "NodeExpandVolume")?;
-        let (rec, _) = self.record_at(&id, &path)?;
+        let (rec, _) = self.record_at(&id, &path).await?;
         let dev = self.block_path(&rec);
         let dev2 = dev.clone();
         let size = self
@@ -280,4 +279,16 @@ impl NodeService {
         tracing::info!(bytes = st.total_bytes, "filesystem grown");
         Ok(st.total_bytes)
     }
+}
+
+/// The block device at `path` beneath the kubelet directory (opened without following a
+/// symlink; kubelet's map file is a bind mount of the published node, so the object opened is
+/// that node), if it is one. Blocking.
+fn block_node_at(kubelet: &crate::confine::KubeletDir, path: &Path) -> Option<rds_types::DevNum> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let h = kubelet.root().any(path).ok()?;
+    let md = std::fs::metadata(h.proc_path()).ok()?;
+    md.file_type()
+        .is_block_device()
+        .then(|| rds_types::DevNum::from_dev_t(md.rdev()))
 }
