@@ -102,6 +102,14 @@ impl Rewriter {
                 break;
             }
             let len = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
+            if len > MAX_FRAME {
+                // Over the size the server allows: h2 refuses it itself; never buffer it.
+                self.active = false;
+                if let Some(b) = self.block.take() {
+                    out.extend_from_slice(&b.raw);
+                }
+                break;
+            }
             if rest.len() < FRAME_HEADER_LEN + len {
                 break;
             }
@@ -406,6 +414,18 @@ mod tests {
                 .any(|(n, v)| n == b":path" && v == b"/csi.v1.Identity/GetPluginInfo"));
         }
         assert_eq!(rw.rewritten, 3);
+    }
+
+    #[test]
+    fn a_frame_over_the_size_limit_is_passed_on_not_buffered() {
+        let mut input = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        let mut big = Vec::new();
+        frame(&mut big, 0x0, 0, 1, &vec![0u8; MAX_FRAME + 1]);
+        input.extend_from_slice(&big[..FRAME_HEADER_LEN + 10]);
+        let mut rw = Rewriter::default();
+        let mut out = Vec::new();
+        rw.feed(&input, &mut out);
+        assert_eq!(out, input, "everything so far reaches the server at once");
     }
 
     #[test]
