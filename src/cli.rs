@@ -32,6 +32,27 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Print the live stream of mount and device events the monitor sees.
     Watch(WatchArgs),
+    /// Rehearse a fault on a plugin running `serve --fabric emulated` (over its control socket).
+    Fabric(FabricArgs),
+}
+
+/// Where the emulated fabric keeps its targets, tree and control socket by default.
+pub const EMULATED_DIR: &str = "/var/lib/rds-csi-node/emulated";
+
+#[derive(Debug, Args)]
+pub struct FabricArgs {
+    /// list, lose, restore, unexport, expire, kill-path, replace, reconnect,
+    /// disable-namespace or enable-namespace.
+    #[arg(value_parser = clap::builder::PossibleValuesParser::new(
+        rds_fabric::emulated::control::FaultCommand::VERBS.iter().map(|(v, _)| *v)
+    ))]
+    pub command: String,
+    /// The target's NQN (every command but `list`).
+    #[arg(long, env = "NQN")]
+    pub nqn: Option<String>,
+    /// The running plugin's control socket (`<emulated-backing-dir>/control.sock`).
+    #[arg(long, env = "EMULATED_CONTROL_SOCKET", default_value_t = format!("{EMULATED_DIR}/control.sock"))]
+    pub socket: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -95,13 +116,17 @@ pub struct ServeArgs {
     pub max_volumes_per_node: i64,
     #[arg(long, env = "FABRIC", value_enum, default_value_t = FabricKind::Kernel)]
     pub fabric: FabricKind,
-    /// With --fabric emulated: where the emulated targets' backing files live.
-    #[arg(
-        long,
-        env = "EMULATED_BACKING_DIR",
-        default_value = "/var/lib/rds-csi-node/emulated"
-    )]
+    /// With --fabric emulated (cluster mode without NVMe hardware): where the emulated targets
+    /// live. Their sparse backing files `<nqn>.img`, the emulated NVMe sysfs tree (`sys/`, used
+    /// instead of --sys-root), the namespaces' device nodes (`dev/`, instead of --dev-root), the
+    /// emulated kernel's state (`fabric-state.json`, so connections survive a plugin restart)
+    /// and the control socket for `rds-csi-node fabric` (`control.sock`).
+    #[arg(long, env = "EMULATED_BACKING_DIR", default_value = EMULATED_DIR)]
     pub emulated_backing_dir: PathBuf,
+    /// With --fabric emulated: the size of a target created on first connect when the volume
+    /// context has no `emulatedCapacity` (bytes, or with Ki, Mi, Gi, Ti, k, M, G, T).
+    #[arg(long, env = "EMULATED_DEFAULT_CAPACITY", default_value = "1Gi")]
+    pub emulated_default_capacity: String,
     #[arg(long, env = "UEVENT_SOURCE", value_enum, default_value_t = UeventSource::Auto)]
     pub uevent_source: UeventSource,
     /// Read `<dev-root>/kmsg` for the NVMe core's messages, so a controller that loses its

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 mod cli;
+mod fabric_control;
 mod watch;
 
 use clap::Parser;
@@ -31,6 +32,16 @@ fn init_tracing(format: LogFormat, default_level: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Fabric(f) = &cli.command {
+        // A client: no runtime, no tracing, just the reply.
+        return match fabric_control::client(f) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     init_tracing(cli.log_format, "info");
     if let Command::Watch(w) = &cli.command {
         if let Some(ns) = &w.mount_ns {
@@ -53,6 +64,7 @@ fn main() -> ExitCode {
     let r = match cli.command {
         Command::Serve(args) => rt.block_on(serve(*args)),
         Command::Watch(args) => rt.block_on(watch::run(args)),
+        Command::Fabric(_) => unreachable!("handled before the runtime starts"),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -70,28 +82,56 @@ async fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error + Send + Sy
         return Err("--node-id must not be empty".into());
     }
     let endpoint = rds_node::server::socket_path(&a.endpoint)?;
+    // Cluster mode without NVMe hardware: the emulated NVMe tree and device nodes live under
+    // the emulated directory, and its udev events are always listened to (the fabric sends
+    // them on the udev group, whether or not a udevd runs on the node).
+    let (sys_root, dev_root, uevent_source) = match a.fabric {
+        FabricKind::Kernel => (
+            a.sys_root.clone(),
+            a.dev_root.clone(),
+            rds_devices::SourceKind::from(a.uevent_source),
+        ),
+        FabricKind::Emulated => (
+            a.emulated_backing_dir.join("sys"),
+            a.emulated_backing_dir.join("dev"),
+            rds_devices::SourceKind::Both,
+        ),
+    };
     let roots = rds_hostops::inuse::HostRoots {
         proc: a.proc_root.clone(),
-        sys: a.sys_root.clone(),
-        dev: a.dev_root.clone(),
+        sys: sys_root.clone(),
+        dev: dev_root.clone(),
     };
+    let mut control = None;
     let fabric: Arc<dyn rds_fabric::Fabric> = match a.fabric {
         FabricKind::Kernel => Arc::new(rds_fabric::KernelFabric::new(
-            a.dev_root.clone(),
-            a.sys_root.clone(),
+            dev_root.clone(),
+            sys_root.clone(),
             managed.clone(),
         )),
-        FabricKind::Emulated => Arc::new(rds_fabric::EmulatedFabric::new(
-            rds_fabric::EmulatedConfig {
-                sys_root: a.sys_root.clone(),
-                dev_root: a.dev_root.clone(),
-                backing_dir: a.emulated_backing_dir.clone(),
-                multipath: false,
-                inject_uevents: true,
-                managed: managed.clone(),
-                loops: rds_fabric::loopdev::LoopControl::new("/dev", "/sys"),
-            },
-        )?),
+        FabricKind::Emulated => {
+            let default_capacity = rds_node::validate::parse_bytes(
+                "--emulated-default-capacity",
+                &a.emulated_default_capacity,
+            )?;
+            let dir = a.emulated_backing_dir.clone();
+            let f = Arc::new(rds_fabric::EmulatedFabric::new(
+                rds_fabric::EmulatedConfig {
+                    sys_root: sys_root.clone(),
+                    dev_root: dev_root.clone(),
+                    backing_dir: dir.clone(),
+                    multipath: true,
+                    inject_uevents: true,
+                    managed: managed.clone(),
+                    loops: rds_fabric::loopdev::LoopControl::new("/dev", "/sys"),
+                    create_on_connect: Some(default_capacity),
+                    persist: Some(dir.join("fabric-state.json")),
+                },
+            )?);
+            tracing::info!(dir = %dir.display(), default_capacity, "emulated fabric (cluster mode): targets are created on first connect");
+            control = Some(fabric_control::serve(f.clone(), &dir.join("control.sock")).await?);
+            f
+        }
     };
     let cfg = AppConfig {
         endpoint,
@@ -112,9 +152,9 @@ async fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error + Send + Sy
                 ..Deadlines::default()
             },
         },
-        devices: rds_devices::WatcherConfig::new(a.sys_root.clone(), a.run_root.clone())
-            .with_sources(a.uevent_source.into())
-            .with_kmsg(a.kmsg.then(|| a.dev_root.join("kmsg"))),
+        devices: rds_devices::WatcherConfig::new(sys_root.clone(), a.run_root.clone())
+            .with_sources(uevent_source)
+            .with_kmsg(a.kmsg.then(|| dev_root.join("kmsg"))),
         mounts: {
             let mut m = rds_mounts::watch::WatcherConfig::new(a.proc_root.clone());
             m.strategy = a.mount_strategy.into();
@@ -139,6 +179,12 @@ async fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error + Send + Sy
         metrics_address: a.metrics_address,
         io_sample_period: a.io_sample_period,
     };
-    app::run(cfg, fabric, rds_node::server::shutdown_signal(), |_| {}).await?;
+    let r = app::run(cfg, fabric, rds_node::server::shutdown_signal(), |_| {}).await;
+    if let Some((task, socket)) = control {
+        task.abort();
+        let _ = task.await;
+        socket.remove();
+    }
+    r?;
     Ok(())
 }

@@ -96,6 +96,8 @@ fn kernel_work(c: &mut Criterion) {
         inject_uevents: false,
         managed: ManagedPrefix::parse(PREFIX).unwrap(),
         loops,
+        create_on_connect: None,
+        persist: None,
     })
     .unwrap();
     let nqn = Nqn::parse(&format!("{PREFIX}bench")).unwrap();

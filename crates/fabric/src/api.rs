@@ -10,7 +10,8 @@ use rds_types::Nqn;
 use crate::loopdev::LoopError;
 
 /// NVMe-oF transports this plugin speaks. Only TCP today; the enum keeps the options line honest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Transport {
     Tcp,
 }
@@ -31,7 +32,7 @@ impl fmt::Display for Transport {
 }
 
 /// Everything `/dev/nvme-fabrics` needs to connect one subsystem over one path.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ConnectRequest {
     pub nqn: Nqn,
     pub transport: Transport,
@@ -43,6 +44,11 @@ pub struct ConnectRequest {
     pub ctrl_loss_tmo: Option<i32>,
     pub reconnect_delay: Option<u32>,
     pub keep_alive_tmo: Option<u32>,
+    /// The namespace size the volume context declares. Never on the options line (the kernel
+    /// asks the target); an emulated fabric that creates its targets on first connect sizes
+    /// them with it.
+    #[serde(default)]
+    pub capacity_hint: Option<u64>,
 }
 
 impl ConnectRequest {
@@ -58,6 +64,7 @@ impl ConnectRequest {
             ctrl_loss_tmo: None,
             reconnect_delay: None,
             keep_alive_tmo: None,
+            capacity_hint: None,
         }
     }
 

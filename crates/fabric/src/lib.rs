@@ -19,7 +19,7 @@ pub mod sysfs;
 pub use api::{
     ConnectOutcome, ConnectRequest, ControllerInfo, ControllerState, Fabric, FabricError, Transport,
 };
-pub use emulated::{EmulatedConfig, EmulatedFabric};
+pub use emulated::{EmulatedConfig, EmulatedFabric, TargetView};
 pub use kernel::KernelFabric;
 
 /// Both fabrics are usable as `Arc<dyn Fabric>` shared across threads.

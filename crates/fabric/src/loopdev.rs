@@ -282,6 +282,50 @@ impl LoopControl {
     }
 }
 
+impl LoopControl {
+    /// Take over binding `loopN` that an earlier process configured on `backing` with
+    /// `diskseq` (a plugin restart): it is ours only while the device still has that diskseq,
+    /// otherwise [`LoopError::NotOurs`] (someone detached and reused it meanwhile).
+    pub fn adopt(
+        &self,
+        number: u32,
+        diskseq: DiskSeq,
+        backing: &Path,
+        read_only: bool,
+    ) -> Result<LoopDevice, LoopError> {
+        let path = self.device_path(number);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| LoopError::io("open", &path, e))?;
+        let found = disk_seq_of(&file).map_err(|e| LoopError::io("BLKGETDISKSEQ", &path, e))?;
+        if found != diskseq {
+            return Err(LoopError::NotOurs {
+                path,
+                ours: diskseq,
+                found,
+            });
+        }
+        let mut device = LoopDevice {
+            number,
+            path,
+            dev: DevNum::new(0, 0),
+            diskseq,
+            file: Some(file),
+            sys_root: self.sys_root.clone(),
+            backing: backing.to_owned(),
+        };
+        if let Err(e) = device.describe() {
+            // Not ours after all: let go without touching the binding.
+            device.file = None;
+            return Err(e);
+        }
+        Ok(device)
+    }
+}
+
 fn configure(
     dev: &File,
     backing: &File,
@@ -498,6 +542,12 @@ impl LoopDevice {
             ));
         }
         Ok(())
+    }
+
+    /// Close our descriptor and leave the binding in place, for the next process to
+    /// [`LoopControl::adopt`] (the emulated kernel outlives the plugin).
+    pub fn release(&mut self) {
+        self.file = None;
     }
 
     /// `LOOP_CLR_FD`, then close our descriptor. While the device is still open elsewhere (a

@@ -892,3 +892,119 @@ fn the_device_watchers_resolver_finds_the_emulated_namespace_and_its_replacement
         );
     }
 }
+
+/// Cluster mode: targets made on first connect, state that outlives the fabric.
+fn cluster_config(dir: &Path) -> EmulatedConfig {
+    EmulatedConfig {
+        create_on_connect: Some(SIZE),
+        persist: Some(dir.join("fabric-state.json")),
+        ..EmulatedConfig::under(
+            dir,
+            ManagedPrefix::parse(PREFIX).unwrap(),
+            LoopControl::new("/dev", "/sys"),
+        )
+    }
+}
+
+#[test]
+fn cluster_mode_creates_targets_on_first_connect_sized_by_the_hint_and_keeps_their_data() {
+    rds_testkit::require_private_namespaces();
+    let dir = tempfile::tempdir().unwrap();
+    let n = nqn("made-on-connect");
+    {
+        let f = EmulatedFabric::new(cluster_config(dir.path())).unwrap();
+        let mut r = request(&n);
+        r.capacity_hint = Some(32 << 20);
+        f.connect(&r).expect("a connect creates the target");
+        let backing = dir.path().join("targets").join(format!("{n}.img"));
+        let m = std::fs::metadata(&backing).unwrap();
+        assert_eq!(m.len(), 32 << 20, "sized by the request's hint");
+        assert!(m.blocks() * 512 < m.len(), "sparse");
+        // A byte on the device, then the target and its connection go (disconnect).
+        let (name, _, _) = f.namespace_of(&n).unwrap();
+        let dev = OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("dev").join(&name))
+            .unwrap();
+        dev.write_all_at(b"kept", 4096).unwrap();
+        dev.sync_all().unwrap();
+        drop(dev);
+        f.disconnect(&f.controller_of(&n).unwrap()).unwrap();
+    }
+    // Another fabric without the state file (it was wiped): the image is reused, not zeroed.
+    std::fs::remove_file(dir.path().join("fabric-state.json")).unwrap();
+    let f = EmulatedFabric::new(cluster_config(dir.path())).unwrap();
+    f.connect(&request(&n)).expect("connect again");
+    let (name, _, _) = f.namespace_of(&n).unwrap();
+    let mut buf = [0u8; 4];
+    File::open(dir.path().join("dev").join(&name))
+        .unwrap()
+        .read_exact_at(&mut buf, 4096)
+        .unwrap();
+    assert_eq!(&buf, b"kept", "an existing image is the target's data");
+    f.disconnect(&f.controller_of(&n).unwrap()).unwrap();
+
+    // Without cluster mode an unknown subsystem is refused, as a real target does.
+    let plain = fixture();
+    assert!(matches!(
+        plain.fabric.connect(&request(&nqn("nobody-added"))),
+        Err(FabricError::Refused { .. })
+    ));
+}
+
+#[test]
+fn cluster_mode_connections_outlive_the_fabric_and_are_adopted_by_the_next() {
+    rds_testkit::require_private_namespaces();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (nqn("survives"), nqn("reused-meanwhile"));
+    let (dev_a, seq_a, loop_b) = {
+        let f = EmulatedFabric::new(cluster_config(dir.path())).unwrap();
+        f.connect(&request(&a)).unwrap();
+        f.connect(&request(&b)).unwrap();
+        f.lose_port(&a).unwrap();
+        let (_, dev, seq) = f.namespace_of(&a).unwrap();
+        (dev, seq, f.loop_of(&b).unwrap())
+        // Dropped: a plugin restart. The kernel keeps its controllers.
+    };
+    // Someone detaches b's loop device while no plugin runs: its binding is not ours anymore.
+    let st = Command::new("losetup")
+        .arg("-d")
+        .arg(format!("/dev/{loop_b}"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+
+    let f = EmulatedFabric::new(cluster_config(dir.path())).unwrap();
+    let (name, dev, seq) = f.namespace_of(&a).expect("a's namespace adopted");
+    assert_eq!(
+        (dev, seq),
+        (dev_a, seq_a),
+        "the same device, the same incarnation"
+    );
+    assert_eq!(
+        f.controller_state(&a),
+        Some(ControllerState::Connecting),
+        "still reconnecting: the port is still down"
+    );
+    assert_eq!(node_identity(&dir.path().join("dev").join(&name)), dev);
+    assert!(
+        f.namespace_of(&b).is_none(),
+        "a namespace whose loop device was detached meanwhile is gone, not someone else's"
+    );
+    assert!(f.controller_of(&b).is_some(), "its controller stays");
+    // The adopted connection behaves like any other: the port comes back, then a disconnect
+    // detaches the loop device.
+    f.restore_port(&a).unwrap();
+    assert_eq!(f.controller_state(&a), Some(ControllerState::Live));
+    let loop_a = f.loop_of(&a).unwrap();
+    for n in [&a, &b] {
+        f.disconnect(&f.controller_of(n).unwrap()).unwrap();
+    }
+    assert!(
+        !Path::new("/sys/block")
+            .join(&loop_a)
+            .join("loop/backing_file")
+            .exists(),
+        "the adopted loop device is detached on disconnect"
+    );
+}

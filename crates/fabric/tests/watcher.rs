@@ -31,6 +31,8 @@ async fn a_watcher_follows_connect_state_reconnect_and_loss_through_injected_eve
         inject_uevents: true,
         managed: ManagedPrefix::parse(PREFIX).unwrap(),
         loops: LoopControl::new("/dev", "/sys"),
+        create_on_connect: None,
+        persist: None,
     })
     .unwrap();
     let (watcher, _events) =

@@ -269,6 +269,7 @@ mod tests {
                 ctrl_loss_tmo: -1,
                 reconnect_delay: 5,
                 keep_alive_tmo: None,
+                capacity_hint: None,
             },
             staging_path: AbsPath::parse("p", "/var/lib/kubelet/plugins/x/globalmount").unwrap(),
             access: Access::Mount {

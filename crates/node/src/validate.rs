@@ -328,6 +328,49 @@ pub struct Target {
     pub ctrl_loss_tmo: i32,
     pub reconnect_delay: u32,
     pub keep_alive_tmo: Option<u32>,
+    /// `emulatedCapacity`: the size of the target the emulated fabric creates on first connect
+    /// (cluster mode without NVMe hardware). The kernel's fabric never reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_hint: Option<u64>,
+}
+
+/// A Kubernetes quantity of bytes: a plain number, or one with a binary (`Ki`, `Mi`, `Gi`,
+/// `Ti`) or decimal (`k`, `M`, `G`, `T`) suffix.
+pub fn parse_bytes(field: &'static str, v: &str) -> Result<u64, NodeError> {
+    let t = v.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: u64 = match unit {
+        "" => 1,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        _ => {
+            return Err(NodeError::invalid(
+                field,
+                format!(
+                    "{} is not a size (bytes, or with Ki, Mi, Gi, Ti, k, M, G, T)",
+                    rds_types::quote(v)
+                ),
+            ))
+        }
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| NodeError::invalid(field, format!("{} is not a size", rds_types::quote(v))))?;
+    match n.checked_mul(mult) {
+        Some(0) => Err(NodeError::invalid(field, "must be above 0")),
+        Some(b) => Ok(b),
+        None => Err(NodeError::invalid(
+            field,
+            format!("{} is too large", rds_types::quote(v)),
+        )),
+    }
 }
 
 fn ctx_int<T: std::str::FromStr>(
@@ -406,6 +449,10 @@ impl Target {
                 Some(v) => v,
             };
         let keep_alive_tmo = ctx_int::<u32>(ctx, "keepAliveTmo", "volume_context.keepAliveTmo")?;
+        let capacity_hint = ctx
+            .get("emulatedCapacity")
+            .map(|v| parse_bytes("volume_context.emulatedCapacity", v))
+            .transpose()?;
         Ok(Self {
             nqn,
             address,
@@ -413,6 +460,7 @@ impl Target {
             ctrl_loss_tmo,
             reconnect_delay,
             keep_alive_tmo,
+            capacity_hint,
         })
     }
 }
@@ -496,6 +544,37 @@ mod tests {
             (t.port, t.ctrl_loss_tmo, t.reconnect_delay, t.keep_alive_tmo),
             (4420, -1, 5, None)
         );
+    }
+
+    #[test]
+    fn emulated_capacity_takes_kubernetes_quantities() {
+        let base = [("nqn", NQN), ("nvmeAddress", "10.0.0.5")];
+        let t = Target::from_context(&ctx(&base)).unwrap();
+        assert_eq!(t.capacity_hint, None, "absent: the fabric's default");
+        for (v, bytes) in [
+            ("1048576", 1u64 << 20),
+            ("64Mi", 64 << 20),
+            ("2Gi", 2 << 30),
+            ("1G", 1_000_000_000),
+            (" 5k ", 5_000),
+        ] {
+            let mut c = ctx(&base);
+            c.insert("emulatedCapacity".into(), v.into());
+            assert_eq!(
+                Target::from_context(&c).unwrap().capacity_hint,
+                Some(bytes),
+                "{v}"
+            );
+        }
+        for v in ["", "0", "-1", "1.5Gi", "1GB", "99999999999Ti", "Gi"] {
+            let mut c = ctx(&base);
+            c.insert("emulatedCapacity".into(), v.into());
+            assert_eq!(
+                invalid_field(Target::from_context(&c)),
+                "volume_context.emulatedCapacity",
+                "{v:?}"
+            );
+        }
     }
 
     #[test]

@@ -130,6 +130,8 @@ impl Plugin {
                 inject_uevents: true,
                 managed: managed.clone(),
                 loops: rds_fabric::loopdev::LoopControl::new("/dev", "/sys"),
+                create_on_connect: None,
+                persist: None,
             })?),
         };
         let cfg = AppConfig {

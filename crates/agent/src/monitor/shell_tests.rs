@@ -57,6 +57,7 @@ fn record() -> VolumeRecord {
             ctrl_loss_tmo: 3,
             reconnect_delay: 1,
             keep_alive_tmo: None,
+            capacity_hint: None,
         },
         staging_path: AbsPath::parse("staging", STAGING).unwrap(),
         access: Access::Mount {

@@ -35,7 +35,9 @@
 //! [`EMULATED_MAJOR`], from the range devices.txt reserves for local and experimental use.
 
 pub mod announce;
+pub mod control;
 pub mod events;
+mod persist;
 pub mod tree;
 
 use std::collections::BTreeMap;
@@ -43,6 +45,7 @@ use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::hash::{Hash, Hasher};
 use std::io;
+use std::ops::{Deref, DerefMut};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -85,6 +88,17 @@ pub struct EmulatedConfig {
     pub managed: ManagedPrefix,
     /// The real loop devices (`/dev/loop-control`, `/sys/block/loopN`).
     pub loops: LoopControl,
+    /// A connect to a subsystem nobody added creates its target (cluster mode): sized by the
+    /// request's `capacity_hint`, else this many bytes; an existing `<nqn>.img` under the
+    /// backing directory is reused with its data. `None`: such a connect is refused, as a
+    /// real target refuses an unknown subsystem.
+    pub create_on_connect: Option<u64>,
+    /// Keep the emulated kernel's state in this file after every change, and let it outlive
+    /// the process: a new fabric on the same file adopts the targets and the connections
+    /// (their loop devices, tree entries and nodes), and dropping the fabric leaves the
+    /// connections in place, as a plugin restart leaves the kernel's. `None`: the state lives
+    /// in memory and every connection is torn down on drop.
+    pub persist: Option<PathBuf>,
 }
 
 impl EmulatedConfig {
@@ -99,6 +113,8 @@ impl EmulatedConfig {
             inject_uevents: false,
             managed,
             loops,
+            create_on_connect: None,
+            persist: None,
         }
     }
 }
@@ -156,6 +172,83 @@ struct State {
     targets: BTreeMap<Nqn, Target>,
     seqnum: u64,
     injector: Option<UdevInjector>,
+    /// What the state file holds (cluster mode): written again only when this changes.
+    saved: String,
+}
+
+/// The state, locked; in cluster mode written to the state file when the lock is released,
+/// so every change is on disk before the next caller sees it.
+struct Locked<'a> {
+    guard: MutexGuard<'a, State>,
+    inner: &'a Inner,
+}
+
+impl Deref for Locked<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.guard
+    }
+}
+
+impl DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.guard
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let Some(path) = &self.inner.cfg.persist else {
+            return;
+        };
+        let text = persist::encode(&snapshot(&self.guard));
+        if text == self.guard.saved {
+            return;
+        }
+        match persist::save(path, &text) {
+            Ok(()) => self.guard.saved = text,
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "saving the emulated fabric's state failed: a restart would lose it")
+            }
+        }
+    }
+}
+
+fn snapshot(st: &State) -> persist::Saved {
+    persist::Saved {
+        version: persist::VERSION,
+        seqnum: st.seqnum,
+        targets: st
+            .targets
+            .iter()
+            .map(|(nqn, t)| persist::SavedTarget {
+                nqn: nqn.clone(),
+                backing: t.backing.clone(),
+                size_bytes: t.size_bytes,
+                uuid: t.uuid.clone(),
+                port_up: t.port_up,
+                ns_enabled: t.ns_enabled,
+                loss: t.loss,
+                read_only: t.read_only,
+                conn: t.conn.as_ref().map(|c| persist::SavedConn {
+                    ctrl: c.ctrl,
+                    subsys: c.subsys,
+                    req: c.req.clone(),
+                    state: c.state.as_str().to_owned(),
+                    ctrl_devpath: c.ctrl_devpath.clone(),
+                    subsys_devpath: c.subsys_devpath.clone(),
+                    ns: c.ns.as_ref().map(|n| persist::SavedNs {
+                        name: n.name.clone(),
+                        path_disk: n.path_disk.clone(),
+                        loop_number: n.loop_dev.number(),
+                        diskseq: n.loop_dev.diskseq().0,
+                        devpath: n.devpath.clone(),
+                        uuid: n.uuid.clone(),
+                    }),
+                }),
+            })
+            .collect(),
+    }
 }
 
 struct Inner {
@@ -164,8 +257,22 @@ struct Inner {
     state: Mutex<State>,
 }
 
+/// One target as [`EmulatedFabric::describe`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetView {
+    pub nqn: Nqn,
+    pub backing: PathBuf,
+    pub size_bytes: u64,
+    pub port_up: bool,
+    pub ns_enabled: bool,
+    /// The host's controller (`nvmeN`) and its state.
+    pub controller: Option<(String, String)>,
+    /// The namespace's block device, the loop device carrying it, its number and diskseq.
+    pub namespace: Option<(String, String, DevNum, DiskSeq)>,
+}
+
 /// The emulated fabric. Every loop device it attached is detached by [`Self::shutdown`] or on
-/// drop.
+/// drop (in cluster mode they are left to the next process, see [`EmulatedConfig::persist`]).
 pub struct EmulatedFabric {
     inner: Arc<Inner>,
 }
@@ -280,16 +387,22 @@ impl EmulatedFabric {
         } else {
             None
         };
-        Ok(Self {
-            inner: Arc::new(Inner {
-                cfg,
-                tree,
-                state: Mutex::new(State {
-                    injector,
-                    ..State::default()
-                }),
+        let saved = match &cfg.persist {
+            Some(path) => persist::load(path).map_err(tree_err("read the state file", path))?,
+            None => None,
+        };
+        let inner = Arc::new(Inner {
+            cfg,
+            tree,
+            state: Mutex::new(State {
+                injector,
+                ..State::default()
             }),
-        })
+        });
+        if let Some(saved) = saved {
+            inner.adopt(saved);
+        }
+        Ok(Self { inner })
     }
 
     pub fn config(&self) -> &EmulatedConfig {
@@ -300,32 +413,34 @@ impl EmulatedFabric {
     /// under the backing directory, its port up. Returns the backing file.
     pub fn add_target(&self, nqn: &Nqn, size_bytes: u64) -> Result<PathBuf, FabricError> {
         let mut st = self.inner.lock();
-        if st.targets.contains_key(nqn) {
-            return Err(FabricError::TargetExists(nqn.clone()));
-        }
-        let backing = self.inner.cfg.backing_dir.join(format!("{nqn}.img"));
-        let f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&backing)
-            .map_err(tree_err("create backing file", &backing))?;
-        f.set_len(size_bytes)
-            .map_err(tree_err("size backing file", &backing))?;
-        st.targets.insert(
-            nqn.clone(),
-            Target {
-                backing: backing.clone(),
-                size_bytes,
-                uuid: uuid_for(nqn, 0),
-                port_up: true,
-                ns_enabled: true,
-                conn: None,
-                loss: 0,
-                read_only: false,
-            },
-        );
-        tracing::debug!(%nqn, size_bytes, backing = %backing.display(), "emulated target added");
-        Ok(backing)
+        self.inner.create_target(&mut st, nqn, size_bytes, false)
+    }
+
+    /// The targets and what the host sees of each, for an operator (`fabric list`).
+    pub fn describe(&self) -> Vec<TargetView> {
+        let st = self.inner.lock();
+        st.targets
+            .iter()
+            .map(|(nqn, t)| TargetView {
+                nqn: nqn.clone(),
+                backing: t.backing.clone(),
+                size_bytes: t.size_bytes,
+                port_up: t.port_up,
+                ns_enabled: t.ns_enabled,
+                controller: t
+                    .conn
+                    .as_ref()
+                    .map(|c| (c.ctrl_name(), c.state.as_str().to_owned())),
+                namespace: t.conn.as_ref().and_then(|c| c.ns.as_ref()).map(|n| {
+                    (
+                        n.name.clone(),
+                        n.loop_dev.name(),
+                        n.loop_dev.dev_num(),
+                        n.loop_dev.diskseq(),
+                    )
+                }),
+            })
+            .collect()
     }
 
     /// Export the target's namespace read-only (or writable) from its next connect on.
@@ -434,16 +549,7 @@ impl EmulatedFabric {
             (tmo, loss)
         };
         if tmo >= 0 {
-            let weak = Arc::downgrade(&self.inner);
-            let nqn = nqn.clone();
-            let wait = Duration::from_secs(u64::try_from(tmo).unwrap_or(0));
-            std::thread::Builder::new()
-                .name("emulated-ctrl-loss".into())
-                .spawn(move || {
-                    std::thread::sleep(wait);
-                    Inner::expire_if(&weak, &nqn, loss);
-                })
-                .map_err(|e| FabricError::io("spawn", Path::new("ctrl_loss_tmo timer"), e))?;
+            self.inner.arm_loss_timer(nqn, loss, tmo)?;
         }
         Ok(())
     }
@@ -681,6 +787,18 @@ impl EmulatedFabric {
     pub fn shutdown(&self) {
         let mut guard = self.inner.lock();
         let st = &mut *guard;
+        if self.inner.cfg.persist.is_some() {
+            // Cluster mode: the connections outlive the process, as the kernel's do.
+            for ns in st
+                .targets
+                .values_mut()
+                .filter_map(|t| t.conn.as_mut())
+                .filter_map(|c| c.ns.as_mut())
+            {
+                ns.loop_dev.release();
+            }
+            return;
+        }
         let conns: Vec<Connection> = st
             .targets
             .values_mut()
@@ -696,6 +814,163 @@ impl EmulatedFabric {
 }
 
 impl Inner {
+    /// Add a target with a sparse backing file `<nqn>.img`. With `reuse`, an existing file
+    /// is the target's data (cluster mode: a volume created before a restart); otherwise an
+    /// existing file is an error.
+    fn create_target(
+        &self,
+        st: &mut State,
+        nqn: &Nqn,
+        size_bytes: u64,
+        reuse: bool,
+    ) -> Result<PathBuf, FabricError> {
+        if st.targets.contains_key(nqn) {
+            return Err(FabricError::TargetExists(nqn.clone()));
+        }
+        let backing = self.cfg.backing_dir.join(format!("{nqn}.img"));
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(!reuse)
+            .create(reuse)
+            .truncate(false)
+            .open(&backing)
+            .map_err(tree_err("create backing file", &backing))?;
+        let existing = f
+            .metadata()
+            .map_err(tree_err("stat backing file", &backing))?
+            .len();
+        let size_bytes = if existing > 0 {
+            existing
+        } else {
+            f.set_len(size_bytes)
+                .map_err(tree_err("size backing file", &backing))?;
+            size_bytes
+        };
+        st.targets.insert(
+            nqn.clone(),
+            Target {
+                backing: backing.clone(),
+                size_bytes,
+                uuid: uuid_for(nqn, 0),
+                port_up: true,
+                ns_enabled: true,
+                conn: None,
+                loss: 0,
+                read_only: false,
+            },
+        );
+        tracing::info!(%nqn, size_bytes, reused = existing > 0, backing = %backing.display(), "emulated target added");
+        Ok(backing)
+    }
+
+    /// How a namespace's loop device is attached: in cluster mode without autoclear, so an
+    /// unused namespace keeps its device across a restart (as the kernel's does).
+    fn attach_options(&self, read_only: bool) -> AttachOptions {
+        AttachOptions {
+            read_only,
+            autoclear: self.cfg.persist.is_none(),
+        }
+    }
+
+    /// Take over what an earlier process left (cluster mode): its targets, its controllers and
+    /// the loop devices that carry their namespaces. A namespace whose loop device is no
+    /// longer the one recorded (detached and reused meanwhile) is gone, as after a removal;
+    /// a controller whose tree entry is gone is gone.
+    fn adopt(self: &Arc<Self>, saved: persist::Saved) {
+        let mut timers = Vec::new();
+        {
+            let mut st = self.lock();
+            st.seqnum = saved.seqnum;
+            for t in saved.targets {
+                let conn = t.conn.and_then(|c| {
+                    let name = format!("nvme{}", c.ctrl);
+                    if !self.tree.controller_dir(&name).is_dir() {
+                        tracing::warn!(nqn = %t.nqn, controller = name, "emulated controller left no tree entry: gone");
+                        return None;
+                    }
+                    let ns = c.ns.and_then(|n| {
+                        match self.cfg.loops.adopt(
+                            n.loop_number,
+                            DiskSeq(n.diskseq),
+                            &t.backing,
+                            t.read_only,
+                        ) {
+                            Ok(loop_dev) => Some(Namespace {
+                                name: n.name,
+                                path_disk: n.path_disk,
+                                loop_dev,
+                                devpath: n.devpath,
+                                uuid: n.uuid,
+                            }),
+                            Err(e) => {
+                                tracing::warn!(nqn = %t.nqn, namespace = n.name, error = %e, "emulated namespace's loop device is gone: namespace removed");
+                                if let Some(p) = &n.path_disk {
+                                    let _ = self.tree.remove_disk(p);
+                                }
+                                let _ = self.tree.remove_disk(&n.name);
+                                let _ = std::fs::remove_file(self.cfg.dev_root.join(&n.name));
+                                None
+                            }
+                        }
+                    });
+                    Some(Connection {
+                        ctrl: c.ctrl,
+                        subsys: c.subsys,
+                        ns,
+                        req: c.req,
+                        state: ControllerState::parse(&c.state),
+                        ctrl_devpath: c.ctrl_devpath,
+                        subsys_devpath: c.subsys_devpath,
+                    })
+                });
+                if let Some(c) = &conn {
+                    tracing::info!(nqn = %t.nqn, controller = c.ctrl_name(), state = c.state.as_str(),
+                        namespace = c.ns.as_ref().map(|n| n.name.as_str()), "emulated connection adopted");
+                    // The loss timer restarts whole: the emulation does not know how long the
+                    // port has been gone (documented in the README's cluster mode section).
+                    if !t.port_up && c.state.is_reconnecting() {
+                        if let Some(tmo) = c.req.ctrl_loss_tmo.filter(|v| *v >= 0) {
+                            timers.push((t.nqn.clone(), t.loss, tmo));
+                        }
+                    }
+                }
+                st.targets.insert(
+                    t.nqn,
+                    Target {
+                        backing: t.backing,
+                        size_bytes: t.size_bytes,
+                        uuid: t.uuid,
+                        port_up: t.port_up,
+                        ns_enabled: t.ns_enabled,
+                        conn,
+                        loss: t.loss,
+                        read_only: t.read_only,
+                    },
+                );
+            }
+        }
+        for (nqn, loss, tmo) in timers {
+            if let Err(e) = self.arm_loss_timer(&nqn, loss, tmo) {
+                tracing::warn!(%nqn, error = %e, "emulated ctrl_loss_tmo timer");
+            }
+        }
+    }
+
+    /// Delete the controller of loss number `loss` after `tmo` seconds unless it is back.
+    fn arm_loss_timer(self: &Arc<Self>, nqn: &Nqn, loss: u64, tmo: i32) -> Result<(), FabricError> {
+        let weak = Arc::downgrade(self);
+        let nqn = nqn.clone();
+        let wait = Duration::from_secs(u64::try_from(tmo).unwrap_or(0));
+        std::thread::Builder::new()
+            .name("emulated-ctrl-loss".into())
+            .spawn(move || {
+                std::thread::sleep(wait);
+                Inner::expire_if(&weak, &nqn, loss);
+            })
+            .map(|_| ())
+            .map_err(|e| FabricError::io("spawn", Path::new("ctrl_loss_tmo timer"), e))
+    }
+
     /// The host scans the target's namespaces: an enabled namespace it does not have yet is
     /// added (with its `add` event) on a live controller.
     fn scan(&self, st: &mut State, nqn: &Nqn) -> Result<(), FabricError> {
@@ -715,10 +990,7 @@ impl Inner {
         if !target.ns_enabled || conn.ns.is_some() || conn.state != ControllerState::Live {
             return Ok(());
         }
-        let opts = AttachOptions {
-            read_only: ro,
-            ..AttachOptions::default()
-        };
+        let opts = self.attach_options(ro);
         let loop_dev = self.cfg.loops.attach(&backing, opts)?;
         let ns = self.add_namespace(conn, loop_dev, size, &uuid)?;
         let props = disk_event(
@@ -734,9 +1006,12 @@ impl Inner {
         send(&self.cfg, &mut st.seqnum, &st.injector, &devpath, props)
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> Locked<'_> {
         // A panic while holding the lock leaves the state as consistent as any error path does.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        Locked {
+            guard: self.state.lock().unwrap_or_else(|p| p.into_inner()),
+            inner: self,
+        }
     }
 
     /// The `ctrl_loss_tmo` timer of loss number `loss` ran out.
@@ -904,13 +1179,7 @@ impl Inner {
             let ns = self
                 .cfg
                 .loops
-                .attach(
-                    &backing,
-                    AttachOptions {
-                        read_only: ro,
-                        ..AttachOptions::default()
-                    },
-                )
+                .attach(&backing, self.attach_options(ro))
                 .map_err(FabricError::from)
                 .and_then(|l| self.add_namespace(&conn, l, size, &uuid));
             match ns {
@@ -1204,6 +1473,12 @@ impl Fabric for EmulatedFabric {
         req.to_options_line()?;
         let mut guard = inner.lock();
         let st = &mut *guard;
+        if let (Some(default), false) = (
+            inner.cfg.create_on_connect,
+            st.targets.contains_key(&req.nqn),
+        ) {
+            inner.create_target(st, &req.nqn, req.capacity_hint.unwrap_or(default), true)?;
+        }
         let target = st.targets.get(&req.nqn).ok_or_else(|| {
             refused(
                 &req.nqn,

@@ -267,6 +267,7 @@ impl NodeService {
             ctrl_loss_tmo: Some(t.ctrl_loss_tmo),
             reconnect_delay: Some(t.reconnect_delay),
             keep_alive_tmo: t.keep_alive_tmo,
+            capacity_hint: t.capacity_hint,
             ..ConnectRequest::tcp(t.nqn.clone(), t.address, t.port)
         };
         let fabric = self.fabric.clone();

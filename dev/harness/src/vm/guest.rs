@@ -39,6 +39,23 @@ pub fn claim_of(vol: &str) -> String {
     format!("claim-{vol}")
 }
 
+/// Events the fake API server received on the volume's PVC: (type, reason, note), oldest first.
+pub fn pvc_events(api: &FakeApi, vol: &str) -> Vec<(String, String, String)> {
+    let claim = claim_of(vol);
+    api.requests_matching("POST", "/apis/events.k8s.io/v1/namespaces/")
+        .into_iter()
+        .filter_map(|r| r.body)
+        .filter(|b| b["regarding"]["name"] == claim.as_str())
+        .map(|b| {
+            (
+                b["type"].as_str().unwrap_or("").to_owned(),
+                b["reason"].as_str().unwrap_or("").to_owned(),
+                b["note"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
 /// One condition as NodeGetVolumeStats reported it, and what the kernel showed around it.
 #[derive(Debug, Clone)]
 pub struct Sample {
@@ -256,20 +273,7 @@ impl Guest {
 
     /// Events posted on the volume's PVC: (type, reason, note), oldest first.
     pub fn events(&self, vol: &str) -> Vec<(String, String, String)> {
-        let claim = claim_of(vol);
-        self.api
-            .requests_matching("POST", "/apis/events.k8s.io/v1/namespaces/")
-            .into_iter()
-            .filter_map(|r| r.body)
-            .filter(|b| b["regarding"]["name"] == claim.as_str())
-            .map(|b| {
-                (
-                    b["type"].as_str().unwrap_or("").to_owned(),
-                    b["reason"].as_str().unwrap_or("").to_owned(),
-                    b["note"].as_str().unwrap_or("").to_owned(),
-                )
-            })
-            .collect()
+        pvc_events(&self.api, vol)
     }
 
     /// Wait for an Event with `reason` on the volume's PVC.

@@ -49,6 +49,8 @@ pub struct PluginSettings {
     pub gone_grace: Duration,
     pub io_stall_after: Duration,
     pub io_sample_period: Duration,
+    /// `--fabric`: `kernel` (the VM tier) or `emulated` (cluster mode on any machine).
+    pub fabric: &'static str,
     /// Extra `serve` arguments.
     pub extra: Vec<String>,
 }
@@ -59,6 +61,7 @@ impl Default for PluginSettings {
             gone_grace: Duration::from_secs(2),
             io_stall_after: Duration::from_secs(10),
             io_sample_period: Duration::from_millis(500),
+            fabric: "kernel",
             extra: Vec::new(),
         }
     }
@@ -195,7 +198,7 @@ fn spawn(binary: &Path, dirs: &PluginDirs, s: &PluginSettings) -> Result<Child, 
         .map_err(|e| format!("duplicating the log: {e}"))?;
     let mut cmd = Command::new(binary);
     cmd.arg("serve")
-        .arg("--fabric=kernel")
+        .arg(format!("--fabric={}", s.fabric))
         .arg(format!("--endpoint=unix://{}", dirs.socket().display()))
         .arg(format!("--node-id={NODE_ID}"))
         .arg(format!("--driver-name={DRIVER}"))
