@@ -147,9 +147,16 @@ pub struct ServeArgs {
     /// (6.8+), POLLPRI + full re-read; auto picks the best the kernel allows.
     #[arg(long, env = "MOUNT_STRATEGY", value_enum, default_value_t = MountStrategy::Auto)]
     pub mount_strategy: MountStrategy,
-    /// Mounts of one device or at one path from which a mount storm is flagged.
+    /// A mount storm is flagged on either of two signals, per device or mount point. The level:
+    /// this many mounts at once (cleared below 80 % of it).
     #[arg(long, env = "STORM_THRESHOLD", default_value_t = 100)]
     pub storm_threshold: usize,
+    /// The growth: this many new mounts within --storm-growth-window, which catches a cascade
+    /// before it reaches the level. Default: half of --storm-threshold; 0 turns it off.
+    #[arg(long, env = "STORM_GROWTH")]
+    pub storm_growth: Option<usize>,
+    #[arg(long, env = "STORM_GROWTH_WINDOW", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub storm_growth_window: Duration,
     /// How long a removed namespace may take to come back (a reconnect) before the volume is
     /// reported as device gone.
     #[arg(long, env = "GONE_GRACE", value_parser = humantime::parse_duration, default_value = "10s")]

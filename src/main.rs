@@ -159,11 +159,15 @@ async fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error + Send + Sy
             let mut m = rds_mounts::watch::WatcherConfig::new(a.proc_root.clone());
             m.strategy = a.mount_strategy.into();
             m.read_timeout = a.mountinfo_timeout;
-            m.storm.threshold = a.storm_threshold;
-            m.storm.clear_below = m
-                .storm
-                .clear_below
-                .min(a.storm_threshold.saturating_sub(1).max(1));
+            m.storm = rds_mounts::storm::StormConfig::with_threshold(a.storm_threshold);
+            match a.storm_growth {
+                Some(0) => m.storm.growth_count = usize::MAX,
+                Some(n) => m.storm.growth_count = n,
+                None => {}
+            }
+            m.storm.growth_window = a.storm_growth_window;
+            tracing::info!(level = m.storm.threshold, clear_below = m.storm.clear_below,
+                growth = m.storm.growth_count, growth_window = ?m.storm.growth_window, "mount storm signals");
             m
         },
         monitor: rds_monitor::MonitorConfig {

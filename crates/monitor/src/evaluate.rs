@@ -201,11 +201,12 @@ pub(crate) fn verdict(
         .as_ref()
         .filter(|c| !c.reason.is_unbounded())
         .and_then(RecoveryCycle::running_attempt);
-    let (kind, mut message) = if let Some((key, s)) = &a.storm {
+    let (kind, mut message) = if let Some((_, s)) = &a.storm {
+        // The storm's own message names the device or path (once).
         (
             ConditionKind::MountStorm,
             format!(
-                "A mount storm on {key}: nothing is remounted until it clears. {}",
+                "A mount storm: nothing is remounted until it clears. {}",
                 s.message
             ),
         )
