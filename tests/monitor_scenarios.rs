@@ -402,3 +402,70 @@ async fn after_a_restart_adopted_mounts_are_watched_like_fresh_ones() {
         .expect("MountMissing for an adopted volume");
     plugin.stop().await.unwrap();
 }
+
+/// A device whose I/O hangs, for real: the volume's image lives on a FUSE filesystem that stops
+/// answering, so the loop device behind the namespace has requests in flight and none
+/// completes, while nothing in sysfs changes. NodeGetVolumeStats says `io_stalled` (abnormal,
+/// with usage, without blocking on the device) after the stall period, and healthy again once
+/// the requests complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_whose_io_hangs_is_io_stalled_until_its_requests_complete() {
+    let _s = SERIAL.lock().await;
+    let mut e = Env::start_with(Options {
+        create_on_connect: Some(SIZE),
+        ..Options::default()
+    })
+    .await;
+    let vol = "pvc-hung";
+    let fuse = rds_testkit::fuse::HangableFile::mount(
+        &e.root.join("backing"),
+        &format!("{}.img", nqn_for(vol)),
+        SIZE,
+    )
+    .expect("a FUSE filesystem for the volume's image");
+    e.stage(vol, ext4())
+        .await
+        .expect("stage on the FUSE-backed device");
+    e.publish(vol, "pod", ext4(), false).await.expect("publish");
+    let target = e.plugin.target_path("pod", vol);
+    e.wait_at(vol, &target, |c| !c.abnormal())
+        .await
+        .expect("healthy");
+
+    fuse.freeze();
+    // The pod writes and syncs: the writes reach the device and never complete.
+    let t = target.clone();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let mut f = std::fs::File::create(t.join("stuck")).expect("create");
+        f.write_all(&[7u8; 1 << 20]).expect("write");
+        f.sync_all()
+    });
+    let c = e
+        .wait_at(vol, &target, |c| c.kind.as_str() == "io_stalled")
+        .await
+        .unwrap_or_else(|last| panic!("not io_stalled; last {last:?}, parked {}", fuse.parked()));
+    assert!(c.abnormal());
+    assert!(fuse.parked() > 0, "the device really has requests waiting");
+    let r = e
+        .stats(vol, &target)
+        .await
+        .expect("stats answer while the device hangs");
+    let cond = r.volume_condition.expect("a condition");
+    assert!(cond.abnormal, "{cond:?}");
+    assert!(cond.message.starts_with("io_stalled"), "{cond:?}");
+    assert!(!r.usage.is_empty(), "usage with every abnormal condition");
+
+    fuse.thaw();
+    writer
+        .join()
+        .expect("writer")
+        .expect("the sync completes once the device answers");
+    e.wait_at(vol, &target, |c| !c.abnormal())
+        .await
+        .expect("healthy once completions resume");
+    e.unpublish(vol, "pod").await.expect("unpublish");
+    e.unstage(vol).await.expect("unstage");
+    e.finish().await;
+    drop(fuse);
+}

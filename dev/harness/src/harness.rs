@@ -45,6 +45,9 @@ pub struct Options {
     pub events: Option<Arc<dyn rds_events::EventSink>>,
     /// Serve metrics on this address.
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// The emulated fabric creates a target on its first connect, reusing an existing image
+    /// under the backing directory (cluster mode): for images a test provides itself.
+    pub create_on_connect: Option<u64>,
 }
 
 /// One plugin instance: its directories, its emulated fabric, its server task.
@@ -130,7 +133,7 @@ impl Plugin {
                 inject_uevents: true,
                 managed: managed.clone(),
                 loops: rds_fabric::loopdev::LoopControl::new("/dev", "/sys"),
-                create_on_connect: None,
+                create_on_connect: opts.create_on_connect,
                 persist: None,
             })?),
         };

@@ -12,6 +12,7 @@
 
 pub mod devices;
 pub mod fake_api;
+pub mod fuse;
 pub mod loopdev;
 
 use std::sync::OnceLock;
