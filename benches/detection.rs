@@ -18,6 +18,12 @@
 //! - `controller_loss_to_device_gone`: the same trigger until the volume reads `device_gone`:
 //!   the harness's 1 s grace plus the detection latency.
 //!
+//! The baseline, in the same run and on the same trigger: a bare fanotify listener (a thread
+//! blocked in `read(2)` on its own `FAN_MNT_DETACH` mark of the mount namespace, as the
+//! kernel's C example does) timestamps the moment the kernel hands it the detach of the very
+//! umount2 the plugin is timed on; `[kernel: bare fanotify listener]` lines report it and
+//! `[plugin / kernel]` the ratio, per unmount case.
+//!
 //! Each iteration stages (not timed), triggers, awaits the condition, restages (not timed).
 //! The end of the timed span is taken by a waiter task on a runtime worker, woken by the change
 //! itself, so it does not include the part of the trigger call that runs after the kernel has
@@ -137,17 +143,92 @@ async fn observed(
     (at.saturating_duration_since(t0), trigger)
 }
 
+/// The kernel's own latency: a thread blocked in read(2) on a fanotify group of its own with
+/// a `FAN_MNT_DETACH` mark on this mount namespace; every detach it is handed is timestamped
+/// and sent on. Raw syscalls, nothing between the kernel and the timestamp.
+struct BareListener {
+    rx: std::sync::mpsc::Receiver<Instant>,
+}
+
+impl BareListener {
+    fn start() -> Self {
+        const FAN_CLOEXEC: u32 = 0x1;
+        const FAN_REPORT_MNT: u32 = 0x4000;
+        const FAN_MARK_ADD: u32 = 0x1;
+        const FAN_MARK_MNTNS: u32 = 0x110;
+        const FAN_MNT_DETACH: u64 = 0x0200_0000;
+        // SAFETY: plain syscall with flag arguments.
+        let fd =
+            unsafe { libc::fanotify_init(FAN_CLOEXEC | FAN_REPORT_MNT, libc::O_RDONLY as u32) };
+        assert!(
+            fd >= 0,
+            "fanotify_init: {}",
+            std::io::Error::last_os_error()
+        );
+        let ns = std::ffi::CString::new("/proc/self/ns/mnt").unwrap();
+        // SAFETY: `ns` is a valid NUL-terminated path for the call.
+        let rc = unsafe {
+            libc::fanotify_mark(
+                fd,
+                FAN_MARK_ADD | FAN_MARK_MNTNS,
+                FAN_MNT_DETACH,
+                libc::AT_FDCWD,
+                ns.as_ptr(),
+            )
+        };
+        assert!(
+            rc == 0,
+            "fanotify_mark: {}",
+            std::io::Error::last_os_error()
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                // SAFETY: `buf` is valid for its length for the call.
+                let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+                let at = Instant::now();
+                if n <= 0 {
+                    continue;
+                }
+                // One timestamp per read: the detach of the trigger is the first event.
+                if tx.send(at).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { rx }
+    }
+
+    /// Forget what earlier triggers left.
+    fn drain(&self) {
+        while self.rx.try_recv().is_ok() {}
+    }
+
+    fn next(&self) -> Instant {
+        self.rx
+            .recv_timeout(WAIT)
+            .expect("the bare listener saw the detach")
+    }
+}
+
 /// Unmount the staging mount (`flags`: plain or `MNT_DETACH`), await `mount_missing`, stage
-/// again.
-async fn unmount_once(e: &mut Env, flags: nix::mount::MntFlags) -> (Duration, Duration) {
+/// again. Also returns when the bare listener was handed the same detach.
+async fn unmount_once(
+    e: &mut Env,
+    bare: &BareListener,
+    flags: nix::mount::MntFlags,
+) -> ((Duration, Duration), Duration) {
     let path = e.plugin.staging_path(VOL_UNMOUNT);
     let waiter = condition_waiter(e, VOL_UNMOUNT, "mount_missing").await;
+    bare.drain();
     let t0 = Instant::now();
     nix::mount::umount2(&path, flags).expect("unmount the staging path");
     let trigger = t0.elapsed();
+    let kernel = bare.next().saturating_duration_since(t0);
     let r = observed(waiter, t0, trigger, "mount_missing").await;
     stage(e, VOL_UNMOUNT).await;
-    r
+    (r, kernel)
 }
 
 /// Lose the controller, await the device model's removal, unstage and stage again.
@@ -200,13 +281,24 @@ impl Case {
         }
     }
 
-    /// One iteration: (trigger to observed, the trigger call alone).
-    async fn once(self, e: &mut Env) -> (Duration, Duration) {
+    /// One iteration: (trigger to observed, the trigger call alone), and for the unmount
+    /// cases the bare listener's latency on the same trigger.
+    async fn once(
+        self,
+        e: &mut Env,
+        bare: &BareListener,
+    ) -> ((Duration, Duration), Option<Duration>) {
         match self {
-            Case::Unmount => unmount_once(e, nix::mount::MntFlags::empty()).await,
-            Case::LazyUnmount => unmount_once(e, nix::mount::MntFlags::MNT_DETACH).await,
-            Case::LossToModel => loss_to_model_once(e).await,
-            Case::LossToGone => loss_to_gone_once(e).await,
+            Case::Unmount => {
+                let (r, k) = unmount_once(e, bare, nix::mount::MntFlags::empty()).await;
+                (r, Some(k))
+            }
+            Case::LazyUnmount => {
+                let (r, k) = unmount_once(e, bare, nix::mount::MntFlags::MNT_DETACH).await;
+                (r, Some(k))
+            }
+            Case::LossToModel => (loss_to_model_once(e).await, None),
+            Case::LossToGone => (loss_to_gone_once(e).await, None),
         }
     }
 }
@@ -223,6 +315,7 @@ fn detection(c: &mut Criterion) {
         rt.block_on(stage(&mut e, vol));
     }
     let mut fillers = Fillers::new(e.dir.path());
+    let bare = BareListener::start();
 
     for count in COUNTS {
         fillers.grow_to(count);
@@ -242,13 +335,15 @@ fn detection(c: &mut Criterion) {
             Case::LossToGone,
         ] {
             let mut runs: Vec<(Duration, Duration)> = Vec::new();
+            let mut kernel: Vec<Duration> = Vec::new();
             g.bench_function(case.name(), |b| {
                 b.iter_custom(|iters| {
                     rt.block_on(async {
                         let mut total = Duration::ZERO;
                         for _ in 0..iters {
-                            let run = case.once(&mut e).await;
+                            let (run, k) = case.once(&mut e, &bare).await;
                             runs.push(run);
+                            kernel.extend(k);
                             total += run.0;
                         }
                         total
@@ -258,6 +353,20 @@ fn detection(c: &mut Criterion) {
             let id = format!("detection/{count}_mounts/{}", case.name());
             let mut all: Vec<Duration> = runs.iter().map(|r| r.0).collect();
             report(&id, &mut all);
+            if !kernel.is_empty() {
+                report(
+                    &format!("{id} [kernel: bare fanotify listener]"),
+                    &mut kernel,
+                );
+                let pct = |v: &[Duration], q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+                all.sort();
+                kernel.sort();
+                println!(
+                    "{id} [plugin / kernel]: p50 {:.1}x, p99 {:.1}x",
+                    pct(&all, 0.5).as_secs_f64() / pct(&kernel, 0.5).as_secs_f64(),
+                    pct(&all, 0.99).as_secs_f64() / pct(&kernel, 0.99).as_secs_f64()
+                );
+            }
             let mut trigger: Vec<Duration> = runs.iter().map(|r| r.1).collect();
             report(&format!("{id} [trigger call alone]"), &mut trigger);
             let later = runs.iter().filter(|r| r.0 > r.1).count();

@@ -480,11 +480,21 @@ impl Shell {
             let obs = if first { observed } else { None };
             first = false;
             let actions = self.machine.on_event_observed(ev, obs, now);
+            // The answer first: a changed condition is published before anything else is
+            // carried out (logs, Events, tasks, marks), so NodeGetVolumeStats has it as early
+            // as the machine does.
+            for a in &actions {
+                if let Action::ConditionChanged { volume_id, .. }
+                | Action::PublishConditionChanged { volume_id, .. } = a
+                {
+                    self.dirty.insert(volume_id.clone());
+                }
+            }
+            self.publish_dirty();
             for a in actions {
                 self.act(a);
             }
         }
-        self.publish_dirty();
     }
 
     fn publish_dirty(&mut self) {
@@ -520,7 +530,6 @@ impl Shell {
                         tracing::info!(volume.id = %volume_id, from, to = c.kind.as_str(), cause = %c.cause.detail, "{}", c.message);
                     }
                 }
-                self.dirty.insert(volume_id);
             }
             Action::PublishConditionChanged {
                 volume_id,
@@ -531,7 +540,6 @@ impl Shell {
                 if let Some(c) = &new {
                     tracing::debug!(volume.id = %volume_id, target = %target.display(), to = c.kind.as_str(), "{}", c.message);
                 }
-                self.dirty.insert(volume_id);
             }
             Action::PostEvent {
                 volume_id,
