@@ -17,6 +17,9 @@ use rds_types::{Health, VolumeId};
 pub struct VolumeReport {
     pub volume: Health,
     pub targets: BTreeMap<PathBuf, Health>,
+    /// When the report went into the map (set by [`Conditions::publish`]): from this instant
+    /// NodeGetVolumeStats answers it. For measuring detection, never for decisions.
+    pub published: std::time::Instant,
 }
 
 impl VolumeReport {
@@ -60,7 +63,8 @@ impl Conditions {
     /// Replace (or, with `None`, drop) a volume's report, then wake the waiters.
     pub(crate) fn publish(&self, id: &VolumeId, report: Option<VolumeReport>) {
         match report {
-            Some(r) => {
+            Some(mut r) => {
+                r.published = std::time::Instant::now();
                 self.map.insert(id.clone(), Arc::new(r));
             }
             None => {
@@ -128,6 +132,7 @@ mod tests {
             Some(VolumeReport {
                 volume: h(ConditionKind::DeviceReplaced),
                 targets: [("/pod".into(), h(ConditionKind::Healthy))].into(),
+                published: std::time::Instant::now(),
             }),
         );
         assert_eq!(
@@ -161,6 +166,7 @@ mod tests {
             Some(VolumeReport {
                 volume: h(ConditionKind::Healthy),
                 targets: [("/pod".into(), h(ConditionKind::MountMissing))].into(),
+                published: std::time::Instant::now(),
             }),
         );
         assert_eq!(w.await.unwrap().unwrap().kind, ConditionKind::MountMissing);

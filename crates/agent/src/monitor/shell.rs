@@ -509,6 +509,7 @@ impl Shell {
                     .publishes(&id)
                     .map(|(t, c)| (t.to_owned(), translate::health(c, self.wall(c.since))))
                     .collect(),
+                published: std::time::Instant::now(),
             });
             self.conditions.publish(&id, report);
         }

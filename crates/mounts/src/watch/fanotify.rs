@@ -62,6 +62,9 @@ impl Engine {
                         let batch = std::mem::take(&mut events);
                         self.fanotify_pass(&batch).await?;
                         events = batch;
+                        // Let the receiver run before anything else here: the same change
+                        // usually made mountinfo POLLPRI ready too, and its pass can wait.
+                        tokio::task::yield_now().await;
                     }
                 }
                 guard = pri.ready(Interest::PRIORITY) => {
