@@ -83,14 +83,13 @@ async fn stage(e: &mut Env, vol: &str) {
 async fn unstage(e: &mut Env, vol: &str) {
     let started = Instant::now();
     loop {
-        let r = e
-            .k
-            .node
-            .node_unstage_volume(csi::NodeUnstageVolumeRequest {
-                volume_id: vol.into(),
-                staging_target_path: e.plugin.staging_path(vol).display().to_string(),
-            })
-            .await;
+        let r =
+            e.k.node
+                .node_unstage_volume(csi::NodeUnstageVolumeRequest {
+                    volume_id: vol.into(),
+                    staging_target_path: e.plugin.staging_path(vol).display().to_string(),
+                })
+                .await;
         match r {
             Ok(_) => return,
             Err(s) if s.code() == tonic::Code::Aborted && started.elapsed() < WAIT => {

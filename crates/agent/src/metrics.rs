@@ -36,7 +36,7 @@ impl MonitorMetrics for MetricsSink {
             // Durations of attempts are recorded where they are measured (the task).
             M::Recovery {
                 result: R::Exhausted,
-            } => self.recovery_finished(rds_metrics::RecoveryResult::Exhausted, Duration::ZERO),
+            } => self.recovery_finished(R::Exhausted, Duration::ZERO),
             M::Recovery { .. } => {}
             M::StormStarted { .. } => self.mount_storm_started(),
             M::StormCleared { .. } => self.mount_storm_cleared(),
@@ -46,9 +46,9 @@ impl MonitorMetrics for MetricsSink {
 
     fn recovery_attempt(&self, succeeded: bool, elapsed: Duration) {
         let r = if succeeded {
-            rds_metrics::RecoveryResult::Succeeded
+            rds_types::RecoveryResult::Succeeded
         } else {
-            rds_metrics::RecoveryResult::Failed
+            rds_types::RecoveryResult::Failed
         };
         self.recovery_finished(r, elapsed);
     }

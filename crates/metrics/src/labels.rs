@@ -2,36 +2,12 @@
 //! typo, and so that [`crate::Metrics`] can pre-create one handle per value (a plain atomic
 //! add on the hot path, no map lookup).
 
-/// How a volume recovery ended, or that one started (`rds_csi_recoveries_total{result}`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RecoveryResult {
-    Started,
-    Succeeded,
-    Failed,
-    /// The executor gave up after its retry budget.
-    Exhausted,
-}
+/// How a volume recovery ended, or that one started: the shared vocabulary's.
+pub use rds_types::RecoveryResult;
 
-impl RecoveryResult {
-    pub const ALL: [RecoveryResult; 4] = [
-        Self::Started,
-        Self::Succeeded,
-        Self::Failed,
-        Self::Exhausted,
-    ];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Started => "started",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::Exhausted => "exhausted",
-        }
-    }
-
-    pub(crate) const fn index(self) -> usize {
-        self as usize
-    }
+/// The series slot of a result.
+pub(crate) const fn recovery_index(r: RecoveryResult) -> usize {
+    r as usize
 }
 
 /// Which watcher rescanned (`rds_csi_resyncs_total{source}`).
@@ -144,7 +120,7 @@ mod tests {
     #[test]
     fn indices_match_the_all_arrays() {
         for (i, r) in RecoveryResult::ALL.iter().enumerate() {
-            assert_eq!(r.index(), i, "{r:?} index");
+            assert_eq!(recovery_index(*r), i, "{r:?} index");
         }
         for (i, r) in ConnectResult::ALL.iter().enumerate() {
             assert_eq!(r.index(), i, "{r:?} index");

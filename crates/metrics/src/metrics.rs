@@ -12,7 +12,9 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::error::MetricsError;
-use crate::labels::{grpc_code_name, ConnectResult, RecoveryResult, ResyncReason, ResyncSource};
+use crate::labels::{
+    grpc_code_name, recovery_index, ConnectResult, RecoveryResult, ResyncReason, ResyncSource,
+};
 
 /// Prefix of every metric name (`rds_csi_…`).
 pub const PREFIX: &str = "rds_csi";
@@ -323,13 +325,13 @@ impl Metrics {
 
     /// A recovery started.
     pub fn recovery_started(&self) {
-        self.recoveries[RecoveryResult::Started.index()].inc();
+        self.recoveries[recovery_index(RecoveryResult::Started)].inc();
     }
 
     /// A recovery ended with `result` after `elapsed`. `RecoveryResult::Started` only counts
     /// (there is no duration yet); use [`Metrics::recovery_started`] for clarity.
     pub fn recovery_finished(&self, result: RecoveryResult, elapsed: Duration) {
-        self.recoveries[result.index()].inc();
+        self.recoveries[recovery_index(result)].inc();
         if result != RecoveryResult::Started {
             self.recovery_duration.observe(elapsed.as_secs_f64());
         }

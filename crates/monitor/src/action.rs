@@ -48,16 +48,8 @@ impl RecoveryReason {
 
 pub use rds_types::{EventReason, EventType};
 
-/// Outcome of one recovery attempt, for the metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RecoveryResult {
-    Started,
-    Succeeded,
-    /// One attempt failed; another is scheduled.
-    Failed,
-    /// The last attempt failed (or the executor said retrying cannot help).
-    Exhausted,
-}
+/// Outcome of one recovery attempt, for the metrics: the shared vocabulary's.
+pub use rds_types::RecoveryResult;
 
 /// Why an event changed nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

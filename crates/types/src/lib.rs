@@ -14,12 +14,14 @@ use std::str::FromStr;
 pub mod condition;
 pub mod event;
 pub mod nvme;
+pub mod recovery;
 pub mod storm;
 pub mod volume;
 
 pub use condition::{ConditionKind, Health};
 pub use event::{EventReason, EventType};
 pub use nvme::{ControllerState, NamespaceIds};
+pub use recovery::RecoveryResult;
 pub use storm::StormKey;
 pub use volume::{MountKey, VolumeId, VolumeIdError};
 
