@@ -267,6 +267,29 @@ async fn one_volume_with(
     Ok((p, k))
 }
 
+/// Wait until each of `expected` has been posted on `vol` (an Event is queued after the
+/// condition it reports is published, so a scenario waits on the Event it asserts); then the
+/// Events posted so far, by reason.
+async fn wait_reasons(
+    p: &Plugin,
+    vol: &str,
+    expected: &[rds_types::EventReason],
+) -> Result<Vec<rds_types::EventReason>, DynError> {
+    for r in expected {
+        if p.events
+            .wait_for(WAIT, |e| e.volume_id == vol && e.reason == *r)
+            .await
+            .is_none()
+        {
+            return Err(fail(format!(
+                "no {r} Event within {WAIT:?}: {:?}",
+                reasons(p, vol)
+            )));
+        }
+    }
+    Ok(reasons(p, vol))
+}
+
 /// The Events posted on `vol` so far, by reason.
 fn reasons(p: &Plugin, vol: &str) -> Vec<rds_types::EventReason> {
     p.events
@@ -384,18 +407,18 @@ async fn reconnect(t: &mut Timeline, root: &Path, same_name: bool) -> Result<(),
             if same_name { "the same" } else { "another" }
         )));
     }
-    let seen = reasons(&p, vol);
-    t.step(format!("Kubernetes Events on the PVC: {seen:?}"));
     use rds_types::EventReason as R;
-    for r in [
-        R::ConnectionFailure,
-        R::ConnectionRecovery,
-        R::RecoverySucceeded,
-    ] {
-        if !seen.contains(&r) {
-            return Err(fail(format!("no {r} Event: {seen:?}")));
-        }
-    }
+    let seen = wait_reasons(
+        &p,
+        vol,
+        &[
+            R::ConnectionFailure,
+            R::ConnectionRecovery,
+            R::RecoverySucceeded,
+        ],
+    )
+    .await?;
+    t.step(format!("Kubernetes Events on the PVC: {seen:?}"));
     let s = stats(&p, &mut k, vol, "pod").await?;
     t.step(format!("the running pod's target: {}", condition_text(&s)));
     if !s.volume_condition.is_some_and(|c| c.abnormal) {
@@ -432,10 +455,7 @@ async fn namespace_replaced(t: &mut Timeline, root: &Path) -> Result<(), DynErro
         "the plugin reconnected and refused the foreign namespace: {}",
         c.message
     ));
-    let seen = reasons(&p, vol);
-    if !seen.contains(&rds_types::EventReason::NamespaceMismatch) {
-        return Err(fail(format!("no NamespaceMismatch Event: {seen:?}")));
-    }
+    wait_reasons(&p, vol, &[rds_types::EventReason::NamespaceMismatch]).await?;
     let staging = p.staging_path(vol);
     let view = rds_mounts::MountView::read_now(Path::new("/proc"), "self")?;
     let (_, new_dev, _) = p
