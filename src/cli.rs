@@ -1,7 +1,6 @@
 //! Command line: every flag also an environment variable; defaults from [`rds_node::defaults`].
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -107,7 +106,7 @@ pub struct ServeArgs {
     #[arg(long, env = "PROC_ROOT", default_value = d::PROC_ROOT)]
     pub proc_root: PathBuf,
     /// Where udev's control socket lives (`<run-root>/udev/control`).
-    #[arg(long, env = "RUN_ROOT", default_value = "/run")]
+    #[arg(long, env = "RUN_ROOT", default_value = d::RUN_ROOT)]
     pub run_root: PathBuf,
     /// Directory holding `hostnqn` and `hostid`.
     #[arg(long, env = "NVME_CONFIG_DIR", default_value = d::NVME_CONFIG_DIR)]
@@ -135,41 +134,41 @@ pub struct ServeArgs {
     #[arg(long, env = "KMSG", default_value_t = true, action = clap::ArgAction::Set)]
     pub kmsg: bool,
     /// How long NodeStageVolume waits for the namespace's block device.
-    #[arg(long, env = "DEVICE_WAIT", value_parser = humantime::parse_duration, default_value = "30s")]
-    pub device_wait: Duration,
+    #[arg(long, env = "DEVICE_WAIT", default_value_t = d::DEVICE_WAIT.into())]
+    pub device_wait: humantime::Duration,
     /// Normal unmounts are retried this long before a lazy unmount is considered.
-    #[arg(long, env = "UNMOUNT_WAIT", value_parser = humantime::parse_duration, default_value = "10s")]
-    pub unmount_wait: Duration,
+    #[arg(long, env = "UNMOUNT_WAIT", default_value_t = d::UNMOUNT_WAIT.into())]
+    pub unmount_wait: humantime::Duration,
     /// Bound on one read of the mount table.
-    #[arg(long, env = "MOUNTINFO_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
-    pub mountinfo_timeout: Duration,
+    #[arg(long, env = "MOUNTINFO_TIMEOUT", default_value_t = d::MOUNTINFO_TIMEOUT.into())]
+    pub mountinfo_timeout: humantime::Duration,
     /// How the mount table is watched: fanotify mount events (6.15+), POLLPRI + listmount/statmount
     /// (6.8+), POLLPRI + full re-read; auto picks the best the kernel allows.
     #[arg(long, env = "MOUNT_STRATEGY", value_enum, default_value_t = MountStrategy::Auto)]
     pub mount_strategy: MountStrategy,
     /// A mount storm is flagged on either of two signals, per device or mount point. The level:
     /// this many mounts at once (cleared below 80 % of it).
-    #[arg(long, env = "STORM_THRESHOLD", default_value_t = 100)]
+    #[arg(long, env = "STORM_THRESHOLD", default_value_t = rds_mounts::storm::DEFAULT_THRESHOLD)]
     pub storm_threshold: usize,
     /// The growth: this many new mounts within --storm-growth-window, which catches a cascade
     /// before it reaches the level. Default: half of --storm-threshold; 0 turns it off.
     #[arg(long, env = "STORM_GROWTH")]
     pub storm_growth: Option<usize>,
-    #[arg(long, env = "STORM_GROWTH_WINDOW", value_parser = humantime::parse_duration, default_value = "10s")]
-    pub storm_growth_window: Duration,
+    #[arg(long, env = "STORM_GROWTH_WINDOW", default_value_t = rds_mounts::storm::DEFAULT_GROWTH_WINDOW.into())]
+    pub storm_growth_window: humantime::Duration,
     /// How long a removed namespace may take to come back (a reconnect) before the volume is
     /// reported as device gone.
-    #[arg(long, env = "GONE_GRACE", value_parser = humantime::parse_duration, default_value = "10s")]
-    pub gone_grace: Duration,
+    #[arg(long, env = "GONE_GRACE", default_value_t = rds_monitor::DEFAULT_GONE_GRACE.into())]
+    pub gone_grace: humantime::Duration,
     /// A staged device with requests in flight and none completed for this long is reported
     /// `io_stalled`.
-    #[arg(long, env = "IO_STALL_AFTER", value_parser = humantime::parse_duration, default_value = "30s")]
-    pub io_stall_after: Duration,
+    #[arg(long, env = "IO_STALL_AFTER", default_value_t = rds_monitor::DEFAULT_IO_STALL_AFTER.into())]
+    pub io_stall_after: humantime::Duration,
     /// How often the staged devices' request counters are read (for stall detection).
-    #[arg(long, env = "IO_SAMPLE_PERIOD", value_parser = humantime::parse_duration, default_value = "5s")]
-    pub io_sample_period: Duration,
+    #[arg(long, env = "IO_SAMPLE_PERIOD", default_value_t = d::IO_SAMPLE_PERIOD.into())]
+    pub io_sample_period: humantime::Duration,
     /// Recovery attempts before giving up (backoff 1s, 2s, 4s, ...).
-    #[arg(long, env = "RECOVERY_ATTEMPTS", default_value_t = 3)]
+    #[arg(long, env = "RECOVERY_ATTEMPTS", default_value_t = rds_monitor::DEFAULT_RECOVERY_ATTEMPTS)]
     pub recovery_attempts: u32,
     /// Delete the pods on this node that hold a dead filesystem so their controllers recreate
     /// them on the healed volume (off by default).
@@ -208,7 +207,7 @@ pub struct WatchArgs {
     pub sys_root: PathBuf,
     #[arg(long, env = "PROC_ROOT", default_value = d::PROC_ROOT)]
     pub proc_root: PathBuf,
-    #[arg(long, env = "RUN_ROOT", default_value = "/run")]
+    #[arg(long, env = "RUN_ROOT", default_value = d::RUN_ROOT)]
     pub run_root: PathBuf,
     #[arg(long, env = "UEVENT_SOURCE", value_enum, default_value_t = UeventSource::Auto)]
     pub uevent_source: UeventSource,
@@ -217,4 +216,69 @@ pub struct WatchArgs {
     pub mount_ns: Option<PathBuf>,
     #[arg(long, env = "MOUNT_STRATEGY", value_enum, default_value_t = MountStrategy::Auto)]
     pub mount_strategy: MountStrategy,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(extra: &[&str]) -> ServeArgs {
+        let mut argv = vec![
+            "rds-csi-node",
+            "serve",
+            "--node-id=n1",
+            "--managed-nqn-prefix=nqn.2000-02.com.mikrotik:pvc-",
+        ];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).expect("parses").command {
+            Command::Serve(a) => *a,
+            other => panic!("not serve: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_libraries_own() {
+        let a = serve(&[]);
+        let d = |h: humantime::Duration| std::time::Duration::from(h);
+        assert_eq!(d(a.device_wait), rds_node::defaults::DEVICE_WAIT);
+        assert_eq!(d(a.unmount_wait), rds_node::defaults::UNMOUNT_WAIT);
+        assert_eq!(
+            d(a.mountinfo_timeout),
+            rds_node::defaults::MOUNTINFO_TIMEOUT
+        );
+        assert_eq!(d(a.gone_grace), rds_monitor::DEFAULT_GONE_GRACE);
+        assert_eq!(d(a.io_stall_after), rds_monitor::DEFAULT_IO_STALL_AFTER);
+        assert_eq!(d(a.io_sample_period), rds_node::defaults::IO_SAMPLE_PERIOD);
+        assert_eq!(
+            d(a.storm_growth_window),
+            rds_mounts::storm::DEFAULT_GROWTH_WINDOW
+        );
+        assert_eq!(a.storm_threshold, rds_mounts::storm::DEFAULT_THRESHOLD);
+        assert_eq!(a.recovery_attempts, rds_monitor::DEFAULT_RECOVERY_ATTEMPTS);
+        assert_eq!(
+            a.run_root,
+            std::path::Path::new(rds_node::defaults::RUN_ROOT)
+        );
+    }
+
+    #[test]
+    fn durations_take_the_documented_forms() {
+        let a = serve(&["--gone-grace=1500ms", "--device-wait=2m"]);
+        assert_eq!(
+            std::time::Duration::from(a.gone_grace),
+            std::time::Duration::from_millis(1500)
+        );
+        assert_eq!(
+            std::time::Duration::from(a.device_wait),
+            std::time::Duration::from_secs(120)
+        );
+        assert!(Cli::try_parse_from([
+            "rds-csi-node",
+            "serve",
+            "--node-id=n1",
+            "--managed-nqn-prefix=nqn.2000-02.com.mikrotik:pvc-",
+            "--gone-grace=soon",
+        ])
+        .is_err());
+    }
 }

@@ -146,9 +146,9 @@ async fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error + Send + Sy
             max_volumes_per_node: a.max_volumes_per_node,
             topology_key: rds_node::defaults::TOPOLOGY_KEY.to_owned(),
             deadlines: Deadlines {
-                device_wait: a.device_wait,
-                unmount_wait: a.unmount_wait,
-                mountinfo: a.mountinfo_timeout,
+                device_wait: a.device_wait.into(),
+                unmount_wait: a.unmount_wait.into(),
+                mountinfo: a.mountinfo_timeout.into(),
                 ..Deadlines::default()
             },
         },
@@ -158,21 +158,21 @@ async fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error + Send + Sy
         mounts: {
             let mut m = rds_mounts::watch::WatcherConfig::new(a.proc_root.clone());
             m.strategy = a.mount_strategy.into();
-            m.read_timeout = a.mountinfo_timeout;
+            m.read_timeout = a.mountinfo_timeout.into();
             m.storm = rds_mounts::storm::StormConfig::with_threshold(a.storm_threshold);
             match a.storm_growth {
                 Some(0) => m.storm.growth_count = usize::MAX,
                 Some(n) => m.storm.growth_count = n,
                 None => {}
             }
-            m.storm.growth_window = a.storm_growth_window;
+            m.storm.growth_window = a.storm_growth_window.into();
             tracing::info!(level = m.storm.threshold, clear_below = m.storm.clear_below,
                 growth = m.storm.growth_count, growth_window = ?m.storm.growth_window, "mount storm signals");
             m
         },
         monitor: rds_monitor::MonitorConfig {
-            gone_grace: a.gone_grace,
-            io_stall_after: a.io_stall_after,
+            gone_grace: a.gone_grace.into(),
+            io_stall_after: a.io_stall_after.into(),
             recovery_attempts: a.recovery_attempts,
             evict_pods_on_stale: a.evict_pods_on_stale,
             ..rds_monitor::MonitorConfig::default()
@@ -181,7 +181,7 @@ async fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error + Send + Sy
             kubeconfig: a.kubeconfig.clone(),
         },
         metrics_address: a.metrics_address,
-        io_sample_period: a.io_sample_period,
+        io_sample_period: a.io_sample_period.into(),
     };
     let r = app::run(cfg, fabric, rds_node::server::shutdown_signal(), |_| {}).await;
     if let Some((task, socket)) = control {

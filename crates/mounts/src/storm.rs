@@ -21,6 +21,8 @@ use crate::table::{MountChange, MountTable};
 
 /// Default per-key mount count that makes a storm (the Go driver's seed constant).
 pub const DEFAULT_THRESHOLD: usize = 100;
+/// Default window of the growth signal.
+pub const DEFAULT_GROWTH_WINDOW: Duration = Duration::from_secs(10);
 
 /// Thresholds of the storm detector.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +53,7 @@ impl StormConfig {
             threshold,
             clear_below: (threshold * 4 / 5).max(1),
             growth_count: (threshold / 2).max(1),
-            growth_window: Duration::from_secs(10),
+            growth_window: DEFAULT_GROWTH_WINDOW,
             top: 5,
         }
     }

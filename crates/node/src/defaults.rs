@@ -9,6 +9,9 @@ pub const KUBELET_DIR: &str = "/var/lib/kubelet";
 pub const SYS_ROOT: &str = "/sys";
 pub const DEV_ROOT: &str = "/dev";
 pub const PROC_ROOT: &str = "/proc";
+pub const RUN_ROOT: &str = "/run";
+/// How often the staged devices' request counters are read (for stall detection).
+pub const IO_SAMPLE_PERIOD: Duration = Duration::from_secs(5);
 pub const NVME_CONFIG_DIR: &str = "/etc/nvme";
 /// Topology key this plugin reports in NodeGetInfo.
 pub const TOPOLOGY_KEY: &str = "topology.rds.csi.srvlab.io/node";
