@@ -339,10 +339,10 @@ async fn every_fault_reaches_kubelet_with_usage_and_an_abnormal_condition() {
     let mut seen = Vec::new();
     for (kind, cap, size) in kinds {
         let block = kind == "block";
-        // A dead path under xfs is not in the matrix: xfs sends no FAN_FS_ERROR (only ext4
-        // does), keeps its mount options and answers statvfs after it shut down, so the
-        // plugin cannot see it yet (docs/ARCHITECTURE.md, known limits). Under a raw block
-        // volume nothing reads or writes in this test, so nothing fails.
+        // A dead path under xfs is not in this matrix: xfs says so only in the kernel log,
+        // which the emulated fabric does not carry (its log is its own FIFO); the real-kernel
+        // scenario `xfs_dead_path` covers it. Under a raw block volume nothing reads or
+        // writes in this test, so nothing fails.
         let faults: &[&str] = match kind {
             "ext4" => &["port_loss", "namespace_disabled", "replaced", "dead_path"],
             _ => &["port_loss", "namespace_disabled", "replaced"],

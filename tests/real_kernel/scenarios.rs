@@ -37,6 +37,7 @@ pub const ALL: &[(&str, Run)] = &[
     scenario!(restart_while_reconnecting),
     scenario!(restart_while_deleted),
     scenario!(unstage_while_an_unmount_is_stuck),
+    scenario!(xfs_dead_path),
 ];
 
 fn st(e: tonic::Status) -> Fail {
@@ -947,5 +948,70 @@ async fn unstage_while_an_unmount_is_stuck(g: &mut Guest) -> Result<Notes, Fail>
     }
     .await;
     g.clean(vol, &[]).await;
+    r
+}
+
+/// The target's storage dies under a mounted xfs: the namespace sits on a loop device (nvmet's
+/// bdev backend) whose capacity goes to 0, so every write the host sends fails. xfs shuts the
+/// filesystem down and says so only in the kernel log (xfs sends no FAN_FS_ERROR, keeps its
+/// mount options and still answers statvfs). The plugin reads the log: the pod's target reads
+/// `filesystem_failed`, abnormal and with usage.
+async fn xfs_dead_path(g: &mut Guest) -> Result<Notes, Fail> {
+    let vol = "pvc-vm-xfsdead";
+    let file = std::path::PathBuf::from(BACKING).join(format!("{vol}.lo"));
+    let mut loop_dev = String::new();
+    let r = async {
+        std::fs::File::create(&file)
+            .and_then(|f| f.set_len(SIZE))
+            .map_err(|e| format!("creating {}: {e}", file.display()))?;
+        loop_dev = sh(&format!("losetup -f --show {}", file.display()))?
+            .trim()
+            .to_owned();
+        g.target_on_device(vol, Path::new(&loop_dev))?;
+        let ctx = Guest::context(vol, &[]);
+        g.stage(vol, xfs(), ctx.clone()).await.map_err(st)?;
+        let target = g.publish(vol, "pod-a", xfs(), ctx).await.map_err(st)?;
+        std::fs::write(target.join("before"), b"data").map_err(|e| e.to_string())?;
+        let s = g.sample(vol, &target).await?;
+        ensure!(!s.abnormal, "healthy before: {s:?}");
+        let t0 = Instant::now();
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .and_then(|f| f.set_len(0))
+            .map_err(|e| e.to_string())?;
+        sh(&format!("losetup -c {loop_dev}"))?;
+        // The pod writes and syncs: the log write fails, xfs shuts down.
+        let t = target.clone();
+        tokio::task::spawn_blocking(move || {
+            for i in 0..3 {
+                let _ = std::fs::write(t.join(format!("after-{i}")), [1u8; 4096]);
+                let _ = std::process::Command::new("sync")
+                    .arg("-f")
+                    .arg(&t)
+                    .status();
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let s = g
+            .wait_condition(vol, &target, "abnormal", |s| s.abnormal)
+            .await?;
+        ensure!(
+            s.kind == "filesystem_failed" && s.usage,
+            "after xfs shut down: {s:?}"
+        );
+        let log = sh("dmesg | grep -i 'XFS' | grep -i 'shut down' | tail -1").unwrap_or_default();
+        Ok(vec![
+            format!("{} after the device died: {}", secs(s.at - t0), s.message),
+            format!("kernel: {}", log.trim()),
+        ])
+    }
+    .await;
+    g.clean(vol, &["pod-a"]).await;
+    if !loop_dev.is_empty() {
+        let _ = sh(&format!("losetup -d {loop_dev}"));
+    }
+    let _ = std::fs::remove_file(&file);
     r
 }

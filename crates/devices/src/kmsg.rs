@@ -11,6 +11,12 @@
 //! in the emulation) and re-reads the named controller's `state` at once and a few times
 //! after, so a transition is seen in milliseconds instead of at the next periodic re-read.
 //! The log is only a hint: the state is always read from sysfs.
+//!
+//! One more thing only the log says: that xfs shut a filesystem down (a log or metadata write
+//! failed, so every operation through the mount now fails with EIO). xfs sends no
+//! `FAN_FS_ERROR` (only ext4 does), keeps its mount options and still answers statvfs; its
+//! `XFS (<dev>): Filesystem has been shut down ...` line is the kernel's only signal, and the
+//! watcher reports it as [`Hint::FsShutdown`].
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
@@ -26,6 +32,39 @@ pub struct NvmeHint {
     pub controller: Option<String>,
     /// The controller's char device, from `DEVICE=c<major>:<minor>`.
     pub dev: Option<DevNum>,
+}
+
+/// What a record tells the watcher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hint {
+    /// The NVMe core logged about a controller: re-read controller states.
+    Nvme(NvmeHint),
+    /// A filesystem on block device `device` (its kernel name) was shut down by the kernel.
+    FsShutdown { device: String, message: String },
+}
+
+/// The record's hint, if it carries one.
+pub fn parse_hint(rec: &[u8]) -> Option<Hint> {
+    parse_record(rec).map(Hint::Nvme).or_else(|| {
+        parse_fs_shutdown(rec).map(|(device, message)| Hint::FsShutdown { device, message })
+    })
+}
+
+/// `XFS (<dev>): Filesystem has been shut down due to ...` (6.x), `XFS (<dev>): Corruption of
+/// in-memory data (0x8) detected ... Shutting down filesystem`: the device's kernel name and
+/// the message.
+pub fn parse_fs_shutdown(rec: &[u8]) -> Option<(String, String)> {
+    let text = std::str::from_utf8(rec).ok()?;
+    let first = text.split('\n').next()?;
+    let message = first.split_once(';').map_or(first, |(_, m)| m);
+    let rest = message.strip_prefix("XFS (")?;
+    let (device, what) = rest.split_once("): ")?;
+    let valid = !device.is_empty()
+        && device
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let shut = what.contains("has been shut down") || what.contains("Shutting down filesystem");
+    (valid && shut).then(|| (device.to_owned(), message.to_owned()))
 }
 
 /// Parse one `/dev/kmsg` record (`prio,seq,ts,flags;message\n KEY=VALUE\n...`). `Some` when it
@@ -101,7 +140,7 @@ impl Kmsg {
 
     /// Read what is available now; the NVMe hints among it. `EPIPE` (records overwritten
     /// before we read them) is not an error: the next read continues.
-    pub fn read_hints(&mut self, out: &mut Vec<NvmeHint>) -> io::Result<()> {
+    pub fn read_hints(&mut self, out: &mut Vec<Hint>) -> io::Result<()> {
         let mut buf = [0u8; 8192];
         loop {
             match self.file.read(&mut buf) {
@@ -110,7 +149,7 @@ impl Kmsg {
                     self.pending.extend_from_slice(&buf[..n]);
                     self.split_stream(out);
                 }
-                Ok(n) => out.extend(parse_record(&buf[..n])),
+                Ok(n) => out.extend(parse_hint(&buf[..n])),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -121,7 +160,7 @@ impl Kmsg {
 
     /// A stream holds whole records: a header line, then continuation lines starting with a
     /// space; a record ends where the next header begins (or at a blank line).
-    fn split_stream(&mut self, out: &mut Vec<NvmeHint>) {
+    fn split_stream(&mut self, out: &mut Vec<Hint>) {
         let Some(last_nl) = self.pending.iter().rposition(|&b| b == b'\n') else {
             return;
         };
@@ -134,13 +173,13 @@ impl Kmsg {
                 continue;
             }
             if !rec.is_empty() {
-                out.extend(parse_record(&rec));
+                out.extend(parse_hint(&rec));
                 rec.clear();
             }
             rec.extend_from_slice(line);
         }
         if !rec.is_empty() {
-            out.extend(parse_record(&rec));
+            out.extend(parse_hint(&rec));
         }
     }
 }
@@ -197,20 +236,57 @@ mod tests {
         let mut w = OpenOptions::new().write(true).open(&p).unwrap();
         use std::io::Write;
         let text = format!(
-            "{}{}{}",
+            "{}{}{}{}",
             format_record(
                 1,
                 "nvme nvme3: starting error recovery",
                 Some(DevNum::new(240, 3))
             ),
             format_record(2, "unrelated line", None),
-            format_record(3, "nvme nvme4: Removing ctrl", None)
+            format_record(3, "nvme nvme4: Removing ctrl", None),
+            format_record(
+                4,
+                "XFS (nvme4n1): Filesystem has been shut down due to log error (0x2).",
+                None
+            )
         );
         w.write_all(text.as_bytes()).unwrap();
         let mut hints = Vec::new();
         k.read_hints(&mut hints).unwrap();
-        let names: Vec<_> = hints.iter().filter_map(|h| h.controller.clone()).collect();
+        let nvme: Vec<&NvmeHint> = hints
+            .iter()
+            .filter_map(|h| match h {
+                Hint::Nvme(n) => Some(n),
+                _ => None,
+            })
+            .collect();
+        let names: Vec<_> = nvme.iter().filter_map(|h| h.controller.clone()).collect();
         assert_eq!(names, vec!["nvme3", "nvme4"]);
-        assert_eq!(hints[0].dev, Some(DevNum::new(240, 3)));
+        assert_eq!(nvme[0].dev, Some(DevNum::new(240, 3)));
+        assert!(
+            matches!(hints.last(), Some(Hint::FsShutdown { device, .. }) if device == "nvme4n1")
+        );
+    }
+
+    #[test]
+    fn an_xfs_shutdown_names_its_device() {
+        // As 6.12 and 6.18 print them (measured: a loop device whose capacity went to 0).
+        for (line, dev) in [
+            ("3,801,4275600796,-;XFS (loop0): Filesystem has been shut down due to log error (0x2).", "loop0"),
+            ("2,9,1,-;XFS (nvme0n1): Corruption of in-memory data (0x8) detected at xfs_trans_cancel+0x1 (fs/xfs/xfs_trans.c:1098).  Shutting down filesystem.", "nvme0n1"),
+            ("3,10,1,-;XFS (dm-3): Filesystem has been shut down due to log error (0x2).", "dm-3"),
+        ] {
+            let (d, _) = parse_fs_shutdown(line.as_bytes()).unwrap_or_else(|| panic!("{line}"));
+            assert_eq!(d, dev);
+        }
+        for line in [
+            "4,5,1,-;XFS (loop0): log I/O error -5",
+            "4,6,1,-;XFS (loop0): Please unmount the filesystem and rectify the problem(s)",
+            "6,7,1,-;XFS (loop0): Mounting V5 Filesystem",
+            "6,8,1,-;XFS (../x): Filesystem has been shut down",
+            "6,8,1,-;EXT4-fs (loop0): Filesystem has been shut down",
+        ] {
+            assert_eq!(parse_fs_shutdown(line.as_bytes()), None, "{line}");
+        }
     }
 }

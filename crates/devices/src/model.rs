@@ -161,6 +161,13 @@ pub enum DeviceEvent {
         new: Box<BlockInfo>,
     },
     BlockRemoved(BlockInfo),
+    /// The kernel log says a filesystem on block device `name` (`dev`) was shut down: every
+    /// operation through its mounts fails (xfs; see [`crate::kmsg`]).
+    FilesystemShutDown {
+        name: String,
+        dev: DevNum,
+        message: String,
+    },
     /// Events were lost (netlink `ENOBUFS`); a resync follows.
     Overflow,
     /// The model was reconciled with a full scan; the events before this one brought it up

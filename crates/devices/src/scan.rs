@@ -36,6 +36,11 @@ pub struct SysfsReader {
 }
 
 impl SysfsReader {
+    /// The sysfs root this reader reads under.
+    pub fn sys_root(&self) -> &std::path::Path {
+        &self.sys
+    }
+
     pub fn new(sys_root: impl Into<PathBuf>) -> Self {
         Self {
             sys: sys_root.into(),

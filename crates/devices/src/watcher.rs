@@ -345,7 +345,7 @@ const BURST_PERIOD: Duration = Duration::from_millis(20);
 const BURST_FOR: Duration = Duration::from_millis(600);
 
 impl crate::kmsg::Kmsg {
-    fn hints(&mut self) -> Vec<crate::kmsg::NvmeHint> {
+    fn hints(&mut self) -> Vec<crate::kmsg::Hint> {
         let mut out = Vec::new();
         if let Err(e) = self.read_hints(&mut out) {
             debug!(error = %e, "reading the kernel log");
@@ -363,7 +363,7 @@ impl std::os::fd::AsRawFd for crate::kmsg::Kmsg {
 /// Readable kernel log, or never.
 async fn kmsg_ready(
     k: &mut Option<tokio::io::unix::AsyncFd<crate::kmsg::Kmsg>>,
-) -> Vec<crate::kmsg::NvmeHint> {
+) -> Vec<crate::kmsg::Hint> {
     match k {
         Some(k) => match k.readable_mut().await {
             Ok(mut g) => {
@@ -399,8 +399,19 @@ impl Task {
             tokio::select! {
                 biased;
                 hints = kmsg_ready(&mut self.kmsg) => {
-                    if !hints.is_empty() {
-                        debug!(?hints, "kernel log: NVMe controller message");
+                    let mut nvme = false;
+                    for h in hints {
+                        match h {
+                            crate::kmsg::Hint::Nvme(n) => {
+                                debug!(hint = ?n, "kernel log: NVMe controller message");
+                                nvme = true;
+                            }
+                            crate::kmsg::Hint::FsShutdown { device, message } => {
+                                self.fs_shutdown(device, message);
+                            }
+                        }
+                    }
+                    if nvme {
                         self.recheck_states().await;
                         self.burst_until = Some(tokio::time::Instant::now() + BURST_FOR);
                     }
@@ -554,6 +565,34 @@ impl Task {
     /// Queues events without ever waiting: a slow or absent reader must not stall the model
     /// (the resolver answers CSI calls from it). When the channel is full, events are dropped
     /// and counted; a [`DeviceEvent::Lagged`] marker goes out as soon as there is room.
+    /// The kernel shut a filesystem down on block device `device`: its number from sysfs
+    /// (`class/block/<name>/dev`; the name comes from the log, so it is checked first).
+    fn fs_shutdown(&mut self, device: String, message: String) {
+        let path = self
+            .reader
+            .sys_root()
+            .join("class/block")
+            .join(&device)
+            .join("dev");
+        match std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse::<DevNum>().ok())
+        {
+            Some(dev) => self.emit(vec![DeviceEvent::FilesystemShutDown {
+                name: device,
+                dev,
+                message,
+            }]),
+            None => {
+                warn!(
+                    device,
+                    message,
+                    "kernel log: a filesystem was shut down on a device sysfs does not know"
+                )
+            }
+        }
+    }
+
     fn emit(&mut self, events: Vec<DeviceEvent>) {
         for ev in events {
             log_event(&ev);
@@ -637,6 +676,9 @@ fn log_event(ev: &DeviceEvent) {
         }
         DeviceEvent::BlockChanged { new, .. } => {
             debug!(name = %new.name, dev = %new.identity.dev, "block device changed")
+        }
+        DeviceEvent::FilesystemShutDown { name, dev, message } => {
+            warn!(name = %name, dev = %dev, message = %message, "kernel log: filesystem shut down")
         }
         DeviceEvent::Overflow | DeviceEvent::Resynced | DeviceEvent::Lagged { .. } => {}
     }

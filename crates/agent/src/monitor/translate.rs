@@ -74,6 +74,13 @@ pub fn device_event(ev: &DeviceEvent) -> Option<MonitorEvent> {
             nqn: Nqn::parse(&c.subsysnqn).ok()?,
             controller: c.name.clone(),
         },
+        // The kernel shut the filesystem down (xfs says so only in its log): the same fact as
+        // a FAN_FS_ERROR of ext4, every operation through the mount fails with EIO.
+        DeviceEvent::FilesystemShutDown { dev, .. } => MonitorEvent::FsError {
+            dev: *dev,
+            errno: libc::EIO,
+            count: 1,
+        },
         _ => return None,
     })
 }

@@ -194,6 +194,23 @@ impl Guest {
         Ok(())
     }
 
+    /// Like [`Self::target`], with the namespace on block device `device`.
+    pub fn target_on_device(&self, vol: &str, device: &Path) -> Result<(), Fail> {
+        let nqn = Self::nqn(vol);
+        self.nvmet
+            .add_subsystem_on_device(&nqn, device)
+            .map_err(|e| e.to_string())?;
+        self.nvmet
+            .expose(&nqn, PORT_A.0)
+            .map_err(|e| e.to_string())?;
+        self.api.add_pv(
+            vol,
+            &format!("uid-{vol}"),
+            Some((CLAIM_NS, &claim_of(vol), &format!("claim-uid-{vol}"))),
+        );
+        Ok(())
+    }
+
     pub fn context(vol: &str, extra: &[(&str, &str)]) -> HashMap<String, String> {
         let mut c = harness::volume_context(vol);
         c.insert("reconnectDelay".into(), "1".into());

@@ -110,6 +110,19 @@ impl Nvmet {
         self.add_namespace(nqn, 1, backing, size, uuid)
     }
 
+    /// A subsystem whose namespace 1 is block device `device` (nvmet's bdev backend: the
+    /// host's I/O fails when the device does).
+    pub fn add_subsystem_on_device(&self, nqn: &str, device: &Path) -> io::Result<String> {
+        let s = self.subsystem(nqn);
+        mkdir(&s)?;
+        write(&s.join("attr_allow_any_host"), "1")?;
+        let n = self.namespace(nqn, 1);
+        mkdir(&n)?;
+        write(&n.join("device_path"), &device.display().to_string())?;
+        write(&n.join("enable"), "1")?;
+        read(&n.join("device_uuid"))
+    }
+
     /// Create (disabled, configured, then enabled) namespace `nsid` on a new file.
     pub fn add_namespace(
         &self,
