@@ -957,13 +957,14 @@ fn cluster_mode_connections_outlive_the_fabric_and_are_adopted_by_the_next() {
     rds_testkit::require_private_namespaces();
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (nqn("survives"), nqn("reused-meanwhile"));
-    let (dev_a, seq_a, loop_b) = {
+    let (dev_a, seq_a, loop_b, name_b) = {
         let f = EmulatedFabric::new(cluster_config(dir.path())).unwrap();
         f.connect(&request(&a)).unwrap();
         f.connect(&request(&b)).unwrap();
         f.lose_port(&a).unwrap();
         let (_, dev, seq) = f.namespace_of(&a).unwrap();
-        (dev, seq, f.loop_of(&b).unwrap())
+        let (name_b, _, _) = f.namespace_of(&b).unwrap();
+        (dev, seq, f.loop_of(&b).unwrap(), name_b)
         // Dropped: a plugin restart. The kernel keeps its controllers.
     };
     // Someone detaches b's loop device while no plugin runs: its binding is not ours anymore.
@@ -973,6 +974,10 @@ fn cluster_mode_connections_outlive_the_fabric_and_are_adopted_by_the_next() {
         .status()
         .unwrap();
     assert!(st.success());
+    // And someone put a file of their own where b's node was: it is not ours to remove.
+    let node_b = dir.path().join("dev").join(&name_b);
+    std::fs::remove_file(&node_b).unwrap();
+    std::fs::write(&node_b, b"not a device node").unwrap();
 
     let f = EmulatedFabric::new(cluster_config(dir.path())).unwrap();
     let (name, dev, seq) = f.namespace_of(&a).expect("a's namespace adopted");
@@ -992,6 +997,11 @@ fn cluster_mode_connections_outlive_the_fabric_and_are_adopted_by_the_next() {
         "a namespace whose loop device was detached meanwhile is gone, not someone else's"
     );
     assert!(f.controller_of(&b).is_some(), "its controller stays");
+    assert_eq!(
+        std::fs::read(&node_b).unwrap(),
+        b"not a device node",
+        "only a block node of the namespace's own number is removed"
+    );
     // The adopted connection behaves like any other: the port comes back, then a disconnect
     // detaches the loop device.
     f.restore_port(&a).unwrap();
@@ -1000,11 +1010,18 @@ fn cluster_mode_connections_outlive_the_fabric_and_are_adopted_by_the_next() {
     for n in [&a, &b] {
         f.disconnect(&f.controller_of(n).unwrap()).unwrap();
     }
-    assert!(
-        !Path::new("/sys/block")
+    // Another test may take the freed number at once: what matters is that it no longer
+    // carries a's image.
+    let image_a = dir.path().join("targets").join(format!("{a}.img"));
+    let bound_to = std::fs::read_to_string(
+        Path::new("/sys/block")
             .join(&loop_a)
-            .join("loop/backing_file")
-            .exists(),
+            .join("loop/backing_file"),
+    )
+    .unwrap_or_default();
+    assert_ne!(
+        Path::new(bound_to.trim()),
+        image_a,
         "the adopted loop device is detached on disconnect"
     );
 }

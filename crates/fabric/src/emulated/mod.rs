@@ -181,6 +181,8 @@ struct State {
 struct Locked<'a> {
     guard: MutexGuard<'a, State>,
     inner: &'a Inner,
+    /// The state was borrowed mutably: it may have changed (readers cost no snapshot).
+    touched: bool,
 }
 
 impl Deref for Locked<'_> {
@@ -192,13 +194,14 @@ impl Deref for Locked<'_> {
 
 impl DerefMut for Locked<'_> {
     fn deref_mut(&mut self) -> &mut State {
+        self.touched = true;
         &mut self.guard
     }
 }
 
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
-        let Some(path) = &self.inner.cfg.persist else {
+        let Some(path) = self.inner.cfg.persist.as_ref().filter(|_| self.touched) else {
             return;
         };
         let text = persist::encode(&snapshot(&self.guard));
@@ -241,6 +244,7 @@ fn snapshot(st: &State) -> persist::Saved {
                         name: n.name.clone(),
                         path_disk: n.path_disk.clone(),
                         loop_number: n.loop_dev.number(),
+                        dev: n.loop_dev.dev_num().to_string(),
                         diskseq: n.loop_dev.diskseq().0,
                         devpath: n.devpath.clone(),
                         uuid: n.uuid.clone(),
@@ -908,7 +912,13 @@ impl Inner {
                                     let _ = self.tree.remove_disk(p);
                                 }
                                 let _ = self.tree.remove_disk(&n.name);
-                                let _ = std::fs::remove_file(self.cfg.dev_root.join(&n.name));
+                                // Only the node we made: a block node of this number.
+                                if let Ok(dev) = n.dev.parse::<DevNum>() {
+                                    let node = self.cfg.dev_root.join(&n.name);
+                                    if let Err(e) = remove_node_if_ours(&node, dev) {
+                                        tracing::warn!(node = %node.display(), error = %e, "removing the gone namespace's node");
+                                    }
+                                }
                                 None
                             }
                         }
@@ -1011,6 +1021,7 @@ impl Inner {
         Locked {
             guard: self.state.lock().unwrap_or_else(|p| p.into_inner()),
             inner: self,
+            touched: false,
         }
     }
 

@@ -56,6 +56,8 @@ pub struct SavedNs {
     pub path_disk: Option<String>,
     /// The `N` of the `loopN` that carries the namespace.
     pub loop_number: u32,
+    /// Its `major:minor`, which the namespace's device node carries.
+    pub dev: String,
     /// The binding's diskseq: the loop device is taken over only while it still has it.
     pub diskseq: u64,
     pub devpath: String,
@@ -129,6 +131,7 @@ mod tests {
                         name: "nvme0n1".into(),
                         path_disk: Some("nvme0c0n1".into()),
                         loop_number: 7,
+                        dev: "7:7".into(),
                         diskseq: 99,
                         devpath: "/devices/virtual/nvme-subsystem/nvme-subsys0/nvme0n1".into(),
                         uuid: "u".into(),

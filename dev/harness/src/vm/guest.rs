@@ -183,25 +183,21 @@ impl Guest {
         self.nvmet
             .add_subsystem(&nqn, &Self::backing(vol), SIZE, None)
             .map_err(|e| e.to_string())?;
-        self.nvmet
-            .expose(&nqn, PORT_A.0)
-            .map_err(|e| e.to_string())?;
-        self.api.add_pv(
-            vol,
-            &format!("uid-{vol}"),
-            Some((CLAIM_NS, &claim_of(vol), &format!("claim-uid-{vol}"))),
-        );
-        Ok(())
+        self.expose_with_pv(vol)
     }
 
     /// Like [`Self::target`], with the namespace on block device `device`.
     pub fn target_on_device(&self, vol: &str, device: &Path) -> Result<(), Fail> {
-        let nqn = Self::nqn(vol);
         self.nvmet
-            .add_subsystem_on_device(&nqn, device)
+            .add_subsystem_on_device(&Self::nqn(vol), device)
             .map_err(|e| e.to_string())?;
+        self.expose_with_pv(vol)
+    }
+
+    /// The subsystem of `vol` on port A, and its PV/PVC in the API server.
+    fn expose_with_pv(&self, vol: &str) -> Result<(), Fail> {
         self.nvmet
-            .expose(&nqn, PORT_A.0)
+            .expose(&Self::nqn(vol), PORT_A.0)
             .map_err(|e| e.to_string())?;
         self.api.add_pv(
             vol,
