@@ -137,6 +137,12 @@ impl Cluster {
         )
     }
 
+    /// Wait until the condition at `path` is abnormal; kubelet's rule: it carries usage.
+    async fn abnormal_with_usage(&mut self, vol: &str, path: &Path, what: &str) {
+        let s = self.wait(vol, path, what, |s| s.abnormal).await;
+        assert!(s.usage, "{vol}: usage with every abnormal condition: {s:?}");
+    }
+
     async fn wait_event(&self, vol: &str, reason: &str) -> (String, String) {
         let started = Instant::now();
         while started.elapsed() < WAIT {
@@ -276,12 +282,8 @@ async fn serve_fabric_emulated_stages_volumes_and_plays_every_fault_from_the_com
     // lose / restore: the controller reconnects on the same device.
     let first_loop = field(&line, "loop").to_owned();
     c.fabric_ok("lose", Some(fs));
-    let s = c
-        .wait(fs, &staging, "abnormal while the port is gone", |s| {
-            s.abnormal
-        })
+    c.abnormal_with_usage(fs, &staging, "abnormal while the port is gone")
         .await;
-    assert!(s.usage, "usage with every abnormal condition: {s:?}");
     assert!(c.listed(fs).contains("state=connecting"));
     c.fabric_ok("restore", Some(fs));
     c.wait(fs, &staging, "healthy again", ok).await;
@@ -302,12 +304,8 @@ async fn serve_fabric_emulated_stages_volumes_and_plays_every_fault_from_the_com
         cut_off(&first_loop),
         "the deleted namespace's old device must stop working, as the kernel's does"
     );
-    let s = c
-        .wait(fs, &staging, "abnormal with the controller deleted", |s| {
-            s.abnormal
-        })
+    c.abnormal_with_usage(fs, &staging, "abnormal with the controller deleted")
         .await;
-    assert!(s.usage, "{s:?}");
     // The target comes back: the plugin's reconnect (it keeps retrying) finds it.
     c.fabric_ok("restore", Some(fs));
     c.wait_event(fs, "RecoverySucceeded").await;
@@ -353,33 +351,18 @@ async fn serve_fabric_emulated_stages_volumes_and_plays_every_fault_from_the_com
     // kill-path: every I/O through the mount fails; the filesystem says so.
     c.fabric_ok("kill-path", Some(fs));
     let t = target.clone();
-    tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::File::create(t.join("after")) {
-            let _ = f.write_all(&[1u8; 8192]);
-            let _ = f.sync_all();
-        }
-    })
-    .await
-    .unwrap();
-    let s = c
-        .wait(fs, &target, "abnormal once the path died", |s| s.abnormal)
+    tokio::task::spawn_blocking(move || rds_testkit::pod_writes(&t, "after"))
+        .await
+        .unwrap();
+    c.abnormal_with_usage(fs, &target, "abnormal once the path died")
         .await;
-    assert!(s.usage, "{s:?}");
 
     // replace: another volume behind the NQN, seen at the next reconnect.
     c.fabric_ok("replace", Some(fs));
     c.fabric_ok("lose", Some(fs));
     c.fabric_ok("restore", Some(fs));
-    let s = c
-        .wait(
-            fs,
-            &staging,
-            "abnormal once the namespace was replaced",
-            |s| s.abnormal,
-        )
+    c.abnormal_with_usage(fs, &staging, "abnormal once the namespace was replaced")
         .await;
-    assert!(s.usage, "{s:?}");
 
     // ---- a raw block volume sized by its volume context ----
     let blk = "pvc-cluster-blk";
@@ -399,22 +382,14 @@ async fn serve_fabric_emulated_stages_volumes_and_plays_every_fault_from_the_com
         .await;
     c.wait(blk, &dev_target, "healthy", ok).await;
     c.fabric_ok("lose", Some(blk));
-    let s = c
-        .wait(blk, &dev_target, "abnormal while the port is gone", |s| {
-            s.abnormal
-        })
+    c.abnormal_with_usage(blk, &dev_target, "abnormal while the port is gone")
         .await;
-    assert!(s.usage, "{s:?}");
     c.fabric_ok("restore", Some(blk));
     c.wait(blk, &dev_target, "healthy again", ok).await;
     // disable / enable the namespace.
     c.fabric_ok("disable-namespace", Some(blk));
-    let s = c
-        .wait(blk, &dev_target, "abnormal without its namespace", |s| {
-            s.abnormal
-        })
+    c.abnormal_with_usage(blk, &dev_target, "abnormal without its namespace")
         .await;
-    assert!(s.usage, "{s:?}");
     c.fabric_ok("enable-namespace", Some(blk));
     // reconnect and unexport act on the live controller.
     c.fabric_ok("reconnect", Some(blk));

@@ -184,15 +184,9 @@ async fn stats_replies_pass_kubelets_rule_healthy_and_abnormal() {
         .kill_path(&nqn_for(vol))
         .expect("kill the path");
     let t = target.clone();
-    tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::File::create(t.join("after.txt")) {
-            let _ = f.write_all(&[1u8; 8192]);
-            let _ = f.sync_all();
-        }
-    })
-    .await
-    .unwrap();
+    tokio::task::spawn_blocking(move || rds_testkit::pod_writes(&t, "after.txt"))
+        .await
+        .unwrap();
     e.wait_at(vol, &target, |c| c.kind.as_str() == "filesystem_failed")
         .await
         .expect("filesystem_failed");
@@ -394,15 +388,9 @@ async fn every_fault_reaches_kubelet_with_usage_and_an_abnormal_condition() {
                 "dead_path" => {
                     f.kill_path(&nqn).unwrap();
                     let t = target.clone();
-                    tokio::task::spawn_blocking(move || {
-                        use std::io::Write;
-                        if let Ok(mut w) = std::fs::File::create(t.join("after")) {
-                            let _ = w.write_all(&[1u8; 8192]);
-                            let _ = w.sync_all();
-                        }
-                    })
-                    .await
-                    .unwrap();
+                    tokio::task::spawn_blocking(move || rds_testkit::pod_writes(&t, "after"))
+                        .await
+                        .unwrap();
                 }
                 _ => unreachable!(),
             }

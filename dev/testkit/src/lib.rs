@@ -120,3 +120,14 @@ pub fn umount_as_admin(path: &std::path::Path) -> nix::Result<()> {
         }
     }
 }
+
+/// What a pod does on a volume whose device may have died: write 8 KiB to `dir/name` and
+/// fsync it, errors ignored (they are the point: the filesystem notices on this I/O).
+/// Blocking: call it off the runtime.
+pub fn pod_writes(dir: &std::path::Path, name: &str) {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::File::create(dir.join(name)) {
+        let _ = f.write_all(&[1u8; 8192]);
+        let _ = f.sync_all();
+    }
+}
