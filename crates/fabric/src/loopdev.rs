@@ -308,6 +308,25 @@ impl LoopControl {
                 found,
             });
         }
+        // And still bound to that file (the diskseq changes on detach; this says so directly).
+        let attr = self
+            .sys_root
+            .join("block")
+            .join(format!("loop{number}"))
+            .join("loop/backing_file");
+        let bound = std::fs::read_to_string(&attr).map_err(|e| LoopError::io("read", &attr, e))?;
+        let expected = std::fs::canonicalize(backing).unwrap_or_else(|_| backing.to_owned());
+        if Path::new(bound.trim()) != expected {
+            return Err(LoopError::io(
+                "adopt",
+                &path,
+                io::Error::other(format!(
+                    "bound to {}, not {}",
+                    bound.trim(),
+                    expected.display()
+                )),
+            ));
+        }
         let mut device = LoopDevice {
             number,
             path,
