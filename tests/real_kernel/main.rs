@@ -213,6 +213,56 @@ fn check_fixture(recorded: &Path) -> bool {
     true
 }
 
+/// Says where the guest is stuck when a scenario outlives its timeout without the timeout
+/// firing (a kernel call that blocks the runtime's thread, so the whole VM would just run
+/// out of time): a thread of its own prints the blocked tasks (sysrq `w`, into the kernel
+/// log) and this process's kernel stacks, once per scenario, into the log the host shows.
+struct Watchdog {
+    armed: std::sync::Arc<std::sync::Mutex<Option<(&'static str, Instant)>>>,
+}
+
+impl Watchdog {
+    fn start(after: Duration) -> Self {
+        let armed = std::sync::Arc::new(std::sync::Mutex::new(None::<(&'static str, Instant)>));
+        let a = armed.clone();
+        std::thread::spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(5));
+            let due = {
+                let mut g = a.lock().unwrap_or_else(|p| p.into_inner());
+                match *g {
+                    Some((name, at)) if at.elapsed() > after => {
+                        *g = None;
+                        Some(name)
+                    }
+                    _ => None,
+                }
+            };
+            let Some(name) = due else { continue };
+            eprintln!(
+                "real_kernel watchdog: {name} is still running after {after:?}; where it waits:"
+            );
+            let _ = std::fs::write("/proc/sysrq-trigger", b"w");
+            if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+                for t in tasks.flatten() {
+                    let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+                    let stack = std::fs::read_to_string(t.path().join("stack")).unwrap_or_default();
+                    if !stack.trim().is_empty() {
+                        eprintln!("  task {:?} ({}):\n{stack}", t.file_name(), comm.trim());
+                    }
+                }
+            }
+            if let Ok(o) = std::process::Command::new("dmesg").output() {
+                eprintln!("{}", vm::tail(&String::from_utf8_lossy(&o.stdout), 8000));
+            }
+        });
+        Self { armed }
+    }
+
+    fn arm(&self, name: &'static str) {
+        *self.armed.lock().unwrap_or_else(|p| p.into_inner()) = Some((name, Instant::now()));
+    }
+}
+
 fn guest(names: &[&str]) -> ExitCode {
     let out = PathBuf::from(std::env::var("RDS_VM_OUT").unwrap_or_else(|_| "/tmp".into()));
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -235,11 +285,13 @@ fn guest(names: &[&str]) -> ExitCode {
             }
         };
         let mut outcomes = Vec::new();
+        let watchdog = Watchdog::start(Duration::from_secs(250));
         for (name, run) in scenarios::ALL {
             if !names.contains(name) {
                 continue;
             }
             println!("=== {name}");
+            watchdog.arm(name);
             let started = Instant::now();
             let r = tokio::time::timeout(Duration::from_secs(240), run(&mut g)).await;
             let r = match r {

@@ -25,6 +25,7 @@ pub mod nvmet;
 pub mod plugin;
 pub mod uevents;
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -120,6 +121,8 @@ pub fn boot(dir: &Path, script: &str, timeout: Duration) -> Result<VmRun, VmErro
         .arg("--exec")
         .arg(format!("bash {}", script_path.display()))
         .current_dir(dir)
+        // Its own process group: on a timeout the whole VM goes (vng, then qemu under it).
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(dir.join("console.txt"))?)
         .stderr(std::fs::File::create(dir.join("console.err"))?)
@@ -143,6 +146,13 @@ pub fn boot(dir: &Path, script: &str, timeout: Duration) -> Result<VmRun, VmErro
                 });
             }
             None if started.elapsed() > timeout => {
+                // vng is a Python wrapper: killing it alone leaves qemu running.
+                if let Ok(pid) = i32::try_from(child.id()) {
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(VmError::Timeout(timeout));
