@@ -201,5 +201,42 @@ fn bench_readopt(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_mixed, bench_readopt);
+/// The path the detection bench times inside the machine: one staged volume's own staging
+/// mount detached (→ `mount_missing`, with its Event and recovery timer) and attached again
+/// (→ healthy), with 10,000 mounts and a level storm on an unrelated device in the facts.
+fn bench_own_detach(c: &mut Criterion) {
+    let mut m = populated();
+    let mut now = m.now();
+    m.on_event(
+        MonitorEvent::MountStorm {
+            key: StormKey::Device(DevNum::new(0, 1)),
+            count: 2_500,
+            message: "a storm on an unrelated device".into(),
+        },
+        now,
+    );
+    let v = 17;
+    let mut g = c.benchmark_group("state_machine");
+    g.throughput(Throughput::Elements(2));
+    g.bench_function(
+        "own_staging_mount_detach_and_back_1k_volumes_10k_mounts",
+        |b| {
+            b.iter(|| {
+                now = now.saturating_add(Duration::from_micros(100));
+                let a = m.on_event(
+                    MonitorEvent::MountDetached {
+                        id: u64::from(v) + 1,
+                    },
+                    now,
+                );
+                now = now.saturating_add(Duration::from_micros(100));
+                let b = m.on_event(MonitorEvent::MountAttached(staging_mount(v)), now);
+                black_box(a.len() + b.len())
+            })
+        },
+    );
+    g.finish();
+}
+
+criterion_group!(benches, bench_mixed, bench_readopt, bench_own_detach);
 criterion_main!(benches);

@@ -1,7 +1,10 @@
 //! The kernel facts the machine has accumulated: mount table, namespaces, controllers,
 //! storms. Updated by events; read by the pure evaluation.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+// Facts are looked up on every event: a fast hasher, seeded per process.
+use foldhash::HashMap;
 use std::path::Path;
 
 use rds_types::{BlockIdentity, Nqn};
@@ -194,12 +197,21 @@ impl Facts {
         if let Some(s) = self.storms.get(&key) {
             return Some((key, s));
         }
+        // Storms are few (each needs a hundred mounts): scanning them beats hashing every
+        // ancestor of every path. The deepest storm at or above a path is the longest one.
         for p in paths {
-            for a in p.ancestors() {
-                let key = StormKey::MountPoint(a.to_path_buf());
-                if let Some(s) = self.storms.get(&key) {
-                    return Some((key, s));
-                }
+            let deepest = self
+                .storms
+                .iter()
+                .filter_map(|(k, s)| match k {
+                    StormKey::MountPoint(m) if p.starts_with(m) => {
+                        Some((m.as_os_str().len(), k, s))
+                    }
+                    _ => None,
+                })
+                .max_by_key(|(len, _, _)| *len);
+            if let Some((_, k, s)) = deepest {
+                return Some((k.clone(), s));
             }
         }
         None
@@ -268,5 +280,51 @@ impl Facts {
                 self.controllers.remove(nqn);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn storm(n: u64) -> Storm {
+        Storm {
+            count: n,
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn storm_for_finds_the_device_then_the_deepest_storm_at_or_above_a_path() {
+        let mut f = Facts::default();
+        let dev = rds_types::DevNum::new(259, 1);
+        assert!(f.storm_for(&dev, [Path::new("/a/b/c")]).is_none());
+        f.storms
+            .insert(StormKey::MountPoint(PathBuf::from("/a")), storm(1));
+        f.storms
+            .insert(StormKey::MountPoint(PathBuf::from("/a/b")), storm(2));
+        f.storms
+            .insert(StormKey::MountPoint(PathBuf::from("/x/y")), storm(3));
+        fn at(f: &Facts, dev: &rds_types::DevNum, p: &str) -> Option<u64> {
+            f.storm_for(dev, [Path::new(p)]).map(|(_, s)| s.count)
+        }
+        assert_eq!(at(&f, &dev, "/a/b/c"), Some(2));
+        assert_eq!(at(&f, &dev, "/a/b"), Some(2));
+        // Component-wise: /a/bc is under /a, not under /a/b.
+        assert_eq!(at(&f, &dev, "/a/bc"), Some(1));
+        assert_eq!(at(&f, &dev, "/x"), None);
+        assert_eq!(at(&f, &dev, "/z/a/b"), None);
+        // The first path with a storm wins, as given.
+        let first = f
+            .storm_for(
+                &dev,
+                [Path::new("/q"), Path::new("/x/y/z"), Path::new("/a/b")],
+            )
+            .map(|(_, s)| s.count);
+        assert_eq!(first, Some(3));
+        // A storm on the device itself comes before any path.
+        f.storms.insert(StormKey::Device(dev), storm(4));
+        assert_eq!(at(&f, &dev, "/a/b/c"), Some(4));
     }
 }

@@ -1,7 +1,9 @@
 //! The monitor: owns the facts and the volumes, re-evaluates what each event touches, and
 //! turns condition changes into actions. Event application is in `apply.rs`.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
+
+use foldhash::HashMap;
 use std::path::Path;
 
 use rds_types::{DevNum, Nqn};
@@ -55,7 +57,7 @@ impl Monitor {
             config,
             now: Timestamp::ZERO,
             facts: Facts::default(),
-            volumes: HashMap::new(),
+            volumes: HashMap::default(),
             by_nqn: Index::default(),
             by_dev: Index::default(),
             by_mount: Index::default(),

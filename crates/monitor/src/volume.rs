@@ -1,7 +1,9 @@
 //! Per-volume state: the record made at stage time, what has been observed about it since,
 //! its publishes and its current condition.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+use foldhash::HashMap;
 use std::path::PathBuf;
 
 use rds_types::{BlockIdentity, DevNum, NamespaceIds, Nqn};
@@ -99,7 +101,7 @@ pub(crate) struct Index<K: std::hash::Hash + Eq> {
 impl<K: std::hash::Hash + Eq> Default for Index<K> {
     fn default() -> Self {
         Self {
-            map: HashMap::new(),
+            map: HashMap::default(),
         }
     }
 }

@@ -114,6 +114,56 @@ struct Episode {
     peak: usize,
 }
 
+/// What one change does to one storm key: the detector's whole input from a change.
+#[derive(Debug, Clone)]
+pub struct Touch {
+    key: StormKey,
+    growth: Growth,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Growth {
+    Added,
+    Removed,
+    Same,
+}
+
+/// The storm keys a batch of changes touches, and how (cheap: a device number and a path per
+/// change).
+pub fn touches(changes: &[MountChange]) -> Vec<Touch> {
+    let mut out = Vec::with_capacity(changes.len() * 2);
+    for c in changes {
+        let m = c.mount();
+        let growth = match c {
+            MountChange::Attached(_) => Growth::Added,
+            MountChange::Detached(_) => Growth::Removed,
+            MountChange::Changed { .. } => Growth::Same,
+        };
+        out.push(Touch {
+            key: StormKey::Device(m.dev),
+            growth,
+        });
+        out.push(Touch {
+            key: StormKey::MountPoint(m.mount_point.clone()),
+            growth,
+        });
+        if let MountChange::Changed { old, new } = c {
+            if old.mount_point != new.mount_point {
+                // A move leaves the old mount point with one fewer.
+                out.push(Touch {
+                    key: StormKey::MountPoint(old.mount_point.clone()),
+                    growth: Growth::Removed,
+                });
+            }
+            out.push(Touch {
+                key: StormKey::Device(old.dev),
+                growth: Growth::Same,
+            });
+        }
+    }
+    out
+}
+
 /// The detector's state: open episodes and recent attach times per key.
 #[derive(Debug, Clone)]
 pub struct StormDetector {
@@ -152,34 +202,28 @@ impl StormDetector {
         changes: &[MountChange],
         now: Instant,
     ) -> Vec<StormSignal> {
-        let mut touched: Vec<StormKey> = Vec::new();
-        for c in changes {
-            let m = c.mount();
-            let keys = [
-                StormKey::Device(m.dev),
-                StormKey::MountPoint(m.mount_point.clone()),
-            ];
-            for k in keys {
-                match c {
-                    MountChange::Attached(_) => {
-                        self.recent.entry(k.clone()).or_default().push_back(now);
-                    }
-                    // Growth is net: a key losing mounts is not growing.
-                    MountChange::Detached(_) => self.shrink(&k),
-                    MountChange::Changed { .. } => {}
-                }
-                touched.push(k);
+        self.observe_touches(table, touches(changes), now)
+    }
+
+    /// [`observe`](Self::observe) on what [`touches`] took from the changes, so that the
+    /// changes themselves can be handed on first.
+    pub fn observe_touches(
+        &mut self,
+        table: &MountTable,
+        touched: Vec<Touch>,
+        now: Instant,
+    ) -> Vec<StormSignal> {
+        let mut keys: Vec<StormKey> = Vec::with_capacity(touched.len());
+        for t in touched {
+            match t.growth {
+                Growth::Added => self.recent.entry(t.key.clone()).or_default().push_back(now),
+                // Growth is net: a key losing mounts is not growing.
+                Growth::Removed => self.shrink(&t.key),
+                Growth::Same => {}
             }
-            if let MountChange::Changed { old, new } = c {
-                if old.mount_point != new.mount_point {
-                    // A move leaves the old mount point with one fewer.
-                    let k = StormKey::MountPoint(old.mount_point.clone());
-                    self.shrink(&k);
-                    touched.push(k);
-                }
-                touched.push(StormKey::Device(old.dev));
-            }
+            keys.push(t.key);
         }
+        let mut touched = keys;
         let window = self.config.growth_window;
         let expired = |times: &mut VecDeque<Instant>| {
             while times

@@ -6,7 +6,11 @@
 //! The per-device and per-mount-point counts are kept incrementally on every insert and
 //! remove, so a storm check is O(1) per key and a snapshot never needs a recount.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
+
+// The indexes are consulted on every mount event: a fast hasher seeded per process (path
+// hashing dominated the detach path with SipHash).
+use foldhash::HashMap;
 use std::path::{Path, PathBuf};
 
 use rds_types::DevNum;
@@ -104,6 +108,12 @@ impl MountTable {
             }
         }
         Some(m)
+    }
+
+    /// Remove the mount with this 64-bit unique id, returning it.
+    pub fn remove_unique(&mut self, unique_id: u64) -> Option<MountInfo> {
+        let id = *self.by_unique.get(&unique_id)?;
+        self.remove(id)
     }
 
     /// The mount with this mountinfo id.
@@ -328,7 +338,7 @@ pub(crate) fn parents_first(mut batch: Vec<MountInfo>) -> Vec<MountInfo> {
     }
     batch.sort_by_key(|m| m.id);
     let ids: HashSet<u32> = batch.iter().map(|m| m.id).collect();
-    let mut children: HashMap<u32, Vec<usize>> = HashMap::new();
+    let mut children: HashMap<u32, Vec<usize>> = HashMap::default();
     let mut roots = Vec::new();
     for (i, m) in batch.iter().enumerate() {
         if m.parent_id != m.id && ids.contains(&m.parent_id) {

@@ -156,14 +156,19 @@ impl Shell {
         tracing::info!(volumes = records.len(), "monitor: first reconcile done");
         let mut stats_tick = tokio::time::interval(Duration::from_secs(10));
         stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One timer, moved only when the machine's next deadline changes: a fresh sleep per
+        // pass would register and cancel a timer for every event.
+        let tick = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(tick);
+        let mut armed: Option<Instant> = None;
         loop {
             let deadline = self.machine.next_deadline().map(|d| self.instant_of(d));
-            let tick = async {
-                match deadline {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
+            if deadline != armed {
+                if let Some(at) = deadline {
+                    tick.as_mut().reset(at);
                 }
-            };
+                armed = deadline;
+            }
             tokio::select! {
                 biased;
                 Some(n) = src.notes.recv() => {
@@ -176,7 +181,10 @@ impl Shell {
                     Ok(d) => self.done(d),
                     Err(e) => tracing::error!(error = %e, "a monitor task failed"),
                 },
-                _ = tick => self.feed(MonitorEvent::Tick, None),
+                _ = &mut tick, if armed.is_some() => {
+                    armed = None;
+                    self.feed(MonitorEvent::Tick, None);
+                }
                 Some(ev) = recv_opt(&mut src.fs_errors) => self.fs_error(ev),
                 Some(ev) = src.devices.recv() => {
                     self.device_event(ev);

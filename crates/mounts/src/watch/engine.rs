@@ -68,8 +68,8 @@ impl Engine {
         if changes.is_empty() {
             return Ok(());
         }
-        let signals = self.storm.observe(&table, &changes, Instant::now());
-        drop(table);
+        // The changes go out first; the storm detector looks at them afterwards.
+        let touched = crate::storm::touches(&changes);
         for c in changes {
             self.emit(match c {
                 MountChange::Attached(m) => MountEvent::Attached(m),
@@ -78,6 +78,8 @@ impl Engine {
             })
             .await?;
         }
+        let signals = self.storm.observe_touches(&table, touched, Instant::now());
+        drop(table);
         self.storm_signals(signals).await
     }
 

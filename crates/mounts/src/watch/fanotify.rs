@@ -14,9 +14,6 @@ use crate::table::MountChange;
 
 use super::engine::{Closed, Engine};
 
-/// Most fanotify events handled in one pass (the kernel queue's own size).
-const MAX_FAN_EVENTS_PER_PASS: usize = 16_384;
-
 impl Engine {
     pub(super) async fn run_fanotify(
         mut self,
@@ -45,12 +42,13 @@ impl Engine {
                     };
                     events.clear();
                     let mut failed = None;
-                    while events.len() < MAX_FAN_EVENTS_PER_PASS {
-                        match fan.get_ref().read_events(&mut buf, &mut events) {
-                            Ok(0) => { guard.clear_ready(); break; }
-                            Ok(_) => {}
-                            Err(e) => { failed = Some(e); guard.clear_ready(); break; }
-                        }
+                    // One read per pass: a read that returned events leaves the readiness set,
+                    // so the read that finds the queue empty (and clears it) comes after this
+                    // batch is handed on, not before.
+                    match fan.get_ref().read_events(&mut buf, &mut events) {
+                        Ok(0) => guard.clear_ready(),
+                        Ok(_) => {}
+                        Err(e) => { failed = Some(e); guard.clear_ready(); }
                     }
                     drop(guard);
                     if let Some(e) = failed {
@@ -134,8 +132,12 @@ impl Engine {
                             None => continue,
                         }
                     }
-                    FanMountEvent::Detach(u) => match t.get_by_unique(u) {
-                        Some(old) => MountChange::Detached(old.clone()),
+                    // Taken out of the table, not copied: the event carries it on.
+                    FanMountEvent::Detach(u) => match t.remove_unique(u) {
+                        Some(old) => {
+                            changes.push(MountChange::Detached(old));
+                            continue;
+                        }
                         None => continue,
                     },
                     FanMountEvent::Overflow => continue,
