@@ -227,7 +227,7 @@ async fn already_connected(g: &mut Guest) -> Result<Notes, Fail> {
     let r = async {
         let nqn = Guest::nqn(vol);
         g.target(vol)?;
-        let reply = connect_by_hand(&nqn, PORT_A.1, "")?;
+        let reply = connect_by_hand(&nqn, PORT_A.1, "").await?;
         ensure!(
             wait_until(WAIT, || !heads(&nqn).is_empty()).await,
             "no head after the manual connect"
@@ -268,7 +268,7 @@ async fn foreign_controller_untouched(g: &mut Guest) -> Result<Notes, Fail> {
         // the controller at once).
         g.nvmet.add_subsystem(foreign, &fb, SIZE, None).map_err(|e| e.to_string())?;
         g.nvmet.expose(foreign, PORT_B.0).map_err(|e| e.to_string())?;
-        connect_by_hand(foreign, PORT_B.1, ",ctrl_loss_tmo=-1,reconnect_delay=1")?;
+        connect_by_hand(foreign, PORT_B.1, ",ctrl_loss_tmo=-1,reconnect_delay=1").await?;
         ensure!(wait_until(WAIT, || !heads(foreign).is_empty()).await, "no head for the foreign subsystem");
         let before = controllers(foreign);
         // A stage request naming it is refused before any action.
@@ -317,7 +317,7 @@ async fn foreign_controller_untouched(g: &mut Guest) -> Result<Notes, Fail> {
     }
     .await;
     for c in controllers(foreign) {
-        let _ = std::fs::write(format!("/sys/class/nvme/{}/delete_controller", c.name), "1");
+        delete_by_hand(&c.name).await;
     }
     let _ = wait_until(WAIT, || controllers(foreign).is_empty()).await;
     let _ = g.nvmet.remove_subsystem(foreign);
@@ -605,7 +605,8 @@ async fn multipath_two_ports(g: &mut Guest) -> Result<Notes, Fail> {
                 hostnqn.trim(),
                 hostid.trim()
             ),
-        )?;
+        )
+        .await?;
         ensure!(
             wait_until(WAIT, || controllers(&nqn)
                 .iter()

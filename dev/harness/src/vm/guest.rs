@@ -321,7 +321,7 @@ impl Guest {
         }
         let nqn = Self::nqn(vol);
         for c in controllers(&nqn) {
-            let _ = std::fs::write(format!("/sys/class/nvme/{}/delete_controller", c.name), "1");
+            delete_by_hand(&c.name).await;
         }
         let _ = wait_until(Duration::from_secs(20), || controllers(&nqn).is_empty()).await;
         let _ = self.nvmet.remove_subsystem(&nqn);
@@ -445,8 +445,24 @@ pub async fn wait_until(within: Duration, f: impl Fn() -> bool) -> bool {
 }
 
 /// Connect a path by hand, as an operator with nvme-cli would.
-pub fn connect_by_hand(nqn: &str, trsvcid: u16, extra: &str) -> Result<String, Fail> {
+/// A connect as an administrator makes it (`/dev/nvme-fabrics`), on a blocking thread: the
+/// kernel's write can block for as long as the connect takes, and the scenario's own timeout
+/// must still be able to fire.
+pub async fn connect_by_hand(nqn: &str, trsvcid: u16, extra: &str) -> Result<String, Fail> {
     let line = format!("transport=tcp,traddr=127.0.0.1,trsvcid={trsvcid},nqn={nqn}{extra}");
+    tokio::task::spawn_blocking(move || connect_line(line))
+        .await
+        .map_err(|e| format!("the connect's thread failed: {e}"))?
+}
+
+/// Delete a controller by hand (its sysfs `delete_controller`), on a blocking thread: the
+/// write waits for the kernel's teardown.
+pub async fn delete_by_hand(controller: &str) {
+    let path = format!("/sys/class/nvme/{controller}/delete_controller");
+    let _ = tokio::task::spawn_blocking(move || std::fs::write(path, "1")).await;
+}
+
+fn connect_line(line: String) -> Result<String, Fail> {
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
