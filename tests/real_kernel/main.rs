@@ -103,7 +103,18 @@ fn host(names: &[&str]) -> ExitCode {
     let started = Instant::now();
     let mut args = vec!["--exact"];
     args.extend(names.iter().copied());
-    let run = match vm::run_self_in_guest(&dir, &args, VM_TIMEOUT) {
+    let mut attempt = vm::run_self_in_guest(&dir, &args, VM_TIMEOUT);
+    // A VM that exited before the guest wrote a line (vng once exited 255 with no output at
+    // all, and the next boot ran every scenario): said loudly, and booted once more. A guest
+    // that started is never retried.
+    if let Err(vm::VmError::Boot(e)) = &attempt {
+        let log = std::fs::read_to_string(dir.join("guest.log")).unwrap_or_default();
+        if log.trim().is_empty() {
+            eprintln!("real_kernel: the VM exited before its guest ran ({e}); booting once more");
+            attempt = vm::run_self_in_guest(&dir, &args, VM_TIMEOUT);
+        }
+    }
+    let run = match attempt {
         Ok(r) => r,
         Err(e) => {
             eprintln!("real_kernel: the VM tier could not run: {e}");
