@@ -2,10 +2,10 @@
 //! storms. Updated by events; read by the pure evaluation.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 // Facts are looked up on every event: a fast hasher, seeded per process.
 use foldhash::HashMap;
-use std::path::Path;
 
 use rds_types::{BlockIdentity, Nqn};
 

@@ -2,9 +2,9 @@
 //! turns condition changes into actions. Event application is in `apply.rs`.
 
 use std::collections::{BTreeSet, VecDeque};
+use std::path::Path;
 
 use foldhash::HashMap;
-use std::path::Path;
 
 use rds_types::{DevNum, Nqn};
 

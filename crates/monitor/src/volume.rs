@@ -2,9 +2,9 @@
 //! its publishes and its current condition.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
 
 use foldhash::HashMap;
-use std::path::PathBuf;
 
 use rds_types::{BlockIdentity, DevNum, NamespaceIds, Nqn};
 

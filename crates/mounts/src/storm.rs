@@ -210,20 +210,19 @@ impl StormDetector {
     pub fn observe_touches(
         &mut self,
         table: &MountTable,
-        touched: Vec<Touch>,
+        touches: Vec<Touch>,
         now: Instant,
     ) -> Vec<StormSignal> {
-        let mut keys: Vec<StormKey> = Vec::with_capacity(touched.len());
-        for t in touched {
+        let mut touched: Vec<StormKey> = Vec::with_capacity(touches.len());
+        for t in touches {
             match t.growth {
                 Growth::Added => self.recent.entry(t.key.clone()).or_default().push_back(now),
                 // Growth is net: a key losing mounts is not growing.
                 Growth::Removed => self.shrink(&t.key),
                 Growth::Same => {}
             }
-            keys.push(t.key);
+            touched.push(t.key);
         }
-        let mut touched = keys;
         let window = self.config.growth_window;
         let expired = |times: &mut VecDeque<Instant>| {
             while times

@@ -7,11 +7,11 @@
 //! remove, so a storm check is O(1) per key and a snapshot never needs a recount.
 
 use std::collections::{BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
 
 // The indexes are consulted on every mount event: a fast hasher seeded per process (path
 // hashing dominated the detach path with SipHash).
 use foldhash::HashMap;
-use std::path::{Path, PathBuf};
 
 use rds_types::DevNum;
 

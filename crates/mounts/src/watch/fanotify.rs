@@ -133,13 +133,12 @@ impl Engine {
                         }
                     }
                     // Taken out of the table, not copied: the event carries it on.
-                    FanMountEvent::Detach(u) => match t.remove_unique(u) {
-                        Some(old) => {
+                    FanMountEvent::Detach(u) => {
+                        if let Some(old) = t.remove_unique(u) {
                             changes.push(MountChange::Detached(old));
-                            continue;
                         }
-                        None => continue,
-                    },
+                        continue;
+                    }
                     FanMountEvent::Overflow => continue,
                 };
                 t.apply(&c);

@@ -444,10 +444,9 @@ pub async fn wait_until(within: Duration, f: impl Fn() -> bool) -> bool {
     f()
 }
 
-/// Connect a path by hand, as an operator with nvme-cli would.
-/// A connect as an administrator makes it (`/dev/nvme-fabrics`), on a blocking thread: the
-/// kernel's write can block for as long as the connect takes, and the scenario's own timeout
-/// must still be able to fire.
+/// Connect a path by hand, as an operator with nvme-cli would (`/dev/nvme-fabrics`), on a
+/// blocking thread: the kernel's write can block for as long as the connect takes, and the
+/// scenario's own timeout must still be able to fire.
 pub async fn connect_by_hand(nqn: &str, trsvcid: u16, extra: &str) -> Result<String, Fail> {
     let line = format!("transport=tcp,traddr=127.0.0.1,trsvcid={trsvcid},nqn={nqn}{extra}");
     tokio::task::spawn_blocking(move || connect_line(line))
