@@ -55,6 +55,8 @@ pub enum AppError {
     Grpc(#[from] tonic::transport::Error),
     #[error("the node service")]
     Node(#[from] rds_node::NodeError),
+    #[error("starting the monitor's thread")]
+    Thread(#[source] std::io::Error),
 }
 
 /// A running plugin's handles, for tests and the demo.
@@ -83,9 +85,22 @@ pub async fn run(
     .await
     .map_err(|e| AppError::Node(rds_node::NodeError::internal("binding the socket", e)))??;
     let mut tasks = JoinSet::new();
-    // Subscribe to the kernel first (both watchers scan after subscribing), then adopt.
-    let (devices, device_events) = rds_devices::spawn(cfg.devices.clone())?;
-    let (mounts, mount_events) = rds_mounts::watch::spawn(cfg.mounts.clone())?;
+    // The kernel-notification path (watchers and monitor shell) on a thread of its own.
+    let notify = crate::notify_thread::NotifyThread::start().map_err(AppError::Thread)?;
+    // Subscribe to the kernel first (every watcher scans after subscribing), then adopt.
+    let (devices, device_events, mounts, mount_events, fs_errors) = {
+        let _on = notify.handle().enter();
+        let (devices, device_events) = rds_devices::spawn(cfg.devices.clone())?;
+        let (mounts, mount_events) = rds_mounts::watch::spawn(cfg.mounts.clone())?;
+        let fs_errors = match rds_fserror::FsErrorWatcher::spawn(1024) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "filesystem error events (FAN_FS_ERROR) unavailable; dead filesystems are detected from mount options only");
+                None
+            }
+        };
+        (devices, device_events, mounts, mount_events, fs_errors)
+    };
     let mounts = Arc::new(mounts);
     tracing::info!(strategy = ?mounts.strategy(), "mount watcher running");
     let volumes = Volumes::open(&cfg.state_dir)?;
@@ -111,13 +126,6 @@ pub async fn run(
             .map_err(AppError::from)
         });
     }
-    let fs_errors = match rds_fserror::FsErrorWatcher::spawn(1024) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!(error = %e, "filesystem error events (FAN_FS_ERROR) unavailable; dead filesystems are detected from mount options only");
-            None
-        }
-    };
     let readiness = Readiness::default();
     let guards = VolumeGuards::default();
     let source: Arc<dyn NamespaceSource> = Arc::new(devices.clone());
@@ -145,14 +153,17 @@ pub async fn run(
     let io = crate::monitor::io::IoWatchSet::default();
     // I/O samples: a full channel drops a sample (the next period brings a fresher one).
     let (io_tx, io_rx) = tokio::sync::mpsc::channel(1024);
-    tasks.spawn({
-        let (io, sys) = (io.clone(), cfg.node.roots.sys.clone());
-        let period = cfg.io_sample_period;
-        async move {
-            crate::monitor::io::run_sampler(io, sys, period, io_tx).await;
-            Ok::<(), AppError>(())
-        }
-    });
+    tasks.spawn_on(
+        {
+            let (io, sys) = (io.clone(), cfg.node.roots.sys.clone());
+            let period = cfg.io_sample_period;
+            async move {
+                crate::monitor::io::run_sampler(io, sys, period, io_tx).await;
+                Ok::<(), AppError>(())
+            }
+        },
+        notify.handle(),
+    );
     let seams = crate::monitor::Seams {
         devices: Arc::new(devices.clone()),
         mounts: mounts.clone(),
@@ -181,13 +192,16 @@ pub async fn run(
         events_stats,
     };
     let shell = crate::monitor::Shell::new(cfg.monitor.clone(), conditions, seams);
-    tasks.spawn({
-        let ready = readiness.clone();
-        async move {
-            shell.run(sources, records, ready).await;
-            Ok::<(), AppError>(())
-        }
-    });
+    tasks.spawn_on(
+        {
+            let ready = readiness.clone();
+            async move {
+                shell.run(sources, records, ready).await;
+                Ok::<(), AppError>(())
+            }
+        },
+        notify.handle(),
+    );
 
     tracing::info!(endpoint = %cfg.endpoint.display(), driver = %cfg.driver_name, node = %cfg.node.node_id, "CSI server listening");
     started(Running {

@@ -8,4 +8,5 @@
 pub mod app;
 pub mod metrics;
 pub mod monitor;
+pub mod notify_thread;
 pub mod recovery;

@@ -78,6 +78,9 @@ impl Engine {
             })
             .await?;
         }
+        // The receiver's turn first (in the plugin it runs on this thread): the storm detector,
+        // and the mountinfo POLLPRI pass the same change usually caused, can wait for it.
+        tokio::task::yield_now().await;
         let signals = self.storm.observe_touches(&table, touched, Instant::now());
         drop(table);
         self.storm_signals(signals).await

@@ -60,9 +60,6 @@ impl Engine {
                         let batch = std::mem::take(&mut events);
                         self.fanotify_pass(&batch).await?;
                         events = batch;
-                        // Let the receiver run before anything else here: the same change
-                        // usually made mountinfo POLLPRI ready too, and its pass can wait.
-                        tokio::task::yield_now().await;
                     }
                 }
                 guard = pri.ready(Interest::PRIORITY) => {
