@@ -237,6 +237,7 @@ pub async fn run(
     if let Some(Ok(Err(e))) = first {
         tracing::error!(error = %e, "a task failed; shutting down");
         tasks.abort_all();
+        notify.stop().await;
         return Err(e);
     }
     // Let in-flight RPCs finish, within the grace period.
@@ -258,6 +259,7 @@ pub async fn run(
     }
     socket.remove();
     tasks.abort_all();
+    notify.stop().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -14,10 +14,11 @@
 //! blocking steps go to this runtime's own blocking pool, each with its deadline, so the thread
 //! never blocks on a device.
 //!
-//! The thread runs until the [`NotifyThread`] is dropped. Its tasks are owned by whoever
-//! spawned them (the plugin's `JoinSet`, the watcher handles), which abort them as before.
-//! At the end the runtime is shut down without waiting for its blocking pool: a statvfs held
-//! by a dead device must not hold the plugin's exit.
+//! The thread runs until [`NotifyThread::stop`] (or until the value is dropped). Its tasks are
+//! owned by whoever spawned them (the plugin's `JoinSet`, the watcher handles), which abort
+//! them as before. At the end the runtime is shut down without waiting for its blocking pool:
+//! a statvfs held by a dead device must not hold the plugin's exit. Every task still on the
+//! runtime is dropped before `stop` returns, so no watcher of a stopped plugin is left.
 
 use std::io;
 
@@ -27,8 +28,10 @@ use tokio::sync::oneshot;
 /// Runs a single-threaded runtime on a thread of its own until dropped.
 pub struct NotifyThread {
     handle: Handle,
-    /// Dropped with the value: the thread's `block_on` returns and it shuts its runtime down.
-    _stop: oneshot::Sender<()>,
+    /// Dropped: the thread's `block_on` returns and it shuts its runtime down.
+    stop: oneshot::Sender<()>,
+    /// Closed once the runtime is shut down and its tasks are dropped.
+    done: oneshot::Receiver<()>,
 }
 
 impl NotifyThread {
@@ -40,6 +43,7 @@ impl NotifyThread {
             .build()?;
         let handle = rt.handle().clone();
         let (stop, stopped) = oneshot::channel::<()>();
+        let (done_tx, done) = oneshot::channel::<()>();
         std::thread::Builder::new()
             .name("rds-monitor".into())
             .spawn(move || {
@@ -48,11 +52,17 @@ impl NotifyThread {
                     let _ = stopped.await;
                 });
                 rt.shutdown_background();
+                drop(done_tx);
             })?;
-        Ok(Self {
-            handle,
-            _stop: stop,
-        })
+        Ok(Self { handle, stop, done })
+    }
+
+    /// Stop the thread; returns once its runtime is shut down and every task on it dropped
+    /// (its blocking pool is not waited for).
+    pub async fn stop(self) {
+        let Self { stop, done, .. } = self;
+        drop(stop);
+        let _ = done.await;
     }
 
     /// Where the notification path's tasks are spawned; `enter()` it to start a watcher.
@@ -80,8 +90,31 @@ mod tests {
             let _keep = tx;
             std::future::pending::<()>().await
         });
-        drop(t);
-        assert!(rx.await.is_err(), "the pending task was dropped");
+        t.stop().await;
+        // Dropped before stop returned: the channel is closed now, not later.
+        let mut rx = rx;
+        assert!(
+            matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Closed)),
+            "the pending task was dropped before stop returned"
+        );
         assert!(pending.await.expect_err("cancelled").is_cancelled());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_blocked_blocking_task_does_not_hold_the_stop() {
+        let t = NotifyThread::start().expect("start");
+        let (release, blocked) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started) = oneshot::channel::<()>();
+        t.handle().spawn_blocking(move || {
+            let _ = started_tx.send(());
+            let _ = blocked.recv();
+        });
+        started.await.expect("the blocking task runs");
+        // As a statvfs on a dead device: it never returns while the plugin stops.
+        // A generous bound that only turns a hang into a failure.
+        tokio::time::timeout(std::time::Duration::from_secs(60), t.stop())
+            .await
+            .expect("stop does not wait for the blocking pool");
+        drop(release);
     }
 }
