@@ -7,6 +7,8 @@ use std::sync::Arc;
 use rds_fabric::Fabric;
 use tokio::task::JoinSet;
 
+use crate::notify_thread::NotifyThread;
+
 use rds_node::csi::{identity_server::IdentityServer, node_server::NodeServer};
 use rds_node::grpc::{NodeGrpc, RpcObserver};
 use rds_node::guard::VolumeGuards;
@@ -84,9 +86,28 @@ pub async fn run(
     })
     .await
     .map_err(|e| AppError::Node(rds_node::NodeError::internal("binding the socket", e)))??;
+    // The kernel-notification path (watchers and monitor shell) on a thread of its own; on
+    // every way out of `serve`, its tasks are gone before `run` returns.
+    let notify = NotifyThread::start().await.map_err(AppError::Thread)?;
+    let served = serve(cfg, fabric, shutdown, started, listener, socket, &notify).await;
+    notify.stop().await;
+    if served.is_ok() {
+        tracing::info!("stopped");
+    }
+    served
+}
+
+/// [`run`] once the socket is bound and the notification thread is running.
+async fn serve(
+    cfg: AppConfig,
+    fabric: Arc<dyn Fabric>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    started: impl FnOnce(Running) + Send,
+    listener: tokio::net::UnixListener,
+    socket: rds_node::server::BoundSocket,
+    notify: &NotifyThread,
+) -> Result<(), AppError> {
     let mut tasks = JoinSet::new();
-    // The kernel-notification path (watchers and monitor shell) on a thread of its own.
-    let notify = crate::notify_thread::NotifyThread::start().map_err(AppError::Thread)?;
     // Subscribe to the kernel first (every watcher scans after subscribing), then adopt.
     let (devices, device_events, mounts, mount_events, fs_errors) = {
         let _on = notify.handle().enter();
@@ -179,6 +200,7 @@ pub async fn run(
                 Arc::new(crate::monitor::KubeEvictor {
                     client,
                     node_name: cfg.node.node_id.clone(),
+                    runtime: tokio::runtime::Handle::current(),
                 }) as Arc<dyn crate::monitor::Evictor>
             }),
         metrics: Some(Arc::new(sink.clone()) as Arc<dyn crate::monitor::MonitorMetrics>),
@@ -237,7 +259,6 @@ pub async fn run(
     if let Some(Ok(Err(e))) = first {
         tracing::error!(error = %e, "a task failed; shutting down");
         tasks.abort_all();
-        notify.stop().await;
         return Err(e);
     }
     // Let in-flight RPCs finish, within the grace period.
@@ -259,7 +280,5 @@ pub async fn run(
     }
     socket.remove();
     tasks.abort_all();
-    notify.stop().await;
-    tracing::info!("stopped");
     Ok(())
 }

@@ -10,9 +10,11 @@
 //!   second thread to unpark, no cache lines moving between CPUs.
 //! - A burst of CSI calls or a slow Events API does not delay it, and it does not delay them.
 //!
-//! Everything the shell spawns (recoveries, evictions, filesystem marks) runs here too; their
-//! blocking steps go to this runtime's own blocking pool, each with its deadline, so the thread
-//! never blocks on a device.
+//! Recoveries and filesystem marks, which the shell spawns, run here too. Evictions make their
+//! API calls on the process's runtime. What can block goes to this runtime's own blocking
+//! pool, each with its deadline: recovery's host work, the mount watcher's full reads, and the
+//! device watcher's whole-sysfs reads (a scan, every controller's state). The few sysfs
+//! attributes a single uevent needs are read inline.
 //!
 //! The thread runs until [`NotifyThread::stop`] (or until the value is dropped). Its tasks are
 //! owned by whoever spawned them (the plugin's `JoinSet`, the watcher handles), which abort
@@ -25,7 +27,10 @@ use std::io;
 use tokio::runtime::{Builder, Handle};
 use tokio::sync::oneshot;
 
-/// Runs a single-threaded runtime on a thread of its own until dropped.
+/// How long [`NotifyThread::stop`] waits for the thread.
+pub const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs a single-threaded runtime on a thread of its own until stopped or dropped.
 pub struct NotifyThread {
     handle: Handle,
     /// Dropped: the thread's `block_on` returns and it shuts its runtime down.
@@ -35,18 +40,27 @@ pub struct NotifyThread {
 }
 
 impl NotifyThread {
-    /// Build the runtime and start the thread that drives it.
-    pub fn start() -> io::Result<Self> {
-        let rt = Builder::new_current_thread()
-            .enable_all()
-            .thread_name("rds-monitor-io")
-            .build()?;
-        let handle = rt.handle().clone();
+    /// Start the thread, which builds its runtime and drives it. The runtime is built on the
+    /// thread itself, so a thread that cannot be started leaves no runtime to drop here.
+    pub async fn start() -> io::Result<Self> {
+        let (ready_tx, ready) = oneshot::channel::<io::Result<Handle>>();
         let (stop, stopped) = oneshot::channel::<()>();
         let (done_tx, done) = oneshot::channel::<()>();
         std::thread::Builder::new()
             .name("rds-monitor".into())
             .spawn(move || {
+                let rt = match Builder::new_current_thread()
+                    .enable_all()
+                    .thread_name("rds-monitor-io")
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(rt.handle().clone()));
                 // Returns when the sender is dropped (or sends).
                 rt.block_on(async {
                     let _ = stopped.await;
@@ -54,15 +68,24 @@ impl NotifyThread {
                 rt.shutdown_background();
                 drop(done_tx);
             })?;
+        let handle = ready
+            .await
+            .map_err(|_| io::Error::other("the monitor's thread ended before its runtime"))??;
         Ok(Self { handle, stop, done })
     }
 
     /// Stop the thread; returns once its runtime is shut down and every task on it dropped
-    /// (its blocking pool is not waited for).
-    pub async fn stop(self) {
+    /// (its blocking pool is not waited for), or after [`STOP_WAIT`] with a warning: a task
+    /// that does not give the thread back must not hold the plugin's exit either.
+    /// Returns whether it stopped in time.
+    pub async fn stop(self) -> bool {
         let Self { stop, done, .. } = self;
         drop(stop);
-        let _ = done.await;
+        let stopped = tokio::time::timeout(STOP_WAIT, done).await.is_ok();
+        if !stopped {
+            tracing::warn!(wait = ?STOP_WAIT, "the monitor's thread did not stop in time; leaving it behind");
+        }
+        stopped
     }
 
     /// Where the notification path's tasks are spawned; `enter()` it to start a watcher.
@@ -77,7 +100,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn tasks_run_on_the_thread_and_stop_with_it() {
-        let t = NotifyThread::start().expect("start");
+        let t = NotifyThread::start().await.expect("start");
         let name = t
             .handle()
             .spawn(async { std::thread::current().name().map(str::to_owned) })
@@ -90,7 +113,7 @@ mod tests {
             let _keep = tx;
             std::future::pending::<()>().await
         });
-        t.stop().await;
+        assert!(t.stop().await, "stopped in time");
         // Dropped before stop returned: the channel is closed now, not later.
         let mut rx = rx;
         assert!(
@@ -102,7 +125,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn a_blocked_blocking_task_does_not_hold_the_stop() {
-        let t = NotifyThread::start().expect("start");
+        let t = NotifyThread::start().await.expect("start");
         let (release, blocked) = std::sync::mpsc::channel::<()>();
         let (started_tx, started) = oneshot::channel::<()>();
         t.handle().spawn_blocking(move || {
@@ -111,10 +134,10 @@ mod tests {
         });
         started.await.expect("the blocking task runs");
         // As a statvfs on a dead device: it never returns while the plugin stops.
-        // A generous bound that only turns a hang into a failure.
-        tokio::time::timeout(std::time::Duration::from_secs(60), t.stop())
-            .await
-            .expect("stop does not wait for the blocking pool");
+        assert!(
+            t.stop().await,
+            "stop does not wait for the blocking pool (it gave up after {STOP_WAIT:?})"
+        );
         drop(release);
     }
 }

@@ -101,32 +101,52 @@ pub trait Evictor: Send + Sync + 'static {
 pub struct KubeEvictor {
     pub client: kube::Client,
     pub node_name: String,
+    /// Where the API calls run: the process's runtime, with the Events poster, not the
+    /// notification thread (connects, TLS and JSON decoding are not detection work).
+    pub runtime: tokio::runtime::Handle,
 }
 
 #[tonic::async_trait]
 impl Evictor for KubeEvictor {
     async fn evict(&self, volume_id: &VolumeId, _targets: &[PathBuf]) -> String {
-        let pv = volume_id.as_str();
-        match rds_events::resolve_claim(&self.client, pv).await {
-            Ok(Some(claim)) => match rds_events::evict_pods_using_pvc(
-                &self.client,
-                &self.node_name,
-                &claim.namespace,
-                &claim.name,
-            )
+        let (client, node) = (self.client.clone(), self.node_name.clone());
+        let pv = volume_id.as_str().to_owned();
+        let mut job = self
+            .runtime
+            .spawn(async move { evict_pods(&client, &node, &pv).await });
+        // Aborted with the shell's task (at shutdown), as it was when it ran there.
+        let _abort = AbortOnDrop(job.abort_handle());
+        (&mut job)
             .await
+            .unwrap_or_else(|e| format!("The eviction task failed: {e}."))
+    }
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn evict_pods(client: &kube::Client, node_name: &str, pv: &str) -> String {
+    match rds_events::resolve_claim(client, pv).await {
+        Ok(Some(claim)) => {
+            match rds_events::evict_pods_using_pvc(client, node_name, &claim.namespace, &claim.name)
+                .await
             {
                 Ok(o) => format!(
-                    "Evicted the pods holding the dead filesystem so their controllers recreate \
-                     them on the healed volume: {:?}; refused: {:?}.",
+                    "Evicted the pods holding the dead filesystem so their controllers \
+                     recreate them on the healed volume: {:?}; refused: {:?}.",
                     o.evicted,
                     o.refused.iter().map(|r| &r.pod).collect::<Vec<_>>()
                 ),
                 Err(e) => format!("Evicting the pods holding the dead filesystem failed: {e}."),
-            },
-            Ok(None) => "No PVC is bound to this volume; nothing to evict.".to_owned(),
-            Err(e) => format!("Cannot read the PV to find its PVC: {e}."),
+            }
         }
+        Ok(None) => "No PVC is bound to this volume; nothing to evict.".to_owned(),
+        Err(e) => format!("Cannot read the PV to find its PVC: {e}."),
     }
 }
 
