@@ -27,6 +27,9 @@ pub enum ScanError {
         #[source]
         source: io::Error,
     },
+    /// A read of sysfs ran past its deadline (the kernel held it), or one still is.
+    #[error("a sysfs read did not finish within {0:?}")]
+    Stalled(std::time::Duration),
 }
 
 /// Reads the sysfs tree rooted at `sys_root`.

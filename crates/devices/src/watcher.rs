@@ -201,6 +201,7 @@ pub fn spawn(
         lagged: 0,
         kmsg,
         burst_until: None,
+        stalled: None,
     };
     tokio::spawn(task.run(replay));
     Ok((DeviceWatcherHandle { shared, resync_tx }, rx))
@@ -338,7 +339,13 @@ struct Task {
     /// After a kernel-log hint, states are re-read every [`BURST_PERIOD`] until then (a
     /// transition takes a few steps: `resetting`, then `connecting`).
     burst_until: Option<tokio::time::Instant>,
+    /// A whole-sysfs read that ran past [`SYSFS_WAIT`] and is still running: no other starts
+    /// until it has finished (a held read must not pile up threads).
+    stalled: Option<tokio::task::AbortHandle>,
 }
+
+/// Deadline of one off-the-runtime read of sysfs (a scan, or every controller's state).
+const SYSFS_WAIT: Duration = Duration::from_secs(5);
 
 /// Re-read period while a kernel-log hint is fresh, and for how long.
 const BURST_PERIOD: Duration = Duration::from_millis(20);
@@ -382,6 +389,15 @@ async fn burst(until: Option<tokio::time::Instant>) {
     match until {
         Some(u) if tokio::time::Instant::now() < u => tokio::time::sleep(BURST_PERIOD).await,
         _ => std::future::pending().await,
+    }
+}
+
+impl Drop for Task {
+    /// However the task ends (its loop breaks, or it is dropped with its runtime), waiters and
+    /// `is_running` learn at once that the model is no longer followed.
+    fn drop(&mut self) {
+        self.shared.stopped.store(true, Ordering::Release);
+        self.shared.generation.send_modify(|g| *g += 1);
     }
 }
 
@@ -456,8 +472,6 @@ impl Task {
                 },
             }
         }
-        self.shared.stopped.store(true, Ordering::Release);
-        self.shared.generation.send_modify(|g| *g += 1);
         debug!("device watcher task ended");
     }
 
@@ -503,10 +517,17 @@ impl Task {
                 .unwrap_or_else(PoisonError::into_inner);
             m.controllers().map(|c| c.name.clone()).collect()
         };
-        let fresh: Vec<_> = names
-            .iter()
-            .filter_map(|n| self.reader.controller_by_name(n))
-            .collect();
+        let Ok(fresh) = self
+            .off_runtime("controller state re-read", move |r| {
+                names
+                    .iter()
+                    .filter_map(|n| r.controller_by_name(n))
+                    .collect::<Vec<_>>()
+            })
+            .await
+        else {
+            return;
+        };
         let events: Vec<DeviceEvent> = {
             let mut m = self
                 .shared
@@ -521,6 +542,41 @@ impl Task {
         if !events.is_empty() {
             self.shared.generation.send_modify(|g| *g += 1);
             self.emit(events);
+        }
+    }
+
+    /// Runs a read of sysfs off the runtime, bounded by [`SYSFS_WAIT`]: this task shares its
+    /// thread with the rest of the notification path. Reads of many attributes (a scan,
+    /// every controller's state) go here; the few a single uevent needs stay inline. Past the
+    /// deadline the read is left to finish, and none other starts until it has.
+    async fn off_runtime<T: Send + 'static>(
+        &mut self,
+        what: &'static str,
+        f: impl FnOnce(&SysfsReader) -> T + Send + 'static,
+    ) -> Result<T, ScanError> {
+        if let Some(h) = &self.stalled {
+            if !h.is_finished() {
+                debug!(
+                    what,
+                    "an earlier sysfs read is still held by the kernel; skipped"
+                );
+                return Err(ScanError::Stalled(SYSFS_WAIT));
+            }
+            self.stalled = None;
+        }
+        let reader = self.reader.clone();
+        let mut job = tokio::task::spawn_blocking(move || f(&reader));
+        match tokio::time::timeout(SYSFS_WAIT, &mut job).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(ScanError::Read {
+                path: self.reader.sys_root().to_owned(),
+                source: std::io::Error::other(format!("{what} task failed: {e}")),
+            }),
+            Err(_) => {
+                warn!(what, wait = ?SYSFS_WAIT, "a sysfs read did not finish in time; no other starts until it does");
+                self.stalled = Some(job.abort_handle());
+                Err(ScanError::Stalled(SYSFS_WAIT))
+            }
         }
     }
 
@@ -544,7 +600,7 @@ impl Task {
         if discarded > 0 {
             debug!(discarded, "queued uevents superseded by the resync");
         }
-        let snap = self.reader.scan()?;
+        let snap = self.off_runtime("sysfs scan", |r| r.scan()).await??;
         let events = {
             let mut m = self
                 .shared

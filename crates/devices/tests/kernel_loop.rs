@@ -118,3 +118,35 @@ async fn start_up_scan_of_real_sysfs_lists_existing_loop_devices() {
     );
     drop(lo);
 }
+
+/// The watcher's task dropped with its runtime (as when the plugin's notification thread
+/// stops): a handle that outlives it says so, and a waiter gets `Stopped` at once rather than
+/// sitting out its deadline.
+#[test]
+fn a_watcher_dropped_with_its_runtime_reports_stopped_to_its_handles() {
+    rds_testkit::require_private_namespaces();
+    let run = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (handle, rx) = {
+        let _on = rt.enter();
+        spawn(WatcherConfig::new("/sys", run.path()).with_sources(SourceKind::Kernel))
+            .expect("watcher starts")
+    };
+    // Let the task start its loop.
+    rt.block_on(async { tokio::task::yield_now().await });
+    assert!(handle.is_running());
+    drop(rt);
+    drop(rx);
+    assert!(!handle.is_running(), "the handle still says running");
+    let waiter = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // An hour: only a waiter that is not told would be held.
+    let r =
+        waiter.block_on(handle.wait_until(std::time::Duration::from_secs(3600), |_| None::<()>));
+    assert_eq!(r, Err(true), "the waiter is told the watcher stopped");
+}
