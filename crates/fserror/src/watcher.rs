@@ -175,8 +175,9 @@ impl FsErrorHandle {
     /// if that path still leads to the same fsid; otherwise see [`Unwatched::left_to_kernel`].
     pub fn unwatch(&self, dev: DevNum) -> Result<Unwatched, FsErrorError> {
         let shared = &self.inner.shared;
-        let mut registry = shared.registry();
-        let gone = registry.remove_dev(dev);
+        // The registry is not held across the syscalls: the reader decodes every error
+        // through it, on the notification path's thread.
+        let gone = shared.registry().remove_dev(dev);
         if gone.is_empty() {
             return Err(FsErrorError::NotWatched { dev });
         }
@@ -186,7 +187,7 @@ impl FsErrorHandle {
                 Ok(()) => out.removed.push(w.fsid),
                 Err(e) => {
                     tracing::debug!(%dev, fsid = %w.fsid, mount_point = %w.mount_point.display(), error = %e, "mark left until its superblock dies");
-                    registry.retire(w.fsid);
+                    shared.registry().retire(w.fsid);
                     out.left_to_kernel.push(w.fsid);
                 }
             }

@@ -14,6 +14,9 @@ use crate::table::MountChange;
 
 use super::engine::{Closed, Engine};
 
+/// Reads that drain a queue after an overflow, at most (each takes up to a buffer's worth).
+const MAX_DRAIN_READS: usize = 1 << 12;
+
 impl Engine {
     pub(super) async fn run_fanotify(
         mut self,
@@ -159,7 +162,12 @@ impl Engine {
         tracing::warn!("fanotify mount event queue overflowed; resyncing with listmount/statmount");
         self.emit(MountEvent::Overflow).await?;
         let mut drained = Vec::new();
-        while matches!(fan.get_ref().read_events(buf, &mut drained), Ok(n) if n > 0) {
+        // Bounded: on a host that never stops mounting, stop after a few queues' worth; the
+        // scan below is the truth either way.
+        for _ in 0..MAX_DRAIN_READS {
+            if !matches!(fan.get_ref().read_events(buf, &mut drained), Ok(n) if n > 0) {
+                break;
+            }
             drained.clear();
         }
         loop {
