@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 mod cli;
 mod fabric_control;
+mod logs;
 mod watch;
 
 use clap::Parser;
@@ -14,7 +15,9 @@ use rds_agent::app::{self, AppConfig};
 use rds_node::{Deadlines, NodeConfig};
 use rds_types::ManagedPrefix;
 
-fn init_tracing(format: LogFormat, default_level: &str) {
+/// Logs go to stderr through [`logs::Lines`] (never blocking the thread that logs); the
+/// returned guard flushes them at exit. If its thread cannot start, stderr directly.
+fn init_tracing(format: LogFormat, default_level: &str) -> Option<logs::Flush> {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
@@ -22,11 +25,25 @@ fn init_tracing(format: LogFormat, default_level: &str) {
     // Colours only on a terminal: container logs and files get plain text.
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => b.json().init(),
-        LogFormat::Text => b.init(),
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none());
+    match logs::Lines::start(std::io::stderr(), logs::QUEUE_LINES) {
+        Ok((lines, flush)) => {
+            let b = b.with_writer(lines);
+            match format {
+                LogFormat::Json => b.json().init(),
+                LogFormat::Text => b.init(),
+            }
+            Some(flush)
+        }
+        Err(e) => {
+            let b = b.with_writer(std::io::stderr);
+            match format {
+                LogFormat::Json => b.json().init(),
+                LogFormat::Text => b.init(),
+            }
+            tracing::warn!(error = %e, "no log thread; logging to stderr directly");
+            None
+        }
     }
 }
 
@@ -42,7 +59,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    init_tracing(cli.log_format, "info");
+    let _flush = init_tracing(cli.log_format, "info");
     if let Command::Watch(w) = &cli.command {
         if let Some(ns) = &w.mount_ns {
             if let Err(e) = watch::enter_mount_ns(ns) {
