@@ -3,8 +3,8 @@
 //! thread that logs. The kernel-notification thread logs every condition change, and it must
 //! not be wedged by its own logs.
 //!
-//! When the queue is full a line is dropped and counted. The next line written says how
-//! many were lost. At exit, [`Flush`] waits a bounded time for the queue to drain.
+//! When the queue is full a line is dropped and counted; before the next line written, a
+//! line says how many were lost. At exit, [`Flush`] waits a bounded time for the queue to drain.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,7 +65,8 @@ impl Lines {
             .name("rds-log".into())
             .spawn(move || {
                 let mut sink = sink;
-                let tell_loss = |sink: &mut W| {
+                for line in rx {
+                    // Lines lost since the last one written are told before the next.
                     let n = lost.swap(0, Ordering::Relaxed);
                     if n > 0 {
                         let _ = writeln!(
@@ -73,9 +74,6 @@ impl Lines {
                             "rds-csi-node: {n} log line(s) dropped: the log output was not read"
                         );
                     }
-                };
-                for line in rx {
-                    tell_loss(&mut sink);
                     if line.is_empty() {
                         // The flush marker.
                         let _ = sink.flush();

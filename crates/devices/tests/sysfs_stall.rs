@@ -9,7 +9,7 @@ rds_testkit::private_namespaces!();
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rds_devices::{spawn, SourceKind, WatchError, WatcherConfig};
+use rds_devices::{SourceKind, WatchError, WatcherConfig};
 use rds_testkit::fuse::HangableFile;
 
 /// Only bounds a broken run.
@@ -54,14 +54,7 @@ struct WatcherThread {
 
 impl WatcherThread {
     fn start(cfg: WatcherConfig) -> (Self, rds_devices::DeviceWatcherHandle) {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let (handle, rx) = {
-            let _on = rt.enter();
-            spawn(cfg).expect("watcher starts")
-        };
+        let (rt, handle, rx) = rds_testkit::devices::spawn_on_own_runtime(cfg);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         std::thread::spawn(move || {
             let _rx = rx;

@@ -34,3 +34,24 @@ pub async fn skip_replay(rx: &mut mpsc::Receiver<DeviceEvent>) {
     })
     .await;
 }
+
+/// A device watcher started on a single-threaded runtime of its own, as the plugin's
+/// notification thread runs it. The runtime is returned undriven: run it (`block_on`, or a
+/// thread of its own) or drop it to end the watcher's task with it.
+pub fn spawn_on_own_runtime(
+    cfg: rds_devices::WatcherConfig,
+) -> (
+    tokio::runtime::Runtime,
+    rds_devices::DeviceWatcherHandle,
+    mpsc::Receiver<DeviceEvent>,
+) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime");
+    let (handle, rx) = {
+        let _on = rt.enter();
+        rds_devices::spawn(cfg).expect("watcher starts")
+    };
+    (rt, handle, rx)
+}
