@@ -152,9 +152,10 @@ impl fmt::Display for BlockIdentity {
 pub const NQN_MAX_LEN: usize = 223;
 
 /// A validated NVMe Qualified Name: `^nqn\.[0-9]{4}-[0-9]{2}\.[a-z0-9.-]+:[a-z0-9._-]+$`, at most
-/// 223 bytes (the rules the existing controller uses for volume NQNs).
+/// 223 bytes (the rules the existing controller uses for volume NQNs). Shared, not copied:
+/// the monitor keys and labels much of its state with it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Nqn(String);
+pub struct Nqn(std::sync::Arc<str>);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NqnError {
@@ -198,7 +199,7 @@ impl Nqn {
         if !domain_ok || !name_ok {
             return Err(bad());
         }
-        Ok(Self(s.to_owned()))
+        Ok(Self(s.into()))
     }
 
     pub fn as_str(&self) -> &str {

@@ -6,12 +6,13 @@ use crate::DevNum;
 
 /// A CSI volume ID. The controller uses the PV name (`pvc-<uuid>`); any name that is safe as
 /// a file name for the per-volume record is accepted: 1 to 128 bytes of ASCII letters, digits,
-/// `-`, `_` and `.`, starting with a letter or digit.
+/// `-`, `_` and `.`, starting with a letter or digit. Shared, not copied: the monitor keys its
+/// state, actions and published conditions with it.
 #[derive(
     Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
 #[serde(try_from = "String", into = "String")]
-pub struct VolumeId(String);
+pub struct VolumeId(std::sync::Arc<str>);
 
 /// Why a string is not a volume ID (the message quotes at most [`crate::QUOTE_MAX`] bytes).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,7 +42,7 @@ impl VolumeId {
         if !ok_first || !ok_rest {
             return Err(VolumeIdError::Invalid(crate::quote(s)));
         }
-        Ok(Self(s.to_owned()))
+        Ok(Self(s.into()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -64,7 +65,7 @@ impl TryFrom<String> for VolumeId {
 
 impl From<VolumeId> for String {
     fn from(v: VolumeId) -> String {
-        v.0
+        v.0.as_ref().to_owned()
     }
 }
 
