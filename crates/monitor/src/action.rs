@@ -46,6 +46,7 @@ impl RecoveryReason {
     }
 }
 
+use rds_types::Message;
 pub use rds_types::{EventReason, EventType};
 
 /// Outcome of one recovery attempt, for the metrics: the shared vocabulary's.
@@ -118,7 +119,8 @@ pub enum Action {
         volume_id: VolumeId,
         reason: EventReason,
         type_: EventType,
-        message: String,
+        /// Rendered when the Event is posted.
+        message: Message,
     },
     /// Delete the pods behind these targets so their controllers recreate them on the healed
     /// mount (only with `MonitorConfig::evict_pods_on_stale`).

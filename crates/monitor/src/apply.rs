@@ -156,7 +156,8 @@ impl Monitor {
                         "Staging the volume could not connect to its NVMe/TCP target; the stage is \
                          retried. Connecting {nqn} failed: {}",
                         rds_types::quote(&error)
-                    ),
+                    )
+                    .into(),
                 });
             }
             MonitorEvent::IoProgress {
@@ -415,12 +416,8 @@ impl Monitor {
     /// The mount with this id was just seen (attached, changed or detached): every volume
     /// owning it now has authoritative information about it.
     fn saw_mount(&mut self, mount_id: u64, aff: &mut Affected) {
-        if !self.by_mount.contains(&mount_id) {
-            return;
-        }
-        let ids: Vec<VolumeId> = self.by_mount.get(&mount_id).cloned().collect();
-        for id in ids {
-            if let Some(v) = self.volumes.get_mut(&id) {
+        for id in self.by_mount.get(&mount_id) {
+            if let Some(v) = self.volumes.get_mut(id) {
                 if v.mount.is_some_and(|k| k.id == mount_id) {
                     v.mount_tracked = true;
                 }
@@ -430,7 +427,7 @@ impl Monitor {
                     }
                 }
             }
-            aff.one(&id);
+            aff.one(id);
         }
     }
 
@@ -554,7 +551,7 @@ impl Monitor {
                 volume_id: id.clone(),
                 reason: EventReason::RecoveryFailed,
                 type_: EventType::Warning,
-                message,
+                message: message.into(),
             });
         } else {
             let delay = self.config.delay_before(&c.reason, attempt + 1);
@@ -586,7 +583,7 @@ impl Monitor {
                 volume_id: id.clone(),
                 reason: EventReason::RecoveryFailed,
                 type_: EventType::Warning,
-                message,
+                message: message.into(),
             });
             self.schedule(at, TimerKey::Recovery(id.clone()), out);
         }
@@ -669,7 +666,7 @@ impl Monitor {
             volume_id: id.clone(),
             reason: EventReason::RecoverySucceeded,
             type_: EventType::Normal,
-            message: healed,
+            message: healed.into(),
         });
         if !stranded.is_empty() {
             let list: Vec<String> = stranded.iter().map(|t| t.display().to_string()).collect();
@@ -687,7 +684,8 @@ impl Monitor {
                      them: {what}. Their targets: {}.",
                     stranded.len(),
                     list.join(", ")
-                ),
+                )
+                .into(),
             });
         }
         if self.config.evict_pods_on_stale && !stranded.is_empty() {

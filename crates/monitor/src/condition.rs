@@ -3,14 +3,14 @@
 use crate::event::EventKind;
 use crate::time::Timestamp;
 
-pub use rds_types::ConditionKind;
+pub use rds_types::{ConditionKind, Message};
 
 /// The event that triggered a transition, summarised.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cause {
     pub event: EventKind,
-    /// The event with its kernel identities (`mount 42 detached`).
-    pub detail: String,
+    /// The event with its kernel identities (`mount 42 detached`), rendered when read.
+    pub detail: Message,
     /// When the machine processed it.
     pub at: Timestamp,
     /// When the kernel (or watcher) observed it, if the event carried that.
@@ -22,8 +22,8 @@ pub struct Cause {
 pub struct VolumeCondition {
     pub kind: ConditionKind,
     /// Human-readable, honest: what is wrong, on which device, and what recovery can and
-    /// cannot fix. This is what `NodeGetVolumeStats` returns.
-    pub message: String,
+    /// cannot fix. This is what `NodeGetVolumeStats` returns. Rendered when first read.
+    pub message: Message,
     /// When this kind was entered (a message-only update keeps it).
     pub since: Timestamp,
     /// What made it so.
@@ -41,7 +41,7 @@ impl VolumeCondition {
 pub struct Transition {
     pub from: Option<ConditionKind>,
     pub to: ConditionKind,
-    pub message: String,
+    pub message: Message,
     pub cause: Cause,
     /// How long the previous kind lasted.
     pub after: std::time::Duration,

@@ -8,9 +8,11 @@
 //! characters: kubelet shows it in pod Events); the details (devices, diskseq, attempt counts)
 //! follow it.
 
+use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use rds_types::{BlockIdentity, DevNum};
+use rds_types::{BlockIdentity, ControllerState, DevNum, Message, Nqn};
 
 use crate::action::RecoveryReason;
 use crate::condition::{ConditionKind, VolumeCondition};
@@ -185,8 +187,262 @@ pub(crate) fn assess<'f>(
     }
 }
 
-fn secs(d: Duration) -> String {
-    humantime::format_duration(Duration::from_secs(d.as_secs().max(1))).to_string()
+fn secs(d: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(Duration::from_secs(d.as_secs().max(1)))
+}
+
+/// What a volume's condition message says: the fault with the facts it names, then what
+/// recovery is doing about it. Decided with the condition, rendered when first read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct VolumeMessage {
+    what: What,
+    recovery: Option<Progress>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum What {
+    Storm(String),
+    Gone {
+        nqn: Nqn,
+        device: BlockIdentity,
+        grace: Duration,
+    },
+    Mismatch {
+        nqn: Nqn,
+        what: &'static str,
+        recorded: String,
+        found: String,
+        name: String,
+        identity: BlockIdentity,
+    },
+    Recovering {
+        attempt: u32,
+        of: u32,
+        reason: RecoveryReason,
+    },
+    Replaced {
+        nqn: Nqn,
+        name: String,
+        identity: BlockIdentity,
+        device: BlockIdentity,
+    },
+    Removed {
+        nqn: Nqn,
+        device: BlockIdentity,
+        grace: Duration,
+    },
+    Filesystem(FsEvidence),
+    MountMissing {
+        which: Option<MountKey>,
+        staging: PathBuf,
+        present: Option<BlockIdentity>,
+    },
+    Reconnecting {
+        nqn: Nqn,
+        controller: String,
+        state: ControllerState,
+    },
+    Deleting {
+        nqn: Nqn,
+        controller: String,
+        state: ControllerState,
+    },
+    Stalled {
+        device: BlockIdentity,
+        after: Duration,
+    },
+    Healthy {
+        paths: String,
+        device: BlockIdentity,
+        on: On,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum On {
+    Mount(MountKey),
+    NoStagingMount,
+    RawBlock,
+}
+
+/// The recovery cycle behind an abnormal condition: attempt `attempt` of `of` (`None`: a
+/// reconnect, retried without end).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Progress {
+    Pending {
+        attempt: u32,
+        of: Option<u32>,
+        after: Duration,
+    },
+    Running {
+        attempt: u32,
+        of: Option<u32>,
+    },
+    Exhausted {
+        attempts: u32,
+        error: String,
+    },
+}
+
+impl fmt::Display for VolumeMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.what {
+            // The storm's own message names the device or path (once).
+            What::Storm(m) => write!(
+                f,
+                "A mount storm: nothing is remounted until it clears. {m}"
+            )?,
+            What::Gone { nqn, device, grace } => write!(
+                f,
+                "The volume's NVMe namespace is gone: I/O fails until the target is back and the \
+                 plugin reconnects. {nqn} was removed and did not come back within {}; the mount \
+                 is on {device}.",
+                secs(*grace)
+            )?,
+            What::Mismatch {
+                nqn,
+                what,
+                recorded,
+                found,
+                name,
+                identity,
+            } => write!(
+                f,
+                "Another namespace is behind this volume's NQN; it is never mounted as this \
+                 volume: check the target. {nqn} {what}: recorded {recorded}, found {found} on \
+                 {name} ({identity})."
+            )?,
+            What::Recovering {
+                attempt,
+                of,
+                reason,
+            } => write!(
+                f,
+                "The plugin is remounting the volume's staging path; new pods get it when it \
+                 is done. Attempt {attempt} of {of} ({}).",
+                describe_reason(reason)
+            )?,
+            What::Replaced {
+                nqn,
+                name,
+                identity,
+                device,
+            } => write!(
+                f,
+                "The volume's device was replaced after a reconnect: the plugin remounts it, \
+                 running pods must be recreated. {nqn} now resolves to {name} ({identity}); the \
+                 mount is on {device}, which the kernel replaced: every read and write through \
+                 it fails; a running container keeps its reference to the dead filesystem and \
+                 must be recreated."
+            )?,
+            What::Removed { nqn, device, grace } => write!(
+                f,
+                "The volume's NVMe namespace was removed: I/O fails while the plugin waits for \
+                 it to come back. {nqn} was removed (the mount is on {device}); waiting up to {} \
+                 for it to come back.",
+                secs(*grace)
+            )?,
+            What::Filesystem(fs) => {
+                f.write_str(
+                    "The volume's filesystem failed: its pods see I/O errors and must be \
+                     recreated once it is healed. ",
+                )?;
+                match fs {
+                    FsEvidence::Error { dev, errno, count } => write!(
+                        f,
+                        "The filesystem on {dev} reported {count} error(s) (last errno {errno})."
+                    )?,
+                    FsEvidence::KernelFlag { mount, flag } => write!(
+                        f,
+                        "The kernel marked the filesystem of staging mount {mount} {flag}."
+                    )?,
+                    FsEvidence::ReadOnlyFlip { mount } => write!(
+                        f,
+                        "Staging mount {mount} turned read-only although the volume was staged \
+                         read-write."
+                    )?,
+                }
+                f.write_str(
+                    " Remounting heals the staging path for new pods; a running container keeps \
+                     its reference to the dead filesystem and must be recreated.",
+                )?
+            }
+            What::MountMissing {
+                which,
+                staging,
+                present,
+            } => {
+                f.write_str(
+                    "The volume's staging mount disappeared without an unstage: the plugin \
+                     mounts it again. ",
+                )?;
+                match which {
+                    Some(k) => write!(f, "{k}")?,
+                    None => f.write_str("the staging mount")?,
+                }
+                write!(f, " at {}; ", staging.display())?;
+                match present {
+                    Some(id) => write!(f, "the device {id} is present.")?,
+                    None => f.write_str("the device is not present.")?,
+                }
+            }
+            What::Reconnecting {
+                nqn,
+                controller,
+                state,
+            } => write!(
+                f,
+                "The NVMe connection to the target is lost: I/O waits while the kernel \
+                 reconnects. Controller {controller} of {nqn} is {state} and no path is live."
+            )?,
+            What::Deleting {
+                nqn,
+                controller,
+                state,
+            } => write!(
+                f,
+                "The kernel is deleting the volume's NVMe controller: I/O fails; the plugin \
+                 connects again once it is gone. Controller {controller} of {nqn} is {state} and \
+                 no path is live (ctrl_loss_tmo ran out, or it was disconnected)."
+            )?,
+            What::Stalled { device, after } => write!(
+                f,
+                "I/O to the volume's device is stalled: requests are in flight and none \
+                 completes; check the target. {device}: no request completed for {} or more.",
+                secs(*after)
+            )?,
+            What::Healthy { paths, device, on } => {
+                write!(f, "Healthy{paths}. Staged on {device} (")?;
+                match on {
+                    On::Mount(k) => write!(f, "{k}")?,
+                    On::NoStagingMount => f.write_str("no staging mount")?,
+                    On::RawBlock => f.write_str("raw block")?,
+                }
+                f.write_str(").")?
+            }
+        }
+        let attempt_of = |f: &mut fmt::Formatter<'_>, attempt: u32, of: Option<u32>| match of {
+            None => write!(f, "Reconnect attempt {attempt}"),
+            Some(of) => write!(f, "Recovery attempt {attempt} of {of}"),
+        };
+        match &self.recovery {
+            None => Ok(()),
+            Some(Progress::Pending { attempt, of, after }) => {
+                f.write_str(" ")?;
+                attempt_of(f, *attempt, *of)?;
+                write!(f, " pending (after {}).", secs(*after))
+            }
+            Some(Progress::Running { attempt, of }) => {
+                f.write_str(" ")?;
+                attempt_of(f, *attempt, *of)?;
+                f.write_str(" running.")
+            }
+            Some(Progress::Exhausted { attempts, error }) => write!(
+                f,
+                " Automatic recovery gave up after {attempts} attempt(s): {error}."
+            ),
+        }
+    }
 }
 
 /// The volume's condition kind and message: the highest-priority fault, then what recovery
@@ -195,184 +451,144 @@ pub(crate) fn verdict(
     a: &Assessment<'_>,
     vol: &Volume,
     cfg: &MonitorConfig,
-) -> (ConditionKind, String) {
+) -> (ConditionKind, Message) {
     let running = vol
         .recovery
         .as_ref()
         .filter(|c| !c.reason.is_unbounded())
         .and_then(RecoveryCycle::running_attempt);
-    let (kind, mut message) = if let Some((_, s)) = &a.storm {
-        // The storm's own message names the device or path (once).
-        (
-            ConditionKind::MountStorm,
-            format!(
-                "A mount storm: nothing is remounted until it clears. {}",
-                s.message
-            ),
-        )
+    let (kind, what) = if let Some((_, s)) = &a.storm {
+        (ConditionKind::MountStorm, What::Storm(s.message.clone()))
     } else if a.gone {
         (
             ConditionKind::DeviceGone,
-            format!(
-                "The volume's NVMe namespace is gone: I/O fails until the target is back and the \
-                 plugin reconnects. {} was removed and did not come back within {}; the mount \
-                 is on {}.",
-                vol.nqn,
-                secs(cfg.gone_grace),
-                vol.device
-            ),
+            What::Gone {
+                nqn: vol.nqn.clone(),
+                device: vol.device,
+                grace: cfg.gone_grace,
+            },
         )
     } else if let Some(m) = &a.mismatch {
         (
             ConditionKind::NamespaceMismatch,
-            format!(
-                "Another namespace is behind this volume's NQN; it is never mounted as this \
-                 volume: check the target. {} {}: recorded {}, found {} on {} ({}).",
-                vol.nqn, m.what, m.recorded, m.found, m.ns.name, m.ns.identity
-            ),
+            What::Mismatch {
+                nqn: vol.nqn.clone(),
+                what: m.what,
+                recorded: m.recorded.clone(),
+                found: m.found.clone(),
+                name: m.ns.name.clone(),
+                identity: m.ns.identity,
+            },
         )
     } else if let (Some(attempt), Some(c)) = (running, &vol.recovery) {
         (
             ConditionKind::Recovering,
-            format!(
-                "The plugin is remounting the volume's staging path; new pods get it when it \
-                 is done. Attempt {attempt} of {} ({}).",
-                cfg.attempts_for(&c.reason),
-                describe_reason(&c.reason)
-            ),
+            What::Recovering {
+                attempt,
+                of: cfg.attempts_for(&c.reason),
+                reason: c.reason.clone(),
+            },
         )
     } else if let Some(ns) = a.replaced_by {
         (
             ConditionKind::DeviceReplaced,
-            format!(
-                "The volume's device was replaced after a reconnect: the plugin remounts it, \
-                 running pods must be recreated. {} now resolves to {} ({}); the mount is on {}, \
-                 which the kernel replaced: every read and write through it fails; a running \
-                 container keeps its reference to the dead filesystem and must be recreated.",
-                vol.nqn, ns.name, ns.identity, vol.device
-            ),
+            What::Replaced {
+                nqn: vol.nqn.clone(),
+                name: ns.name.clone(),
+                identity: ns.identity,
+                device: vol.device,
+            },
         )
     } else if a.removed_at.is_some() {
         (
             ConditionKind::DeviceRemoved,
-            format!(
-                "The volume's NVMe namespace was removed: I/O fails while the plugin waits for \
-                 it to come back. {} was removed (the mount is on {}); waiting up to {} for it \
-                 to come back.",
-                vol.nqn,
-                vol.device,
-                secs(cfg.gone_grace)
-            ),
+            What::Removed {
+                nqn: vol.nqn.clone(),
+                device: vol.device,
+                grace: cfg.gone_grace,
+            },
         )
     } else if let Some(fs) = &a.fs {
-        let what = match fs {
-            FsEvidence::Error { dev, errno, count } => {
-                format!("The filesystem on {dev} reported {count} error(s) (last errno {errno}).")
-            }
-            FsEvidence::KernelFlag { mount, flag } => {
-                format!("The kernel marked the filesystem of staging mount {mount} {flag}.")
-            }
-            FsEvidence::ReadOnlyFlip { mount } => format!(
-                "Staging mount {mount} turned read-only although the volume was staged \
-                 read-write."
-            ),
-        };
         (
             ConditionKind::FilesystemFailed,
-            format!(
-                "The volume's filesystem failed: its pods see I/O errors and must be recreated \
-                 once it is healed. {what} Remounting heals the staging path for new pods; a \
-                 running container keeps its reference to the dead filesystem and must be \
-                 recreated."
-            ),
+            What::Filesystem(fs.clone()),
         )
-    } else if let Some(k) = a.mount_missing {
-        let device = match a.resolution {
-            Resolution::Present(ns) => format!("the device {} is present", ns.identity),
-            _ => "the device is not present".to_owned(),
-        };
-        let which = match k {
-            Some(k) => format!("{k}"),
-            None => "the staging mount".to_owned(),
-        };
+    } else if let Some(which) = a.mount_missing {
         (
             ConditionKind::MountMissing,
-            format!(
-                "The volume's staging mount disappeared without an unstage: the plugin mounts it \
-                 again. {which} at {}; {device}.",
-                vol.staging_path.display()
-            ),
+            What::MountMissing {
+                which,
+                staging: vol.staging_path.clone(),
+                present: a.resolved(),
+            },
         )
     } else if let Link::Reconnecting { controller, state } = &a.link {
         (
             ConditionKind::ControllerReconnecting,
-            format!(
-                "The NVMe connection to the target is lost: I/O waits while the kernel \
-                 reconnects. Controller {controller} of {} is {state} and no path is live.",
-                vol.nqn
-            ),
+            What::Reconnecting {
+                nqn: vol.nqn.clone(),
+                controller: (*controller).to_owned(),
+                state: (*state).clone(),
+            },
         )
     } else if let Link::Down { controller, state } = &a.link {
         (
             ConditionKind::DeviceRemoved,
-            format!(
-                "The kernel is deleting the volume's NVMe controller: I/O fails; the plugin \
-                 connects again once it is gone. Controller {controller} of {} is {state} and \
-                 no path is live (ctrl_loss_tmo ran out, or it was disconnected).",
-                vol.nqn
-            ),
+            What::Deleting {
+                nqn: vol.nqn.clone(),
+                controller: (*controller).to_owned(),
+                state: (*state).clone(),
+            },
         )
     } else if a.stalled_since.is_some() {
         (
             ConditionKind::IoStalled,
-            format!(
-                "I/O to the volume's device is stalled: requests are in flight and none \
-                 completes; check the target. {}: no request completed for {} or more.",
-                vol.device,
-                secs(cfg.io_stall_after)
-            ),
+            What::Stalled {
+                device: vol.device,
+                after: cfg.io_stall_after,
+            },
         )
     } else {
         let on = match vol.mount {
-            Some(k) => format!("{k}"),
-            None if vol.is_filesystem() => "no staging mount".to_owned(),
-            None => "raw block".to_owned(),
+            Some(k) => On::Mount(k),
+            None if vol.is_filesystem() => On::NoStagingMount,
+            None => On::RawBlock,
         };
-        let paths = paths_note(&a.link);
         (
             ConditionKind::Healthy,
-            format!("Healthy{paths}. Staged on {} ({on}).", vol.device),
+            What::Healthy {
+                paths: paths_note(&a.link),
+                device: vol.device,
+                on,
+            },
         )
     };
-    if kind.is_abnormal() && kind != ConditionKind::Recovering {
-        if let Some(c) = &vol.recovery {
-            let attempt_of = |attempt: u32| {
-                if c.reason.is_unbounded() {
-                    format!("Reconnect attempt {attempt}")
-                } else {
-                    format!(
-                        "Recovery attempt {attempt} of {}",
-                        cfg.attempts_for(&c.reason)
-                    )
-                }
-            };
+    let recovery = vol
+        .recovery
+        .as_ref()
+        .filter(|_| kind.is_abnormal() && kind != ConditionKind::Recovering)
+        .and_then(|c| {
+            let of = (!c.reason.is_unbounded()).then(|| cfg.attempts_for(&c.reason));
             match &c.phase {
-                Phase::Waiting { attempt, .. } => message.push_str(&format!(
-                    " {} pending (after {}).",
-                    attempt_of(*attempt),
-                    secs(cfg.delay_before(&c.reason, *attempt))
-                )),
+                Phase::Waiting { attempt, .. } => Some(Progress::Pending {
+                    attempt: *attempt,
+                    of,
+                    after: cfg.delay_before(&c.reason, *attempt),
+                }),
                 Phase::Requested { attempt } | Phase::Running { attempt } => {
-                    message.push_str(&format!(" {} running.", attempt_of(*attempt)))
+                    Some(Progress::Running {
+                        attempt: *attempt,
+                        of,
+                    })
                 }
-                Phase::Exhausted { attempts, error } => message.push_str(&format!(
-                    " Automatic recovery gave up after {attempts} attempt(s): {error}."
-                )),
-                Phase::Verifying { .. } => {}
+                Phase::Exhausted { attempts, error } => Some(Progress::Exhausted {
+                    attempts: *attempts,
+                    error: error.clone(),
+                }),
+                Phase::Verifying { .. } => None,
             }
-        }
-    }
-    (kind, message)
+        });
+    (kind, Message::new(VolumeMessage { what, recovery }))
 }
 
 /// `, on 1 of 2 paths (nvme0 down)` while native multipath carries the I/O on fewer paths
@@ -404,8 +620,60 @@ pub(crate) fn describe_reason(r: &RecoveryReason) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PublishVerdict {
     pub kind: ConditionKind,
-    pub message: String,
+    pub message: Message,
     pub own: bool,
+}
+
+/// What a publish's own condition message says (an inherited one is the volume's message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PublishMessage {
+    Stale {
+        target: PathBuf,
+        old: BlockIdentity,
+        new: BlockIdentity,
+    },
+    BindMissing {
+        target: PathBuf,
+        bind: MountKey,
+    },
+    ReadOnly {
+        target: PathBuf,
+        mount: u64,
+    },
+    Healthy {
+        target: PathBuf,
+        paths: String,
+    },
+}
+
+impl fmt::Display for PublishMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Stale { target, old, new } => write!(
+                f,
+                "This pod still holds the volume's old, dead filesystem: recreate the pod to get \
+                 the healed volume. The volume was recovered onto {new}, but the pod using {} \
+                 was running before and holds the filesystem of {old}; no remount can reach into \
+                 a running container. This stays abnormal until the target is unpublished.",
+                target.display()
+            ),
+            Self::BindMissing { target, bind } => write!(
+                f,
+                "The pod's bind mount of the volume disappeared: the pod no longer sees it; \
+                 recreate the pod. The bind {bind} at {} left the table without an unpublish.",
+                target.display()
+            ),
+            Self::ReadOnly { target, mount } => write!(
+                f,
+                "The pod's mount of the volume turned read-only although it was published \
+                 read-write; recreate the pod. Bind mount {mount} at {}.",
+                target.display()
+            ),
+            Self::Healthy { target, paths } => {
+                write!(f, "Healthy{paths}. Published at {}.", target.display())
+            }
+        }
+    }
 }
 
 /// Priority: a pod holding a replaced filesystem (permanent for that pod) > its bind mount
@@ -418,32 +686,34 @@ pub(crate) fn publish_verdict(
     recovering: bool,
     p: &Publish,
 ) -> PublishVerdict {
-    let target = p.target.display();
+    let own = |kind, m: PublishMessage| PublishVerdict {
+        kind,
+        message: Message::new(m),
+        own: true,
+    };
     if let Some(s) = &p.stale {
         return PublishVerdict {
-            kind: s.kind,
-            message: format!(
-                "This pod still holds the volume's old, dead filesystem: recreate the pod to get \
-                 the healed volume. The volume was recovered onto {}, but the pod using {target} \
-                 was running before and holds the filesystem of {}; no remount can reach into a \
-                 running container. This stays abnormal until the target is unpublished.",
-                s.new_device, s.old_device
-            ),
             own: false,
+            ..own(
+                s.kind,
+                PublishMessage::Stale {
+                    target: p.target.clone(),
+                    old: s.old_device,
+                    new: s.new_device,
+                },
+            )
         };
     }
     let bind = p.mount.as_ref().and_then(|k| facts.mount(k));
     if let Some(k) = p.mount {
         if p.mount_tracked && bind.is_none() && !recovering {
-            return PublishVerdict {
-                kind: ConditionKind::MountMissing,
-                message: format!(
-                    "The pod's bind mount of the volume disappeared: the pod no longer sees it; \
-                     recreate the pod. The bind {k} at {target} left the table without an \
-                     unpublish."
-                ),
-                own: true,
-            };
+            return own(
+                ConditionKind::MountMissing,
+                PublishMessage::BindMissing {
+                    target: p.target.clone(),
+                    bind: k,
+                },
+            );
         }
     }
     if let Some(v) = volume.filter(|v| v.is_abnormal()) {
@@ -454,20 +724,23 @@ pub(crate) fn publish_verdict(
         };
     }
     if let Some(m) = bind.filter(|m| !p.read_only && m.effectively_read_only()) {
-        return PublishVerdict {
-            kind: ConditionKind::FilesystemFailed,
-            message: format!(
-                "The pod's mount of the volume turned read-only although it was published \
-                 read-write; recreate the pod. Bind mount {} at {target}.",
-                m.id
-            ),
-            own: true,
-        };
+        return own(
+            ConditionKind::FilesystemFailed,
+            PublishMessage::ReadOnly {
+                target: p.target.clone(),
+                mount: m.id,
+            },
+        );
     }
     PublishVerdict {
-        kind: ConditionKind::Healthy,
-        message: format!("Healthy{paths}. Published at {target}."),
         own: false,
+        ..own(
+            ConditionKind::Healthy,
+            PublishMessage::Healthy {
+                target: p.target.clone(),
+                paths: paths.to_owned(),
+            },
+        )
     }
 }
 

@@ -6,7 +6,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use rds_types::{BlockIdentity, DevNum, NamespaceIds, Nqn};
+use rds_types::{BlockIdentity, DevNum, Message, NamespaceIds, Nqn};
 
 use crate::ids::{MountKey, StormKey, VolumeId};
 
@@ -330,7 +330,24 @@ impl MonitorEvent {
     }
 
     /// A one-line summary for a condition's cause (what happened, with the kernel identities).
-    pub fn summary(&self) -> String {
+    /// The frequent kernel events are written out only when read.
+    pub fn summary(&self) -> Message {
+        match *self {
+            Self::MountDetached { id } => Message::new(Summary::MountDetached(id)),
+            Self::IoProgress {
+                dev,
+                inflight,
+                completed,
+            } => Message::new(Summary::IoProgress {
+                dev,
+                inflight,
+                completed,
+            }),
+            _ => Message::from(self.summary_text()),
+        }
+    }
+
+    fn summary_text(&self) -> String {
         match self {
             Self::VolumeStaged {
                 volume_id,
@@ -358,7 +375,7 @@ impl MonitorEvent {
                 m.mount_point.display(),
                 m.dev
             ),
-            Self::MountDetached { id } => format!("mount {id} detached"),
+            Self::MountDetached { id } => Summary::MountDetached(*id).to_string(),
             Self::MountChanged(m) => format!(
                 "mount {} at {} changed: {} / {}",
                 m.id,
@@ -400,7 +417,12 @@ impl MonitorEvent {
                 dev,
                 inflight,
                 completed,
-            } => format!("{dev}: {inflight} request(s) in flight, {completed} completed"),
+            } => Summary::IoProgress {
+                dev: *dev,
+                inflight: *inflight,
+                completed: *completed,
+            }
+            .to_string(),
             Self::ConnectFailed { volume_id, nqn, .. } => {
                 format!("connecting {nqn} for {volume_id} failed")
             }
@@ -420,6 +442,33 @@ impl MonitorEvent {
                 ..
             } => format!("recovery attempt {attempt} of {volume_id} failed: {error}"),
             Self::Tick => "deadline reached".to_owned(),
+        }
+    }
+}
+
+/// The summaries written out when read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Summary {
+    MountDetached(u64),
+    IoProgress {
+        dev: DevNum,
+        inflight: u64,
+        completed: u64,
+    },
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::MountDetached(id) => write!(f, "mount {id} detached"),
+            Self::IoProgress {
+                dev,
+                inflight,
+                completed,
+            } => write!(
+                f,
+                "{dev}: {inflight} request(s) in flight, {completed} completed"
+            ),
         }
     }
 }

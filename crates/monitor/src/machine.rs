@@ -9,7 +9,7 @@ use foldhash::HashMap;
 use rds_types::{DevNum, Nqn};
 
 use crate::action::{Action, EventReason, EventType, MetricEvent};
-use crate::condition::{Cause, ConditionKind, Transition, VolumeCondition};
+use crate::condition::{Cause, ConditionKind, Message, Transition, VolumeCondition};
 use crate::config::MonitorConfig;
 use crate::evaluate::{assess, publish_verdict, verdict};
 use crate::event::{EventKind, MonitorEvent};
@@ -88,13 +88,14 @@ impl Monitor {
         now: Timestamp,
     ) -> Vec<Action> {
         self.now = self.now.max(now);
-        let mut out = Vec::new();
-        // Summaries cost an allocation: skip them for the common case of a mount that is
-        // none of ours.
+        // A volume's condition change comes with a few actions (its Event, metric, timer):
+        // one allocation for them.
+        let mut out = Vec::with_capacity(8);
+        // Summaries are written out only when read, and only for events that concern us.
         let detail = if self.concerns_us(&event) {
             event.summary()
         } else {
-            String::new()
+            Message::empty()
         };
         let cause = Cause {
             event: event.kind(),
@@ -138,7 +139,7 @@ impl Monitor {
         }
         let cause = Cause {
             event: EventKind::Tick,
-            detail: "deadline reached".to_owned(),
+            detail: Message::from("deadline reached"),
             at: self.now,
             observed_at: None,
         };
@@ -190,7 +191,8 @@ impl Monitor {
                     "recovery of the staging mount ({}) gave up after {attempts} attempt(s): {}",
                     crate::evaluate::describe_reason(&c.reason),
                     recovery::RELAPSE
-                ),
+                )
+                .into(),
             });
         }
         if let Some(at) = step.timer {
@@ -276,7 +278,7 @@ impl Monitor {
                         volume_id: id.clone(),
                         reason,
                         type_: EventType::Warning,
-                        message: format!("target {}: {}", p.target.display(), n.message),
+                        message: format!("target {}: {}", p.target.display(), n.message).into(),
                     });
                     out.push(Action::Metric(MetricEvent::Detection {
                         kind: n.kind,
@@ -377,7 +379,7 @@ impl Monitor {
 fn set_condition(
     slot: &mut Option<VolumeCondition>,
     kind: ConditionKind,
-    message: String,
+    message: Message,
     cause: &Cause,
     now: Timestamp,
 ) -> Option<Option<VolumeCondition>> {
@@ -460,7 +462,8 @@ fn path_events(
             message: format!(
                 "One path to the volume's target is lost; I/O continues on the others. \
                  Controller {c} of {nqn} is reconnecting."
-            ),
+            )
+            .into(),
         });
     }
     for c in before.difference(now) {
@@ -470,7 +473,8 @@ fn path_events(
             type_: EventType::Normal,
             message: format!(
                 "A lost path to the volume's target is back: controller {c} of {nqn}."
-            ),
+            )
+            .into(),
         });
     }
 }
@@ -496,7 +500,7 @@ fn volume_side_effects(
     outage_since: &mut Option<Timestamp>,
     out: &mut Vec<Action>,
 ) {
-    let post = |out: &mut Vec<Action>, reason: EventReason, message: String| {
+    let post = |out: &mut Vec<Action>, reason: EventReason, message: Message| {
         out.push(Action::PostEvent {
             volume_id: id.clone(),
             reason,
@@ -523,13 +527,13 @@ fn volume_side_effects(
         post(
             out,
             EventReason::ConnectionRecovery,
-            format!(
+            Message::from(format!(
                 "The connection to the volume's namespace is back after {} ({}).",
                 humantime::format_duration(std::time::Duration::from_millis(
                     u64::try_from(lasted.as_millis()).unwrap_or(u64::MAX)
                 )),
                 cause.detail
-            ),
+            )),
         );
     }
     // After a failed attempt the fault is back: the failure posted its own event.
@@ -544,15 +548,15 @@ fn volume_side_effects(
         let back = match old {
             Some(ConditionKind::MountStorm) => Some((
                 EventReason::MountStormCleared,
-                "The mount storm cleared.".to_owned(),
+                Message::from("The mount storm cleared."),
             )),
             Some(ConditionKind::MountMissing) => Some((
                 EventReason::MountRecovered,
-                "The staging mount is present again.".to_owned(),
+                Message::from("The staging mount is present again."),
             )),
             Some(ConditionKind::IoStalled) => Some((
                 EventReason::IoResumed,
-                "The device completes requests again.".to_owned(),
+                Message::from("The device completes requests again."),
             )),
             _ => None,
         };

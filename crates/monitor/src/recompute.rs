@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::condition::Message;
 use crate::condition::{ConditionKind, VolumeCondition};
 use crate::evaluate::{assess, publish_verdict, verdict};
 use crate::facts::Resolution;
@@ -20,7 +21,7 @@ use crate::timers::TimerKey;
 
 /// A condition reduced to what the facts decide (kind and message; `since` and `cause` are
 /// history).
-pub type Verdict = (ConditionKind, String);
+pub type Verdict = (ConditionKind, Message);
 
 /// Every volume's and every publish's condition.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -61,7 +62,7 @@ pub fn recompute(m: &Monitor) -> Conditions {
             since: m.now,
             cause: crate::condition::Cause {
                 event: crate::event::EventKind::Tick,
-                detail: String::new(),
+                detail: Message::empty(),
                 at: m.now,
                 observed_at: None,
             },

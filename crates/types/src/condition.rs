@@ -113,7 +113,7 @@ impl fmt::Display for ConditionKind {
 pub struct Health {
     pub kind: ConditionKind,
     /// First sentence: what is wrong and what to do (under 120 characters); details follow.
-    pub message: String,
+    pub message: crate::Message,
     /// When the volume entered this kind.
     pub since: SystemTime,
 }

@@ -13,6 +13,7 @@ use std::str::FromStr;
 
 pub mod condition;
 pub mod event;
+pub mod message;
 pub mod nvme;
 pub mod recovery;
 pub mod storm;
@@ -20,6 +21,7 @@ pub mod volume;
 
 pub use condition::{ConditionKind, Health};
 pub use event::{EventReason, EventType};
+pub use message::{Describe, Message};
 pub use nvme::{ControllerState, NamespaceIds};
 pub use recovery::RecoveryResult;
 pub use storm::StormKey;

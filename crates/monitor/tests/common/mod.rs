@@ -187,7 +187,11 @@ impl H {
     }
 
     pub fn message(&self, n: u32) -> String {
-        self.m.condition(&vid(n)).expect("tracked").message.clone()
+        self.m
+            .condition(&vid(n))
+            .expect("tracked")
+            .message
+            .to_string()
     }
 
     pub fn publish_kind(&self, n: u32, pod: u32) -> Option<ConditionKind> {
@@ -199,7 +203,7 @@ impl H {
     pub fn publish_message(&self, n: u32, pod: u32) -> String {
         self.m
             .publish_condition(&vid(n), &target(n, pod))
-            .map(|c| c.message.clone())
+            .map(|c| c.message.to_string())
             .unwrap_or_default()
     }
 
@@ -251,7 +255,7 @@ pub fn posted(actions: &[Action]) -> Vec<(EventReason, EventType, String)> {
                 type_,
                 message,
                 ..
-            } => Some((*reason, *type_, message.clone())),
+            } => Some((*reason, *type_, message.to_string())),
             _ => None,
         })
         .collect()

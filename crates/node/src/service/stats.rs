@@ -139,7 +139,7 @@ impl NodeService {
                 ),
             };
             reply.usage = usage;
-            reply.condition.message.push_str(&note);
+            reply.condition.message = format!("{}{note}", reply.condition.message).into();
         } else {
             self.last_usage.remember(&id, &reply.usage);
         }
@@ -190,7 +190,8 @@ impl NodeService {
                 usage: Usage::Unmeasured,
                 condition: Health {
                     kind: ConditionKind::FilesystemFailed,
-                    message: format!("The volume cannot be measured. statvfs of {path}: {e}."),
+                    message: format!("The volume cannot be measured. statvfs of {path}: {e}.")
+                        .into(),
                     since: std::time::SystemTime::now(),
                 },
             }),
@@ -200,7 +201,8 @@ impl NodeService {
                     kind: ConditionKind::IoStalled,
                     message: format!(
                         "The volume's filesystem does not answer. {timeout}: statvfs of {path}."
-                    ),
+                    )
+                    .into(),
                     since: std::time::SystemTime::now(),
                 },
             }),
