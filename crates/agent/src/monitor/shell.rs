@@ -376,21 +376,22 @@ impl Shell {
             m.mount_event();
         }
         let observed = Some(self.now());
-        let mev = match ev {
-            MountEvent::Attached(m) => MonitorEvent::MountAttached(translate::mount_facts(&m)),
+        // Read by reference: the watcher's entry is freed after the answer is published.
+        let mev = match &ev {
+            MountEvent::Attached(m) => MonitorEvent::MountAttached(translate::mount_facts(m)),
             MountEvent::Detached(m) => MonitorEvent::MountDetached {
                 id: u64::from(m.id),
             },
             MountEvent::Changed { new, .. } => {
-                MonitorEvent::MountChanged(translate::mount_facts(&new))
+                MonitorEvent::MountChanged(translate::mount_facts(new))
             }
-            MountEvent::Resynced { table } => return self.mount_resync(&table),
+            MountEvent::Resynced { table } => return self.mount_resync(table),
             MountEvent::Storm(r) => MonitorEvent::MountStorm {
                 key: r.key.clone(),
                 count: r.count as u64,
-                message: r.message,
+                message: r.message.clone(),
             },
-            MountEvent::StormCleared(c) => MonitorEvent::MountStormCleared { key: c.key },
+            MountEvent::StormCleared(c) => MonitorEvent::MountStormCleared { key: c.key.clone() },
             MountEvent::Overflow => {
                 tracing::warn!("mount watcher overflowed; a resync follows");
                 return;
@@ -401,6 +402,7 @@ impl Shell {
             }
         };
         self.feed(mev, observed);
+        drop(ev);
     }
 
     fn mount_resync(&mut self, table: &rds_mounts::table::MountTable) {
