@@ -88,9 +88,7 @@ impl Monitor {
         now: Timestamp,
     ) -> Vec<Action> {
         self.now = self.now.max(now);
-        // A volume's condition change comes with a few actions (its Event, metric, timer):
-        // one allocation for them.
-        let mut out = Vec::with_capacity(8);
+        let mut out = Vec::new();
         // Summaries are written out only when read, and only for events that concern us.
         let detail = if self.concerns_us(&event) {
             event.summary()
@@ -139,7 +137,7 @@ impl Monitor {
         }
         let cause = Cause {
             event: EventKind::Tick,
-            detail: Message::from("deadline reached"),
+            detail: Message::fixed("deadline reached"),
             at: self.now,
             observed_at: None,
         };
@@ -278,7 +276,10 @@ impl Monitor {
                         volume_id: id.clone(),
                         reason,
                         type_: EventType::Warning,
-                        message: format!("target {}: {}", p.target.display(), n.message).into(),
+                        message: Message::new(TargetNote {
+                            target: p.target.clone(),
+                            message: n.message.clone(),
+                        }),
                     });
                     out.push(Action::Metric(MetricEvent::Detection {
                         kind: n.kind,
@@ -479,6 +480,37 @@ fn path_events(
     }
 }
 
+/// A publish's own fault, as its Event says it: `target <path>: <message>`.
+#[derive(Debug, PartialEq, Eq)]
+struct TargetNote {
+    target: std::path::PathBuf,
+    message: Message,
+}
+
+impl std::fmt::Display for TargetNote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "target {}: {}", self.target.display(), self.message)
+    }
+}
+
+/// The connection is back, after how long and why.
+#[derive(Debug, PartialEq, Eq)]
+struct Restored {
+    lasted: std::time::Duration,
+    cause: Message,
+}
+
+impl std::fmt::Display for Restored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "The connection to the volume's namespace is back after {} ({}).",
+            humantime::format_duration(self.lasted),
+            self.cause
+        )
+    }
+}
+
 /// The kinds during which the volume has no connection to its namespace.
 fn is_outage(kind: ConditionKind) -> bool {
     matches!(
@@ -527,13 +559,12 @@ fn volume_side_effects(
         post(
             out,
             EventReason::ConnectionRecovery,
-            Message::from(format!(
-                "The connection to the volume's namespace is back after {} ({}).",
-                humantime::format_duration(std::time::Duration::from_millis(
-                    u64::try_from(lasted.as_millis()).unwrap_or(u64::MAX)
-                )),
-                cause.detail
-            )),
+            Message::new(Restored {
+                lasted: std::time::Duration::from_millis(
+                    u64::try_from(lasted.as_millis()).unwrap_or(u64::MAX),
+                ),
+                cause: cause.detail.clone(),
+            }),
         );
     }
     // After a failed attempt the fault is back: the failure posted its own event.
@@ -548,15 +579,15 @@ fn volume_side_effects(
         let back = match old {
             Some(ConditionKind::MountStorm) => Some((
                 EventReason::MountStormCleared,
-                Message::from("The mount storm cleared."),
+                Message::fixed("The mount storm cleared."),
             )),
             Some(ConditionKind::MountMissing) => Some((
                 EventReason::MountRecovered,
-                Message::from("The staging mount is present again."),
+                Message::fixed("The staging mount is present again."),
             )),
             Some(ConditionKind::IoStalled) => Some((
                 EventReason::IoResumed,
-                Message::from("The device completes requests again."),
+                Message::fixed("The device completes requests again."),
             )),
             _ => None,
         };

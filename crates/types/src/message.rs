@@ -7,14 +7,18 @@
 //! line, an Event) and kept, so every later read is a borrow.
 
 use std::any::Any;
+use std::borrow::Cow;
 use std::fmt;
 use std::ops::Deref;
 use std::sync::{Arc, OnceLock};
 
-/// What a message is made of: compared by value, rendered by `Display`.
-pub trait Describe: fmt::Display + fmt::Debug + PartialEq + Send + Sync + 'static {}
+/// What a message is made of: compared by value, rendered by `Display`. Equal values must
+/// render the same text, and values that render the same text should be equal (own the
+/// parts as they are printed), so comparing without rendering means what comparing the texts
+/// would.
+pub trait Describe: fmt::Display + fmt::Debug + Eq + Send + Sync + 'static {}
 
-impl<D: fmt::Display + fmt::Debug + PartialEq + Send + Sync + 'static> Describe for D {}
+impl<D: fmt::Display + fmt::Debug + Eq + Send + Sync + 'static> Describe for D {}
 
 /// A human-readable message, shared (cloning it is a reference count) and rendered once, on
 /// first read. Two messages are equal when they say the same thing.
@@ -30,6 +34,11 @@ impl Message {
         }))
     }
 
+    /// A fixed text (no allocation).
+    pub fn fixed(text: &'static str) -> Self {
+        Self(Arc::new(Text(Cow::Borrowed(text))))
+    }
+
     /// The text (rendered now if nobody has read it yet).
     pub fn as_str(&self) -> &str {
         self.0.text()
@@ -40,9 +49,7 @@ impl Message {
     /// The empty message (shared: no allocation).
     pub fn empty() -> Self {
         static EMPTY: OnceLock<Message> = OnceLock::new();
-        EMPTY
-            .get_or_init(|| Self(Arc::new(Text(Box::from("")))))
-            .clone()
+        EMPTY.get_or_init(|| Self::fixed("")).clone()
     }
 }
 
@@ -54,7 +61,7 @@ impl Default for Message {
 
 impl From<String> for Message {
     fn from(s: String) -> Self {
-        Self(Arc::new(Text(s.into_boxed_str())))
+        Self(Arc::new(Text(Cow::Owned(s))))
     }
 }
 
@@ -152,7 +159,7 @@ impl<D: Describe> Render for Lazy<D> {
     }
 }
 
-struct Text(Box<str>);
+struct Text(Cow<'static, str>);
 
 impl Render for Text {
     fn text(&self) -> &str {
@@ -164,7 +171,7 @@ impl Render for Text {
     }
 
     fn same(&self, other: &dyn Render) -> bool {
-        *self.0 == *other.text()
+        self.0 == other.text()
     }
 }
 
@@ -175,7 +182,7 @@ mod tests {
 
     static RENDERED: AtomicUsize = AtomicUsize::new(0);
 
-    #[derive(Debug, PartialEq)]
+    #[derive(Debug, PartialEq, Eq)]
     struct Gone(u32);
 
     impl fmt::Display for Gone {
@@ -207,7 +214,7 @@ mod tests {
         );
     }
 
-    #[derive(Debug, PartialEq)]
+    #[derive(Debug, PartialEq, Eq)]
     struct Lost(u32);
 
     impl fmt::Display for Lost {
@@ -224,6 +231,7 @@ mod tests {
         assert_eq!(text, lazy);
         assert_ne!(Message::from("other"), lazy);
         assert_eq!(text, "namespace 3 is gone");
+        assert_eq!(Message::fixed("namespace 3 is gone"), lazy);
         assert_eq!(String::from(lazy), "namespace 3 is gone");
     }
 }
