@@ -119,7 +119,7 @@ pub enum Action {
         volume_id: VolumeId,
         reason: EventReason,
         type_: EventType,
-        /// Rendered when the Event is posted.
+        /// Rendered when the shell hands the Event to its sink, after publishing.
         message: Message,
     },
     /// Delete the pods behind these targets so their controllers recreate them on the healed

@@ -686,29 +686,28 @@ pub(crate) fn publish_verdict(
     recovering: bool,
     p: &Publish,
 ) -> PublishVerdict {
-    let own = |kind, m: PublishMessage| PublishVerdict {
+    let says = |kind, own, m: PublishMessage| PublishVerdict {
         kind,
         message: Message::new(m),
-        own: true,
+        own,
     };
     if let Some(s) = &p.stale {
-        return PublishVerdict {
-            own: false,
-            ..own(
-                s.kind,
-                PublishMessage::Stale {
-                    target: p.target.clone(),
-                    old: s.old_device,
-                    new: s.new_device,
-                },
-            )
-        };
+        return says(
+            s.kind,
+            false,
+            PublishMessage::Stale {
+                target: p.target.clone(),
+                old: s.old_device,
+                new: s.new_device,
+            },
+        );
     }
     let bind = p.mount.as_ref().and_then(|k| facts.mount(k));
     if let Some(k) = p.mount {
         if p.mount_tracked && bind.is_none() && !recovering {
-            return own(
+            return says(
                 ConditionKind::MountMissing,
+                true,
                 PublishMessage::BindMissing {
                     target: p.target.clone(),
                     bind: k,
@@ -724,24 +723,23 @@ pub(crate) fn publish_verdict(
         };
     }
     if let Some(m) = bind.filter(|m| !p.read_only && m.effectively_read_only()) {
-        return own(
+        return says(
             ConditionKind::FilesystemFailed,
+            true,
             PublishMessage::ReadOnly {
                 target: p.target.clone(),
                 mount: m.id,
             },
         );
     }
-    PublishVerdict {
-        own: false,
-        ..own(
-            ConditionKind::Healthy,
-            PublishMessage::Healthy {
-                target: p.target.clone(),
-                paths: paths.to_owned(),
-            },
-        )
-    }
+    says(
+        ConditionKind::Healthy,
+        false,
+        PublishMessage::Healthy {
+            target: p.target.clone(),
+            paths: paths.to_owned(),
+        },
+    )
 }
 
 /// The first sentence of a condition message: up to its first full stop followed by a space
